@@ -1,0 +1,1 @@
+"""Operators: thin wrappers over core/. Each module exposes register()/unregister()."""

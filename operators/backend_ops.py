@@ -1,0 +1,165 @@
+"""Backend operators: check, install, and the modal monitor that keeps a run going without blocking the UI."""
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import bpy
+
+from ..core import jobs
+from ..core.runner import JobRunner, addon_root, run_backend
+from ..preferences import get_prefs
+
+_TIMER_STEP = 0.1
+
+
+def backend_python(context=None) -> str:
+    prefs = get_prefs(context)
+    return bpy.path.abspath(prefs.backend_python) if prefs and prefs.backend_python else ""
+
+
+def backend_env_dir() -> Path:
+    """Where Install Backend puts the venv: the extension's user folder (survives add-on updates)."""
+    try:
+        return Path(bpy.utils.extension_path_user(__package__.rsplit(".", 1)[0], path="backend_env", create=True))
+    except (ValueError, AttributeError):  # not running as an extension (legacy add-on install)
+        return Path(bpy.utils.user_resource("SCRIPTS", path="splat_physics_backend", create=True))
+
+
+def venv_python(env_dir: Path) -> Path:
+    return env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def summarize_doctor(report: dict) -> str:
+    lines = [f"Backend {report.get('backend_version', '?')} on Python {report.get('python', '?')}"]
+    dev = report.get("device", {})
+    lines.append(f"Device: {dev.get('summary', '?')}")
+    for name, ver in report.get("packages", {}).items():
+        lines.append(f"  {name}: {ver or 'MISSING'}")
+    for m in report.get("models", []):
+        lines.append(f"Model {m['kind']}: {'found' if m['ok'] else 'missing'} - {m['message']}")
+    for p in report.get("problems", []):
+        lines.append(f"Problem: {p}")
+    return "\n".join(lines)
+
+
+class SPLAT_OT_check_backend(bpy.types.Operator):
+    """Run the backend's doctor: devices, package versions, which video models are available"""
+
+    bl_idname = "splat.check_backend"
+    bl_label = "Check Backend"
+
+    def execute(self, context):
+        prefs = get_prefs(context)
+        python = backend_python(context)
+        args = ["doctor", "--json", "--svd-model", prefs.svd_model, "--modelscope-model", prefs.modelscope_model]
+        result = run_backend(python, args, timeout=300)
+        if not result.ok:
+            prefs.doctor_report = result.message
+            self.report({"ERROR"}, result.message)
+            return {"CANCELLED"}
+        report = next((e.data for e in result.events if e.kind == "result"), {})
+        prefs.doctor_report = summarize_doctor(report)
+        self.report({"INFO"}, "Backend OK" if not report.get("problems") else "Backend works, with problems: see preferences")
+        return {"FINISHED"}
+
+
+class SPLAT_OT_install_backend(bpy.types.Operator):
+    """Create a Python environment for the backend and install its pinned packages (several GB with CUDA torch)"""
+
+    bl_idname = "splat.install_backend"
+    bl_label = "Install Backend"
+
+    def execute(self, context):
+        prefs = get_prefs(context)
+        env_dir = backend_env_dir()
+        requirements = addon_root() / "requirements" / "backend.txt"
+        # Blender's own interpreter runs the stdlib-only installer; it creates the venv and pip-installs into it.
+        runner = JobRunner(sys.executable, ["install", str(env_dir), "--requirements", str(requirements)],
+                           log_path=env_dir.parent / "install.log")
+
+        def done(result):
+            if result.ok:
+                prefs.backend_python = str(venv_python(env_dir))
+                prefs.install_message = f"Installed into {env_dir}"
+            else:
+                prefs.install_message = result.message
+
+        try:
+            jobs.start("install", runner, on_done=done, label="Install backend")
+        except RuntimeError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        bpy.ops.splat.monitor_job("INVOKE_DEFAULT", kind="install")
+        return {"FINISHED"}
+
+
+class SPLAT_OT_monitor_job(bpy.types.Operator):
+    """Follow a backend run: progress in the panel, ESC cancels"""
+
+    bl_idname = "splat.monitor_job"
+    bl_label = "Backend Job"
+
+    kind: bpy.props.StringProperty()
+
+    def invoke(self, context, event):
+        if jobs.active(self.kind) is None:
+            return {"CANCELLED"}
+        self._timer = context.window_manager.event_timer_add(_TIMER_STEP, window=context.window)
+        context.window_manager.modal_handler_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context):
+        # Headless (no event loop): block until the job ends.
+        jobs.wait(self.kind)
+        return {"FINISHED"}
+
+    def modal(self, context, event):
+        if event.type == "ESC" and event.value == "PRESS":
+            jobs.cancel(self.kind)
+        if event.type == "TIMER":
+            jobs.tick_all()
+            _redraw(context)
+            if jobs.active(self.kind) is None:
+                context.window_manager.event_timer_remove(self._timer)
+                result = jobs.LAST_RESULT.get(self.kind)
+                if result is not None and not result.ok:
+                    self.report({"WARNING" if result.state.value == "cancelled" else "ERROR"}, result.message)
+                return {"FINISHED"}
+        return {"PASS_THROUGH"}
+
+
+class SPLAT_OT_cancel_job(bpy.types.Operator):
+    """Stop the running backend job at its next safe point; earlier results are kept"""
+
+    bl_idname = "splat.cancel_job"
+    bl_label = "Cancel"
+
+    kind: bpy.props.StringProperty()
+
+    def execute(self, context):
+        if not jobs.cancel(self.kind):
+            self.report({"INFO"}, "Nothing is running")
+        return {"FINISHED"}
+
+
+def _redraw(context):
+    for window in context.window_manager.windows:
+        for area in window.screen.areas:
+            if area.type in {"VIEW_3D", "PREFERENCES", "PROPERTIES"}:
+                area.tag_redraw()
+
+
+classes = (SPLAT_OT_check_backend, SPLAT_OT_install_backend, SPLAT_OT_monitor_job, SPLAT_OT_cancel_job)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    jobs.cancel_all()
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,1 @@
+"""Sidebar panels. Each module exposes register()/unregister()."""

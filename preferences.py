@@ -1,0 +1,83 @@
+"""Add-on preferences: where the backend lives, which device it uses, where the video models are."""
+
+import bpy
+
+from .core import jobs
+
+DEFAULT_SVD = "stabilityai/stable-video-diffusion-img2vid-xt"
+DEFAULT_MODELSCOPE = "ali-vilab/text-to-video-ms-1.7b"
+
+
+def addon_package() -> str:
+    return __package__
+
+
+def get_prefs(context=None):
+    context = context or bpy.context
+    addon = context.preferences.addons.get(__package__)
+    return addon.preferences if addon else None
+
+
+class SPLAT_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = __package__
+
+    backend_python: bpy.props.StringProperty(
+        name="Backend Python",
+        description="Python interpreter of the backend environment (torch, warp, gsplat, diffusers). "
+        "Use Install Backend to create one",
+        subtype="FILE_PATH",
+    )
+    device: bpy.props.EnumProperty(
+        name="Device",
+        items=[
+            ("auto", "Auto", "CUDA when the backend sees a GPU, otherwise the CPU"),
+            ("cuda", "CUDA", "Require a CUDA GPU; fail with a clear message if there is none"),
+            ("cpu", "CPU", "Always the CPU (slow for estimation, fine for small bakes)"),
+        ],
+        default="auto",
+    )
+    svd_model: bpy.props.StringProperty(
+        name="SVD model", default=DEFAULT_SVD,
+        description="Hugging Face hub id or local folder of Stable Video Diffusion (img2vid or img2vid-xt)",
+    )
+    modelscope_model: bpy.props.StringProperty(
+        name="Text-to-video model", default=DEFAULT_MODELSCOPE,
+        description="Hugging Face hub id or local folder of the ModelScope text-to-video model",
+    )
+    doctor_report: bpy.props.StringProperty(name="Backend report", default="")
+    install_message: bpy.props.StringProperty(name="Install status", default="")
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column()
+        col.prop(self, "backend_python")
+        row = col.row(align=True)
+        row.operator("splat.check_backend", icon="CHECKMARK")
+        row.operator("splat.install_backend", icon="IMPORT")
+        job = jobs.active("install")
+        if job is not None:
+            col.progress(text=job.runner.stage_message or "Installing…", factor=job.runner.fraction, type="BAR")
+            col.operator("splat.cancel_job", text="Cancel install", icon="CANCEL").kind = "install"
+        elif self.install_message:
+            col.label(text=self.install_message)
+        if self.doctor_report:
+            box = col.box()
+            for line in self.doctor_report.splitlines()[:30]:
+                box.label(text=line)
+        col.separator()
+        col.prop(self, "device")
+        col.prop(self, "svd_model")
+        col.prop(self, "modelscope_model")
+
+
+classes = (SPLAT_AP_preferences,)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
