@@ -186,14 +186,15 @@ def check_arrays(arrays: Mapping[str, np.ndarray], specs: Mapping[str, ArraySpec
             raise BadJob(f"{what}: array '{name}' has dtype {a.dtype}, expected {_KIND_NAMES[spec.kind]}")
         if len(a.shape) != len(spec.shape):
             raise BadJob(f"{what}: array '{name}' has shape {a.shape}, expected {_shape_text(spec.shape)}")
+        # Fixed dimensions first: "(5, 2), expected (N, 3)" says more than a row-count mismatch.
+        if any(want not in (N, None) and got != want for got, want in zip(a.shape, spec.shape)):
+            raise BadJob(f"{what}: array '{name}' has shape {a.shape}, expected {_shape_text(spec.shape)}")
         for got, want in zip(a.shape, spec.shape):
             if want == N:
                 if n is None:
                     n = got
                 elif got != n:
                     raise BadJob(f"{what}: array '{name}' has {got} rows but other arrays have {n}")
-            elif want is not None and got != want:
-                raise BadJob(f"{what}: array '{name}' has shape {a.shape}, expected {_shape_text(spec.shape)}")
         if spec.finite and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             bad = int(np.count_nonzero(~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1))) if a.ndim else 1
             raise BadJob(f"{what}: array '{name}' has NaN or infinite values ({bad} of {a.shape[0] if a.ndim else 1} rows)")

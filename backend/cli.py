@@ -1,0 +1,112 @@
+"""Command line: ``python -m backend run <job> | doctor | install <dir> | demo``.
+
+Everything up to the job's validation uses only the standard library and numpy, so a bad job is
+reported in a fraction of a second with one message and its exit code; torch, warp and diffusers
+load only once the job is known to be good.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__, protocol
+from .jobctl import CancelToken, Reporter, log, setup_logging
+from .protocol import ExitCode, JobError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="Splat Physics backend")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_run = sub.add_parser("run", help="run a job folder (job.json + scene.npz)")
+    p_run.add_argument("job_dir")
+    p_run.add_argument("--verbose", action="store_true")
+
+    p_doc = sub.add_parser("doctor", help="report devices, package versions and model availability")
+    p_doc.add_argument("--json", action="store_true", help="emit the report as a progress 'result' event")
+    p_doc.add_argument("--svd-model", default="stabilityai/stable-video-diffusion-img2vid-xt")
+    p_doc.add_argument("--modelscope-model", default="ali-vilab/text-to-video-ms-1.7b")
+
+    p_inst = sub.add_parser("install", help="create a backend environment (stdlib only; used by the add-on)")
+    p_inst.add_argument("env_dir")
+    p_inst.add_argument("--requirements", required=True)
+
+    p_demo = sub.add_parser("demo", help="headless demo on the bundled sample: estimate, poke, simulate, preview")
+    p_demo.add_argument("--out", default="demo_out/backend")
+    p_demo.add_argument("--quick", action="store_true")
+
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return cmd_run(Path(args.job_dir), verbose=args.verbose)
+    if args.command == "doctor":
+        from .doctor import cmd_doctor
+
+        return cmd_doctor(args.json, args.svd_model, args.modelscope_model)
+    if args.command == "install":
+        from .install import cmd_install
+
+        return cmd_install(Path(args.env_dir), Path(args.requirements))
+    if args.command == "demo":
+        from .demo import cmd_demo
+
+        return cmd_demo(Path(args.out), quick=args.quick)
+    return ExitCode.BAD_INPUT
+
+
+def cmd_run(job_dir: Path, verbose: bool = False) -> int:
+    # stdout carries only events; anything a library prints goes to stderr (the log).
+    events_stream = sys.stdout
+    sys.stdout = sys.stderr
+    reporter = Reporter(events_stream)
+    setup_logging(verbose=verbose)
+    try:
+        job = protocol.read_job(job_dir)
+        scene = protocol.load_npz(job.scene_path)
+        n = protocol.validate_scene(scene)
+        setup_logging(job.output_dir / protocol.LOG_FILE, verbose=verbose)
+        token = CancelToken(job.cancel_path)
+        job.cancel_path.unlink(missing_ok=True)  # a stale request from an earlier run
+        token.install_signal_handlers()
+        job.output_dir.mkdir(parents=True, exist_ok=True)
+        protocol.remove_temp_files(job.output_dir)
+        (job.output_dir / protocol.RESULT_FILE).unlink(missing_ok=True)  # written last, on success only
+        reporter.emit("start", stage=job.command, message=f"{job.command}: {n} points", data={"n_points": n})
+        result = _dispatch(job, scene, reporter, token)
+        protocol.atomic_write_json(job.output_dir / protocol.RESULT_FILE, result)
+        reporter.emit("result", stage=job.command, message="finished", data=result)
+        return ExitCode.OK
+    except JobError as exc:
+        # One line, no traceback: the message is the whole story for input errors.
+        print(f"error: {exc.message}", file=sys.stderr)
+        reporter.emit("error", message=exc.message, data={"exit_code": int(exc.exit_code)})
+        return exc.exit_code
+    except Exception as exc:  # a bug: full traceback into the log, a short line for the artist
+        log.exception("internal error")
+        msg = f"Internal error ({type(exc).__name__}: {exc}). The log has the details."
+        reporter.emit("error", message=msg, data={"exit_code": int(ExitCode.INTERNAL)})
+        return ExitCode.INTERNAL
+    finally:
+        sys.stdout = events_stream
+
+
+def _dispatch(job: protocol.Job, scene: dict, reporter: Reporter, token: CancelToken) -> dict:
+    from .device import resolve_device
+
+    device = resolve_device(job.device)
+    if job.command == "simulate":
+        from .simulate import run_simulate
+
+        return run_simulate(job, scene, reporter, token, device)
+    if job.command == "estimate":
+        from .estimate import run_estimate
+
+        return run_estimate(job, scene, reporter, token, device)
+    raise protocol.BadJob(f"unknown command {job.command!r}")
+
+
+if __name__ == "__main__":
+    logging.basicConfig()
+    sys.exit(main())
