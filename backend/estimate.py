@@ -1,0 +1,239 @@
+"""The ``estimate`` job: learn per-particle materials by differentiating video supervision through MPM.
+
+One iteration:  material field -> (E, nu, rho) per particle -> differentiable MPM over M*T frames ->
+splats rendered along the camera -> frame-boosted groups -> video loss (MDS / SDS-T from a diffusion
+prior, or L2+SSIM against a reference clip) -> backward into the field -> Adam step.
+
+Every iteration emits a progress event and saves a checkpoint, so a cancelled or killed run resumes
+where it stopped; the convergence test (E percentiles within a tolerance over the last 3 iterations)
+ends the loop early.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import protocol
+from .convergence import ConvergenceTest
+from .device import warp_device
+from .jobctl import CancelToken, Reporter, log
+from .particles import SceneParticles, build_particles
+from .simulate import sim_config
+from .supervision import Supervision, make_supervision
+
+
+@dataclass
+class Scene:
+    """What one estimation renders and simulates, on the compute device."""
+
+    particles: SceneParticles
+    colors: torch.Tensor  # (N, 3) in [0, 1], visible splats
+    opacities: torch.Tensor  # (N,)
+    cameras: list  # one Camera per rendered frame
+    background: torch.Tensor
+
+
+def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, token: CancelToken, device: str) -> dict:
+    est, sim = job.estimate, job.simulation
+    torch.manual_seed(int(est["seed"]))
+    reporter.stage("load", "Preparing particles, camera and supervision")
+    scene = prepare_scene(scene_arrays, sim, est, reporter, device)
+    n_render = est["frames_per_group"] * est["boost_groups"]
+    supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
+    token.check()
+    field = make_material_field(est, scene.particles, device)
+    dsim = make_differentiable_sim(scene.particles, sim, est, device)
+    optimizer = torch.optim.Adam(field.parameters(), lr=float(est["learning_rate"]))
+    convergence = ConvergenceTest(window=3, tolerance_decades=float(est["tolerance_decades"]))
+    out = job.output_dir
+    ckpt_path = out / protocol.ESTIMATE_CHECKPOINT_FILE
+    fingerprint = estimate_fingerprint(job)
+    history, start = load_checkpoint(ckpt_path, fingerprint, field, optimizer, convergence, reporter)
+    total = int(est["iterations"])
+    converged, reason = False, "reached the iteration limit"
+    reporter.stage("estimate", f"Estimating materials with the {est['prior']} prior ({total} iterations at most)")
+    for it in range(start, total):
+        token.check()
+        t0 = time.monotonic()
+        loss, parts = iteration(field, dsim, scene, supervision, optimizer, it, total, n_render)
+        materials = field.materials()
+        stats = e_percentiles(materials["E"][: scene.particles.n_visible])
+        record = {"iteration": it + 1, "loss": loss, "seconds": time.monotonic() - t0, **stats, **parts}
+        history.append(record)
+        converged = convergence.update([stats["E_p5"], stats["E_p50"], stats["E_p95"]])
+        save_checkpoint(ckpt_path, fingerprint, field, optimizer, convergence, history)
+        reporter.progress("estimate", it + 1, total, loss=loss,
+                          message=f"iteration {it + 1}: E median {stats['E_p50']:.3g} Pa",
+                          data={k: record[k] for k in ("E_p5", "E_p50", "E_p95", "seconds")})
+        if converged:
+            reason = convergence.reason
+            break
+    return write_outputs(job, scene, field, dsim, history, converged, reason, reporter, n_render)
+
+
+# --------------------------------------------------------------------------- one iteration
+def iteration(field, dsim, scene: Scene, supervision: Supervision, optimizer, it: int, total: int, n_render: int):
+    optimizer.zero_grad(set_to_none=True)
+    mats = field()
+    video = simulate_and_render(dsim, mats, scene, n_render)
+    if not torch.isfinite(video).all():
+        raise protocol.Diverged("the rendered video has NaN values; try a lower E range or a finer grid")
+    loss, parts = supervision.loss(video, it, total)
+    reg = field.regularizer()
+    (loss + reg).backward()
+    _clean_gradients(field)
+    torch.nn.utils.clip_grad_norm_(field.parameters(), 1.0)
+    optimizer.step()
+    parts = {k: float(v) for k, v in parts.items()}
+    parts["regularizer"] = float(reg.detach())
+    return float(loss.detach()), parts
+
+
+def simulate_and_render(dsim, mats: dict, scene: Scene, n_render: int) -> torch.Tensor:
+    """(n_render, 3, H, W): the rest frame, then n_render - 1 simulated frames."""
+    from .render import render_splats
+
+    p = scene.particles
+    n = p.n_visible
+    velocity = torch.as_tensor(p.velocity, device=mats["E"].device)
+    positions, covs = dsim(mats["log_E"], mats["nu"], mats["rho"], velocity, n_render - 1)
+    rest_pos = torch.as_tensor(p.positions[:n], device=positions.device)
+    rest_cov = torch.as_tensor(p.cov0[:n], device=covs.device)
+    frames = []
+    for f in range(n_render):
+        means = rest_pos if f == 0 else positions[f - 1, :n]
+        cov = rest_cov if f == 0 else covs[f - 1, :n]
+        out = render_splats(means, colors=scene.colors, opacities=scene.opacities, covars=cov,
+                            camera=scene.cameras[f], background=scene.background)
+        frames.append(out.rgb.permute(2, 0, 1))
+    return torch.stack(frames)
+
+
+def _clean_gradients(field) -> None:
+    """A NaN gradient (a degenerate frame) must not poison the field: skip that step's update."""
+    for p in field.parameters():
+        if p.grad is not None and not torch.isfinite(p.grad).all():
+            log.warning("non-finite gradient: this iteration's update is skipped")
+            for q in field.parameters():
+                q.grad = None
+            return
+
+
+def e_percentiles(E: torch.Tensor) -> dict:
+    e = E.detach().float().cpu().numpy()
+    p5, p50, p95 = np.percentile(e, [5, 50, 95])
+    return {"E_p5": float(p5), "E_p50": float(p50), "E_p95": float(p95)}
+
+
+# --------------------------------------------------------------------------- set-up
+def prepare_scene(arrays: dict, sim: dict, est: dict, reporter: Reporter, device: str) -> Scene:
+    from .render import Camera, orbit_cameras
+
+    particles = build_particles(arrays, sim, reporter)
+    n = particles.n_visible
+    c0 = 0.28209479177387814
+    f_dc = np.asarray(arrays.get("f_dc", np.zeros((n, 3))), np.float32)
+    colors = np.clip(0.5 + c0 * f_dc, 0.0, 1.0)
+    opacity = 1.0 / (1.0 + np.exp(-np.asarray(arrays.get("opacity", np.full(n, 3.0)), np.float32)))
+    camera = Camera.from_dict(est["camera"])
+    n_render = est["frames_per_group"] * est["boost_groups"]
+    if est["orbit_degrees"]:
+        cameras = orbit_cameras(camera, n_render, float(est["orbit_degrees"]))
+    else:
+        cameras = [camera] * n_render
+    dev = torch.device(device)
+    return Scene(particles, torch.as_tensor(colors, device=dev), torch.as_tensor(opacity, device=dev), cameras,
+                 torch.zeros(3, device=dev))
+
+
+def make_material_field(est: dict, p: SceneParticles, device: str):
+    from .field import make_field
+
+    rho_range = None
+    if est["estimate_density"]:
+        rho_range = (float(np.min(p.rho)) / 10.0, float(np.max(p.rho)) * 10.0)
+    positions = torch.as_tensor(p.positions, device=device)
+    init = {"E": torch.as_tensor(p.E, device=device), "nu": torch.as_tensor(p.nu, device=device),
+            "rho": torch.as_tensor(p.rho, device=device)}
+    lock = torch.as_tensor(p.lock, device=device) if p.lock.any() else None
+    return make_field(est["field"], positions, E_range=tuple(est["E_range"]), nu_range=tuple(est["nu_range"]),
+                      rho_range=rho_range, init=init, lock=lock).to(device)
+
+
+def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str):
+    from .mpm import DifferentiableSim
+
+    return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, sim_config(sim), device=warp_device(device),
+                             bptt_substeps=est["bptt_substeps"])
+
+
+# --------------------------------------------------------------------------- checkpoints
+def estimate_fingerprint(job: protocol.Job) -> str:
+    h = hashlib.sha256()
+    settings = {k: v for k, v in job.estimate.items() if k not in ("iterations", "tolerance_decades")}
+    h.update(json.dumps([job.simulation, settings], sort_keys=True).encode())
+    h.update(job.scene_path.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def save_checkpoint(path: Path, fingerprint: str, field, optimizer, convergence, history: list) -> None:
+    state = {"fingerprint": fingerprint, "field": field.state_dict(), "optimizer": optimizer.state_dict(),
+             "convergence": convergence.state_dict(), "history": history}
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    protocol.atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, fingerprint: str, field, optimizer, convergence, reporter: Reporter):
+    """(history, first iteration to run). A checkpoint of other settings is ignored, not trusted."""
+    if not path.exists():
+        return [], 0
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a truncated file from an older crash: start over rather than fail
+        log.warning("unreadable estimation checkpoint (%s): starting over", exc)
+        return [], 0
+    if state.get("fingerprint") != fingerprint:
+        log.info("estimation checkpoint belongs to other settings: starting over")
+        return [], 0
+    field.load_state_dict(state["field"])
+    optimizer.load_state_dict(state["optimizer"])
+    convergence.load_state_dict(state["convergence"])
+    history = list(state["history"])
+    reporter.warning(f"Resuming from iteration {len(history) + 1}")
+    return history, len(history)
+
+
+# --------------------------------------------------------------------------- outputs
+def write_outputs(job, scene: Scene, field, dsim, history, converged, reason, reporter, n_render) -> dict:
+    from .report import write_loss_plot, write_preview
+
+    reporter.stage("write", "Writing materials, preview and plot")
+    out = job.output_dir
+    n = scene.particles.n_visible
+    with torch.no_grad():
+        mats = field.materials()
+    arrays = {k: mats[key][:n].detach().float().cpu().numpy()
+              for k, key in (("youngs_modulus", "E"), ("poisson_ratio", "nu"), ("density", "rho"))}
+    protocol.check_arrays(arrays, protocol.MATERIAL_ARRAYS, protocol.MATERIALS_FILE)
+    protocol.atomic_save_npz(out / protocol.MATERIALS_FILE, **arrays)
+    with torch.no_grad():
+        video = simulate_and_render(dsim, field(), scene, n_render)
+    write_preview(video, out / protocol.PREVIEW_FILE, fps=job.simulation["fps"])
+    write_loss_plot(history, out / protocol.LOSS_PLOT_FILE)
+    summary = {"settings": {"simulation": job.simulation, "estimate": job.estimate}, "history": history,
+               "converged": converged, "stop_reason": reason, "iterations": len(history),
+               "seconds": float(sum(h["seconds"] for h in history)), **e_percentiles(torch.as_tensor(arrays["youngs_modulus"]))}
+    protocol.atomic_write_json(out / protocol.SUMMARY_FILE, summary)
+    return {"command": "estimate", "materials": protocol.MATERIALS_FILE, "summary": protocol.SUMMARY_FILE,
+            "preview": protocol.PREVIEW_FILE, "loss_plot": protocol.LOSS_PLOT_FILE, "converged": converged,
+            "stop_reason": reason, "iterations": len(history), **{k: summary[k] for k in ("E_p5", "E_p50", "E_p95")}}

@@ -1,0 +1,150 @@
+"""From a job's scene arrays to simulator particles: defaults, anchors, splat covariances, interior fill.
+
+The object's own N points come first; interior fill particles are appended after them. They are
+simulated (they give a hollow splat shell its mass and stiffness) but never rendered or baked, and
+they take their material and anchoring from the nearest visible point.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import protocol
+from .jobctl import Reporter
+
+DEFAULT_E = 1.0e5
+DEFAULT_NU = 0.3
+DEFAULT_RHO = 1000.0
+# A point cloud without splat scales: ellipsoids sized by the mean spacing of the points.
+_SPACING_FACTOR = 0.5
+
+
+@dataclass
+class SceneParticles:
+    positions: np.ndarray  # (M, 3) float32, world
+    E: np.ndarray
+    nu: np.ndarray
+    rho: np.ndarray
+    material_id: np.ndarray  # (M,) int32
+    anchor: np.ndarray  # (M,) bool
+    velocity: np.ndarray  # (M, 3)
+    cov0: np.ndarray  # (M, 3, 3) rest covariance of each splat
+    lock: np.ndarray  # (M,) bool: the estimator keeps these materials
+    n_visible: int
+    rest_rotations: np.ndarray  # (N, 4) wxyz, the visible splats at rest
+    rest_scales: np.ndarray  # (N, 3) linear
+
+    @property
+    def n_total(self) -> int:
+        return len(self.positions)
+
+    @property
+    def n_fill(self) -> int:
+        return self.n_total - self.n_visible
+
+    def solver_inputs(self) -> dict:
+        return dict(positions=self.positions, E=self.E, nu=self.nu, rho=self.rho, material_id=self.material_id,
+                    anchor=self.anchor, velocity=self.velocity, cov0=self.cov0)
+
+    def rest_frame(self) -> dict:
+        n = self.n_visible
+        return {"positions": self.positions[:n], "rotations": self.rest_rotations, "scales": self.rest_scales,
+                "time": np.float32(0.0)}
+
+    def visible(self, frame) -> dict:
+        """The baked arrays of one solver frame: the object's own points only."""
+        n = self.n_visible
+        return {"positions": np.asarray(frame.positions[:n], np.float32),
+                "rotations": np.asarray(frame.rotations[:n], np.float32),
+                "scales": np.asarray(frame.scales[:n], np.float32),
+                "time": np.float32(frame.time)}
+
+
+def build_particles(scene: dict, sim: dict, reporter: Reporter | None = None) -> SceneParticles:
+    pos = np.asarray(scene["positions"], np.float32)
+    n = len(pos)
+    model = protocol.MATERIAL_MODELS.index(sim.get("material_model", "fixed_corotated"))
+    log_scale, quat = splat_shape(scene, pos)
+    from .mpm import covariance_from_splats
+
+    base = SceneParticles(
+        positions=pos,
+        E=_per_point(scene, "youngs_modulus", DEFAULT_E, n),
+        nu=_per_point(scene, "poisson_ratio", DEFAULT_NU, n),
+        rho=_per_point(scene, "density", DEFAULT_RHO, n),
+        material_id=np.asarray(scene.get("material_id", np.full(n, model)), np.int32),
+        anchor=np.asarray(scene.get("anchor", np.zeros(n)), bool),
+        velocity=np.asarray(scene.get("initial_velocity", np.zeros((n, 3))), np.float32),
+        cov0=np.asarray(covariance_from_splats(log_scale, quat), np.float32),
+        lock=np.asarray(scene.get("material_lock", np.zeros(n)), bool),
+        n_visible=n,
+        rest_rotations=quat,
+        rest_scales=np.exp(log_scale).astype(np.float32),
+    )
+    fill = sim.get("fill") or {}
+    if fill.get("enabled"):
+        base = add_fill(base, scene, fill, sim, reporter)
+    return base
+
+
+def splat_shape(scene: dict, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Log scales and unit quaternions; defaults for plain point clouds."""
+    n = len(pos)
+    if "scale" in scene:
+        log_scale = np.asarray(scene["scale"], np.float32)
+    else:
+        extent = np.maximum(pos.max(0) - pos.min(0), 1e-6) if n > 1 else np.full(3, 0.01)
+        spacing = float(np.cbrt(np.prod(extent) / max(n, 1)))
+        log_scale = np.full((n, 3), np.log(max(spacing * _SPACING_FACTOR, 1e-6)), np.float32)
+    if "rotation" in scene:
+        quat = np.asarray(scene["rotation"], np.float32)
+        norm = np.linalg.norm(quat, axis=1, keepdims=True)
+        quat = np.where(norm > 1e-12, quat / np.maximum(norm, 1e-12), np.array([1, 0, 0, 0], np.float32))
+    else:
+        quat = np.tile(np.array([1, 0, 0, 0], np.float32), (n, 1))
+    return log_scale, quat.astype(np.float32)
+
+
+def _per_point(scene: dict, name: str, default: float, n: int) -> np.ndarray:
+    return np.asarray(scene[name], np.float32) if name in scene else np.full(n, default, np.float32)
+
+
+def add_fill(p: SceneParticles, scene: dict, fill: dict, sim: dict, reporter: Reporter | None) -> SceneParticles:
+    """Append interior particles; each copies the material and anchoring of its nearest visible point."""
+    from scipy.spatial import cKDTree
+
+    from .mpm import fill_interior
+
+    if reporter:
+        reporter.stage("fill", "Filling the object's interior")
+    opacity = 1.0 / (1.0 + np.exp(-np.asarray(scene.get("opacity", np.full(p.n_visible, 3.0)), np.float32)))
+    resolution = int(fill.get("resolution") or 0) or 2 * int(sim.get("n_grid", 64))
+    extra, _info = fill_interior(p.positions, p.rest_scales, p.rest_rotations, opacity, resolution,
+                                 int(fill.get("max_particles", 200000)))
+    extra = np.asarray(extra, np.float32).reshape(-1, 3)
+    if len(extra) == 0:
+        return p
+    _, nearest = cKDTree(p.positions).query(extra)
+    # Fill particles are round: an isotropic covariance the size of the fill spacing.
+    spacing = float(np.cbrt(np.prod(np.ptp(extra, axis=0) + 1e-9) / len(extra))) if len(extra) > 1 else 0.01
+    cov_fill = np.tile(np.eye(3, dtype=np.float32) * (0.5 * spacing) ** 2, (len(extra), 1, 1))
+
+    def cat(a, b):
+        return np.concatenate([a, b], axis=0)
+
+    return SceneParticles(
+        positions=cat(p.positions, extra),
+        E=cat(p.E, p.E[nearest]),
+        nu=cat(p.nu, p.nu[nearest]),
+        rho=cat(p.rho, p.rho[nearest]),
+        material_id=cat(p.material_id, p.material_id[nearest]),
+        anchor=cat(p.anchor, p.anchor[nearest]),
+        velocity=cat(p.velocity, p.velocity[nearest]),
+        cov0=cat(p.cov0, cov_fill),
+        lock=cat(p.lock, p.lock[nearest]),
+        n_visible=p.n_visible,
+        rest_rotations=p.rest_rotations,
+        rest_scales=p.rest_scales,
+    )

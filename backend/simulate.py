@@ -1,0 +1,113 @@
+"""The ``simulate`` job: forward MPM over the scene's frame range, one frame file at a time.
+
+Each frame is written atomically to out/frames, and the solver state goes to a checkpoint after
+every frame, so a cancelled or killed bake resumes where it stopped. The first frame file is the
+rest state at t = 0 (the scene's first frame), so the bake starts where the object stands.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import protocol
+from .device import warp_device
+from .jobctl import CancelToken, Reporter, log
+from .particles import SceneParticles, build_particles
+
+# Settings of the job that change the result; n_frames is left out so a longer rerun extends a bake.
+_FINGERPRINT_SKIP = {"n_frames", "frame_start"}
+
+
+def run_simulate(job: protocol.Job, scene: dict, reporter: Reporter, token: CancelToken, device: str) -> dict:
+    from .mpm import MPMSolver, SimulationDiverged
+
+    sim = job.simulation
+    reporter.stage("load", "Preparing particles")
+    particles = build_particles(scene, sim, reporter)
+    config = sim_config(sim)
+    solver = MPMSolver(**particles.solver_inputs(), config=config, device=warp_device(device))
+    out = job.output_dir
+    frames_dir = out / protocol.FRAMES_DIR
+    frames_dir.mkdir(parents=True, exist_ok=True)
+    fingerprint = job_fingerprint(sim, job.scene_path)
+    first = resume_point(out, solver, fingerprint, reporter)
+    n_frames, frame_start = sim["n_frames"], sim["frame_start"]
+    reporter.stage("simulate", f"Simulating {n_frames} frames of {particles.n_total} particles "
+                   f"({solver.n_substeps_per_frame} substeps per frame)",
+                   data={"substep_dt": solver.substep_dt, "n_fill": particles.n_fill})
+    if first == 0:
+        write_frame(frames_dir, frame_start, particles.rest_frame())
+        first = 1
+    started = time.monotonic()
+    for k in range(first, n_frames):
+        token.check()
+        try:
+            frame = solver.step_frame()
+        except SimulationDiverged as exc:
+            raise protocol.Diverged(str(exc)) from None
+        write_frame(frames_dir, frame_start + k, particles.visible(frame))
+        protocol.atomic_save_npz(out / protocol.SIM_CHECKPOINT_FILE, frame_index=np.int64(k),
+                                 fingerprint=np.str_(fingerprint), **solver.get_state())
+        reporter.progress("simulate", k, n_frames - 1, message=f"frame {frame_start + k}")
+    elapsed = time.monotonic() - started
+    log.info("simulated %d frames in %.1f s", n_frames - first, elapsed)
+    return {
+        "command": "simulate",
+        "frames_dir": protocol.FRAMES_DIR,
+        "frame_start": frame_start,
+        "n_frames": n_frames,
+        "n_points": particles.n_visible,
+        "n_fill": particles.n_fill,
+        "substep_dt": solver.substep_dt,
+        "substeps_per_frame": solver.n_substeps_per_frame,
+        "seconds": elapsed,
+    }
+
+
+def sim_config(sim: dict):
+    """The solver's config from the job's simulation section (keys the solver does not take are job-level)."""
+    from .mpm import SimConfig
+
+    keys = {k: v for k, v in sim.items() if k not in ("n_frames", "frame_start", "material_model", "fill")}
+    try:
+        return SimConfig.from_dict(keys)
+    except ValueError as exc:
+        raise protocol.BadJob(f"{protocol.JOB_FILE}: {exc}") from None
+
+
+def job_fingerprint(sim: dict, scene_path: Path) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in sim.items() if k not in _FINGERPRINT_SKIP}, sort_keys=True).encode())
+    h.update(Path(scene_path).read_bytes())
+    return h.hexdigest()[:32]
+
+
+def resume_point(out: Path, solver, fingerprint: str, reporter: Reporter) -> int:
+    """Index of the first frame still to simulate; restores the solver when a matching checkpoint exists."""
+    path = out / protocol.SIM_CHECKPOINT_FILE
+    if not path.exists():
+        return 0
+    try:
+        state = protocol.load_npz(path)
+    except protocol.BadJob:
+        log.warning("unreadable checkpoint %s: starting over", path)
+        return 0
+    if str(state.pop("fingerprint", "")) != fingerprint:
+        log.info("checkpoint belongs to other settings: starting over")
+        return 0
+    k = int(state.pop("frame_index"))
+    solver.set_state(state)
+    reporter.warning(f"Resuming from frame {k + 1} (earlier frames are already baked)")
+    return k + 1
+
+
+def write_frame(frames_dir: Path, frame: int, arrays: dict) -> None:
+    protocol.atomic_save_npz(frames_dir / protocol.frame_file_name(frame), **arrays)
+
+
+__all__ = ["run_simulate", "SceneParticles"]
