@@ -104,6 +104,10 @@ def _dispatch(job: protocol.Job, scene: dict, reporter: Reporter, token: CancelT
         from .estimate import run_estimate
 
         return run_estimate(job, scene, reporter, token, device)
+    if job.command == "preview":
+        from .preview import run_preview
+
+        return run_preview(job, scene, reporter, token, device)
     raise protocol.BadJob(f"unknown command {job.command!r}")
 
 

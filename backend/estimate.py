@@ -34,11 +34,13 @@ from .supervision import Supervision, make_supervision
 class Scene:
     """What one estimation renders and simulates, on the compute device."""
 
-    particles: SceneParticles
-    colors: torch.Tensor  # (N, 3) in [0, 1], visible splats
-    opacities: torch.Tensor  # (N,)
+    particles: SceneParticles  # possibly a subsample of the object (estimate.max_particles)
+    colors: torch.Tensor  # (n, 3) in [0, 1], visible splats
+    opacities: torch.Tensor  # (n,)
     cameras: list  # one Camera per rendered frame
     background: torch.Tensor
+    all_positions: np.ndarray  # (N, 3) every visible point of the object, for the final materials
+    subset: np.ndarray | None  # indices of the simulated visible points among all N, or None for all
 
 
 def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, token: CancelToken, device: str) -> dict:
@@ -64,8 +66,8 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
         token.check()
         t0 = time.monotonic()
         loss, parts = iteration(field, dsim, scene, supervision, optimizer, it, total, n_render)
-        materials = field.materials()
-        stats = e_percentiles(materials["E"][: scene.particles.n_visible])
+        with torch.no_grad():
+            stats = e_percentiles(field()["E"][: scene.particles.n_visible])
         record = {"iteration": it + 1, "loss": loss, "seconds": time.monotonic() - t0, **stats, **parts}
         history.append(record)
         converged = convergence.update([stats["E_p5"], stats["E_p50"], stats["E_p95"]])
@@ -137,21 +139,54 @@ def e_percentiles(E: torch.Tensor) -> dict:
 def prepare_scene(arrays: dict, sim: dict, est: dict, reporter: Reporter, device: str) -> Scene:
     from .render import Camera, orbit_cameras
 
+    all_positions = np.asarray(arrays["positions"], np.float32)
+    n_all = len(all_positions)
+    subset = None
+    if est["max_particles"] and n_all > est["max_particles"]:
+        subset = voxel_subsample(np.asarray(arrays["positions"]), int(est["max_particles"]))
+        reporter.warning(f"Estimating on {len(subset)} of {n_all} points (estimate.max_particles); "
+                         "the result is transferred to every point")
+        arrays = subsample_arrays(arrays, subset, n_all)
     particles = build_particles(arrays, sim, reporter)
     n = particles.n_visible
-    c0 = 0.28209479177387814
     f_dc = np.asarray(arrays.get("f_dc", np.zeros((n, 3))), np.float32)
-    colors = np.clip(0.5 + c0 * f_dc, 0.0, 1.0)
+    colors = np.clip(0.5 + SH_C0 * f_dc, 0.0, 1.0)
     opacity = 1.0 / (1.0 + np.exp(-np.asarray(arrays.get("opacity", np.full(n, 3.0)), np.float32)))
     camera = Camera.from_dict(est["camera"])
     n_render = est["frames_per_group"] * est["boost_groups"]
-    if est["orbit_degrees"]:
-        cameras = orbit_cameras(camera, n_render, float(est["orbit_degrees"]))
-    else:
-        cameras = [camera] * n_render
+    cameras = orbit_cameras(camera, n_render, float(est["orbit_degrees"])) if est["orbit_degrees"] else [camera] * n_render
     dev = torch.device(device)
     return Scene(particles, torch.as_tensor(colors, device=dev), torch.as_tensor(opacity, device=dev), cameras,
-                 torch.zeros(3, device=dev))
+                 torch.zeros(3, device=dev), all_positions, subset)
+
+
+SH_C0 = 0.28209479177387814
+
+
+def voxel_subsample(positions: np.ndarray, target: int) -> np.ndarray:
+    """Indices of about ``target`` points, one per voxel, with the voxel size found by bisection."""
+    lo_pt, extent = positions.min(0), np.ptp(positions, axis=0).max() + 1e-9
+    lo, hi = extent / 4096.0, extent
+    best = np.arange(0, len(positions), max(1, len(positions) // target))[:target]
+    for _ in range(30):
+        size = np.sqrt(lo * hi)
+        keys = np.floor((positions - lo_pt) / size).astype(np.int64)
+        _, first = np.unique(keys, axis=0, return_index=True)
+        if len(first) > target:
+            lo = size
+        else:
+            hi, best = size, np.sort(first)
+            if len(first) > 0.9 * target:
+                break
+    return best
+
+
+def subsample_arrays(arrays: dict, subset: np.ndarray, n_all: int) -> dict:
+    """Per-point arrays restricted to ``subset``; splats grow so that the sparser cloud still covers the surface."""
+    out = {k: (v[subset] if np.ndim(v) and len(v) == n_all else v) for k, v in arrays.items()}
+    if "scale" in out:
+        out["scale"] = out["scale"] + np.float32(np.log(n_all / len(subset)) / 3.0)
+    return out
 
 
 def make_material_field(est: dict, p: SceneParticles, device: str):
@@ -214,16 +249,24 @@ def load_checkpoint(path: Path, fingerprint: str, field, optimizer, convergence,
 
 
 # --------------------------------------------------------------------------- outputs
+def materials_for_all_points(field, scene: Scene) -> dict:
+    """Per-point materials of the whole object; a subsample's values reach the rest by nearest neighbour."""
+    n = scene.particles.n_visible
+    arrays = {k: v[:n] for k, v in field.materials().items()}
+    if scene.subset is None:
+        return arrays
+    from scipy.spatial import cKDTree
+
+    _, nearest = cKDTree(scene.all_positions[scene.subset]).query(scene.all_positions)
+    return {k: v[nearest] for k, v in arrays.items()}
+
+
 def write_outputs(job, scene: Scene, field, dsim, history, converged, reason, reporter, n_render) -> dict:
     from .report import write_loss_plot, write_preview
 
     reporter.stage("write", "Writing materials, preview and plot")
     out = job.output_dir
-    n = scene.particles.n_visible
-    with torch.no_grad():
-        mats = field.materials()
-    arrays = {k: mats[key][:n].detach().float().cpu().numpy()
-              for k, key in (("youngs_modulus", "E"), ("poisson_ratio", "nu"), ("density", "rho"))}
+    arrays = materials_for_all_points(field, scene)
     protocol.check_arrays(arrays, protocol.MATERIAL_ARRAYS, protocol.MATERIALS_FILE)
     protocol.atomic_save_npz(out / protocol.MATERIALS_FILE, **arrays)
     with torch.no_grad():

@@ -49,6 +49,7 @@ RESULT_FILE = "result.json"
 SIM_CHECKPOINT_FILE = "sim_checkpoint.npz"
 ESTIMATE_CHECKPOINT_FILE = "estimate_checkpoint.pt"
 PREVIEW_FILE = "preview.mp4"
+PREVIEW_FRAMES_DIR = "preview_frames"  # lossless PNGs of the preview (usable as a reference video)
 LOSS_PLOT_FILE = "loss.png"
 LOG_FILE = "backend.log"
 
@@ -162,7 +163,7 @@ MATERIAL_MODELS = (
     "plasticine",
     "snow",
 )
-COMMANDS = ("simulate", "estimate")
+COMMANDS = ("simulate", "estimate", "preview")
 PRIORS = ("svd", "modelscope", "reference", "analytic")
 FIELDS = ("kan_triplane", "mlp_triplane", "per_particle", "global")
 LOSSES = ("mds", "sds_t")
@@ -285,6 +286,7 @@ ESTIMATE_DEFAULTS: dict[str, Any] = {
     "camera": None,  # {"viewmat": 4x4, "K": 3x3, "width", "height"}
     "orbit_degrees": 0.0,  # 0 = fixed camera
     "seed": 0,
+    "max_particles": 0,  # simulate a voxel subsample of at most this many points while estimating (0 = all)
 }
 
 TOP_LEVEL_KEYS = {"schema_version", "command", "scene", "device", "simulation", "estimate", "output", "label"}
@@ -369,6 +371,8 @@ def validate_job(raw: Any, folder: Path) -> Job:
     _check_simulation(sim)
     if command == "estimate":
         _check_estimate(est, folder)
+    if command in ("estimate", "preview"):
+        _check_camera(est)
     return Job(folder, command, scene_path, output, device, sim, est, str(raw.get("label", "")))
 
 
@@ -506,15 +510,26 @@ def _check_estimate(e: dict, folder: Path) -> None:
     _vector(sec, "nu_range", e["nu_range"], 2)
     if not -1 < e["nu_range"][0] < e["nu_range"][1] < 0.5:
         raise BadJob(f"{JOB_FILE}: estimate.nu_range must satisfy -1 < lo < hi < 0.5")
+    _number(sec, "max_particles", e["max_particles"], 0, 1e9, integer=True)
+
+
+def _check_camera(e: dict) -> None:
+    sec = "estimate"
     cam = e["camera"]
     if cam is None:
-        raise BadJob(f"{JOB_FILE}: estimation needs estimate.camera (the view the video prior judges)")
+        raise BadJob(f"{JOB_FILE}: estimate.camera is needed (the view the video is rendered from)")
     if not isinstance(cam, dict) or any(k not in cam for k in CAMERA_KEYS):
         raise BadJob(f"{JOB_FILE}: estimate.camera needs {', '.join(CAMERA_KEYS)}")
-    if np.asarray(cam["viewmat"], dtype=float).shape != (4, 4) or np.asarray(cam["K"], dtype=float).shape != (3, 3):
-        raise BadJob(f"{JOB_FILE}: estimate.camera.viewmat must be 4x4 and K 3x3")
+    try:
+        shapes = np.asarray(cam["viewmat"], dtype=float).shape, np.asarray(cam["K"], dtype=float).shape
+    except (TypeError, ValueError):
+        shapes = None
+    if shapes != ((4, 4), (3, 3)):
+        raise BadJob(f"{JOB_FILE}: estimate.camera.viewmat must be 4x4 and K 3x3 numbers")
     _number(sec, "camera.width", cam["width"], 8, 8192, integer=True)
     _number(sec, "camera.height", cam["height"], 8, 8192, integer=True)
+    _number(sec, "frames_per_group", e["frames_per_group"], 1, 1000, integer=True)
+    _number(sec, "boost_groups", e["boost_groups"], 1, 100, integer=True)
 
 
 # ---------------------------------------------------------------------------- progress events
