@@ -1,0 +1,73 @@
+"""Bake writers: simulated frames -> caches that Blender plays back without the add-on.
+
+Targets (each a module with ``bake_<target>(obj, frames, cache_dir, ...) -> BakeInfo``):
+
+* gn_cache      Blender's geometry-nodes bake layout read by a Bake node (default; positions, rotations, scales)
+* ply_sequence  one 3DGS PLY per frame read by the Import PLY node (standard files other tools read too)
+* pc2           a PC2 point cache read by a Mesh Cache modifier (positions only)
+* shape_keys    one shape key per frame, keyed 0/1/0 (small objects only; stored inside the .blend)
+
+Frames are (frame_number, {positions, rotations, scales}) pairs in world space; ``frames_from_dir`` reads
+a job's out/frames folder lazily. Caches go to ``default_cache_dir(obj, target)`` =
+//splat_cache/<object>/<target> and are referenced with '//'-relative paths.
+"""
+
+from __future__ import annotations
+
+import os
+
+from . import common, gn_cache, pc2, ply_sequence, shape_keys
+from .common import (TARGETS, BakeError, BakeInfo, bake_record, default_cache_dir, frames_from_dir,
+                     remove_cache_dir)
+from .gn_cache import bake_gn_cache
+from .pc2 import bake_pc2
+from .ply_sequence import bake_ply_sequence
+from .shape_keys import bake_shape_keys
+
+_MODULES = {"gn_cache": gn_cache, "ply_sequence": ply_sequence, "pc2": pc2, "shape_keys": shape_keys}
+_BAKERS = {"gn_cache": bake_gn_cache, "ply_sequence": bake_ply_sequence, "pc2": bake_pc2,
+           "shape_keys": bake_shape_keys}
+
+
+def estimate_bake_size(target: str, n_points: int, n_frames: int) -> int:
+    """Projected size in bytes of a bake (on disk; for shape keys: inside the .blend)."""
+    if target not in _MODULES:
+        raise BakeError(f"unknown bake target {target!r}; use one of {', '.join(TARGETS)}")
+    if n_points < 0 or n_frames < 0:
+        raise BakeError("point and frame counts must not be negative")
+    return _MODULES[target].estimate_size(int(n_points), int(n_frames))
+
+
+def bake(obj, frames, target: str = "gn_cache", cache_dir: str | None = None, **options) -> BakeInfo:
+    """Bake with any target; cache_dir defaults to //splat_cache/<object>/<target> (the .blend must be saved)."""
+    if target not in _BAKERS:
+        raise BakeError(f"unknown bake target {target!r}; use one of {', '.join(TARGETS)}")
+    if cache_dir is None and target != "shape_keys":
+        cache_dir = default_cache_dir(obj, target)
+    return _BAKERS[target](obj, frames, cache_dir, **options)
+
+
+def free_bake(obj, delete_files: bool = True) -> bool:
+    """Remove the object's bake: its reader modifiers or shape keys and (optionally) its cache files.
+
+    The static splat look is restored. Only folders written by a bake (holding its manifest) are deleted.
+    Returns True if there was a bake.
+    """
+    from .. import look
+
+    record = bake_record(obj)
+    common.detach_all(obj)
+    folder = common.record_dir(record)
+    if delete_files and folder:
+        remove_cache_dir(folder)
+        staging = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.partial")
+        remove_cache_dir(staging)
+    common.clear_bake_record(obj)
+    if look.look_modifier(obj) is not None:
+        look.apply_splat_look(obj, source="attributes")
+    return record is not None
+
+
+__all__ = ["TARGETS", "BakeError", "BakeInfo", "bake", "bake_gn_cache", "bake_ply_sequence", "bake_pc2",
+           "bake_shape_keys", "estimate_bake_size", "free_bake", "frames_from_dir", "default_cache_dir",
+           "bake_record"]
