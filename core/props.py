@@ -1,0 +1,202 @@
+"""Property groups the artist edits: per splat object (``obj.splat_physics``) and per helper object
+(``obj.splat_role``: anchors, pokes, wind, colliders).
+
+Only settings live here; what they mean for the backend is decided in core/scene_to_job.py.
+"""
+
+import bpy
+from bpy.props import (BoolProperty, EnumProperty, FloatProperty, FloatVectorProperty, IntProperty,
+                       PointerProperty, StringProperty)
+
+from ..backend import protocol
+
+ROLES = ("ANCHOR", "POKE", "WIND", "COLLIDER")
+BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # = core.bake.TARGETS
+
+_MODEL_ITEMS = [
+    ("fixed_corotated", "Elastic (fixed corotated)", "Elastic solid; the usual choice for plants and soft objects"),
+    ("neo_hookean", "Elastic (Neo-Hookean)", "Elastic solid, better for large compression"),
+    ("stvk_hencky", "Elastic (StVK Hencky)", "Elastic with a logarithmic strain measure"),
+    ("von_mises", "Metal (von Mises)", "Elastic until it yields, then bends permanently"),
+    ("drucker_prager", "Sand (Drucker-Prager)", "Granular material that piles and flows"),
+    ("foam", "Foam", "Soft material that deforms permanently"),
+    ("plasticine", "Plasticine", "Clay-like; keeps the shape it is pushed into"),
+    ("snow", "Snow", "Hardens when compressed, fractures when pulled"),
+]
+assert tuple(k for k, *_ in _MODEL_ITEMS) == protocol.MATERIAL_MODELS
+
+_BOUNDARY_ITEMS = [
+    ("sticky", "Sticky", "Particles touching it stop"),
+    ("slip", "Slip", "Particles slide along it without friction"),
+    ("frictional", "Frictional", "Particles slide with Coulomb friction"),
+]
+assert tuple(k for k, *_ in _BOUNDARY_ITEMS) == protocol.BOUNDARY_KINDS
+
+_PRIOR_ITEMS = [
+    ("svd", "Image to video (SVD)", "Judge the motion with Stable Video Diffusion, from the active camera's first frame"),
+    ("modelscope", "Text to video", "Judge the motion with a text-to-video model and a prompt describing it"),
+    ("reference", "Reference video", "Fit the motion to a video file of the real object"),
+    ("analytic", "Analytic (test)", "A synthetic target with known materials, for checking the setup"),
+]
+assert tuple(k for k, *_ in _PRIOR_ITEMS) == protocol.PRIORS
+
+_FIELD_ITEMS = [
+    ("kan_triplane", "KAN triplane", "Smooth spatial field of materials (default)"),
+    ("mlp_triplane", "MLP triplane", "Spatial field with a small neural network"),
+    ("per_particle", "Per particle", "One value per particle (needs many iterations)"),
+    ("global", "Uniform", "One material for the whole object"),
+]
+assert tuple(k for k, *_ in _FIELD_ITEMS) == protocol.FIELDS
+
+_BAKE_ITEMS = [
+    ("gn_cache", "Geometry Nodes cache", "Per-frame point clouds loaded by a Bake node; renders without Python"),
+    ("ply_sequence", "PLY sequence", "One .ply per frame, read by the Import PLY node (Blender 4.5+)"),
+    ("pc2", "Point cache (PC2)", "Positions only, played by a Mesh Cache modifier"),
+    ("shape_keys", "Shape keys", "Stored inside the .blend; small objects only"),
+]
+
+
+def _refresh_readout(self, context):
+    # Deferred import: scene_to_job imports this module.
+    from . import scene_to_job
+
+    obj = self.id_data
+    if isinstance(obj, bpy.types.Object):
+        scene_to_job.update_readouts(obj)
+
+
+def _toggle_heatmap(self, context):
+    from . import materials
+
+    obj = self.id_data
+    if isinstance(obj, bpy.types.Object):
+        materials.show_heatmap(obj, self.show_heatmap)
+
+
+def _is_empty(self, obj):
+    return obj.type == "EMPTY"
+
+
+class SplatPhysicsSettings(bpy.types.PropertyGroup):
+    """Physics settings of one splat object."""
+
+    enabled: BoolProperty(name="Particles", description="The object has been converted to MPM particles")
+    domain: PointerProperty(
+        name="Domain", type=bpy.types.Object, poll=_is_empty,
+        description="Box empty whose world bounds are the simulation domain; scale it to give the motion room",
+    )
+    n_grid: IntProperty(
+        name="Grid resolution", default=64, min=8, max=512, update=_refresh_readout,
+        description="Cells along the longest side of the domain. More cells: finer detail, slower",
+    )
+    particles_per_cell: FloatProperty(name="Particles per cell", default=0.0)
+    occupied_cells: IntProperty(name="Occupied cells", default=0)
+
+    fill_enabled: BoolProperty(
+        name="Fill interior", default=False, update=_refresh_readout,
+        description="Add particles inside closed shells so a hollow splat surface behaves like a solid",
+    )
+    fill_max_particles: IntProperty(name="Max fill particles", default=200000, min=0, max=10_000_000)
+    fill_resolution: IntProperty(
+        name="Fill resolution", default=0, min=0, max=512, update=_refresh_readout,
+        description="Cells along the longest side used to find the interior; 0 = the grid resolution",
+    )
+    fill_preview_count: IntProperty(name="Fill particles", default=-1, description="-1: not estimated yet")
+
+    material_model: EnumProperty(name="Material", items=_MODEL_ITEMS, default="fixed_corotated")
+    youngs_modulus: FloatProperty(
+        name="Stiffness (E)", default=1.0e5, min=1.0, max=1.0e12, precision=0,
+        description="Young's modulus in Pa, used where the object has no 'youngs_modulus' attribute",
+    )
+    poisson_ratio: FloatProperty(name="Poisson ratio", default=0.3, min=-0.99, max=0.49, precision=3)
+    density: FloatProperty(name="Density", default=1000.0, min=1e-3, max=1e5, description="kg/m^3")
+    damping: FloatProperty(name="Damping", default=0.0, min=0.0, max=100.0, description="Velocity damping, 1/s")
+
+    use_ground: BoolProperty(name="Ground", default=False, description="A horizontal ground plane at a height")
+    ground_height: FloatProperty(name="Height", default=0.0, unit="LENGTH")
+    ground_kind: EnumProperty(name="Ground", items=_BOUNDARY_ITEMS, default="frictional")
+    ground_friction: FloatProperty(name="Friction", default=0.5, min=0.0, max=10.0)
+    walls_kind: EnumProperty(name="Walls", items=_BOUNDARY_ITEMS, default="slip")
+    walls_friction: FloatProperty(name="Friction", default=0.3, min=0.0, max=10.0)
+
+    # Estimate Materials
+    prior: EnumProperty(name="Prior", items=_PRIOR_ITEMS, default="svd")
+    prompt: StringProperty(name="Prompt", description="What the motion looks like, e.g. 'a flower swaying in the wind'")
+    reference_video: StringProperty(name="Video", subtype="FILE_PATH", description="Video file or folder of frames")
+    iterations: IntProperty(name="Iterations", default=30, min=1, max=100000)
+    tolerance_decades: FloatProperty(
+        name="Tolerance", default=1.0, min=1e-6, max=10.0,
+        description="Stop when the stiffness changes by less than this many powers of ten",
+    )
+    field: EnumProperty(name="Field", items=_FIELD_ITEMS, default="kan_triplane")
+    estimate_density: BoolProperty(name="Estimate density", default=False)
+
+    # Simulate & Bake
+    bake_target: EnumProperty(name="Bake to", items=_BAKE_ITEMS, default="gn_cache")
+    bake_dir: StringProperty(
+        name="Bake folder", subtype="DIR_PATH", default="",
+        description="Where the cache goes; empty = //splat_cache/<object>/<target> next to the .blend",
+    )
+
+    # Stiffness heat map (written by core/materials.py)
+    show_heatmap: BoolProperty(name="Stiffness heat map", default=False, update=_toggle_heatmap)
+    heat_min_E: FloatProperty(name="Min E", default=0.0)
+    heat_max_E: FloatProperty(name="Max E", default=0.0)
+    heat_p5: FloatProperty(name="5%", default=0.0)
+    heat_p50: FloatProperty(name="50%", default=0.0)
+    heat_p95: FloatProperty(name="95%", default=0.0)
+    heat_min_color: FloatVectorProperty(name="Soft", subtype="COLOR", size=3, min=0.0, max=1.0)
+    heat_max_color: FloatVectorProperty(name="Stiff", subtype="COLOR", size=3, min=0.0, max=1.0)
+
+    # The last outcome shown in the panel
+    last_message: StringProperty(name="Message", default="")
+    last_level: EnumProperty(
+        name="Level", items=[("INFO", "Info", ""), ("WARNING", "Warning", ""), ("ERROR", "Error", "")], default="INFO"
+    )
+    last_log: StringProperty(name="Log", subtype="FILE_PATH", default="")
+
+
+class SplatRoleSettings(bpy.types.PropertyGroup):
+    """What a helper object does to the splat simulation."""
+
+    role: EnumProperty(
+        name="Role",
+        items=[
+            ("NONE", "None", "Not part of a splat simulation"),
+            ("ANCHOR", "Anchor", "Particles inside this box or closed mesh are held in place"),
+            ("POKE", "Poke", "Pushes particles within its radius along its arrow (local +Z) during a frame window"),
+            ("WIND", "Wind", "Pushes all particles along its arrow (local +Z), with gusts"),
+            ("COLLIDER", "Collider", "An axis-aligned box particles cannot enter; it may be animated"),
+        ],
+        default="NONE",
+    )
+    enabled: BoolProperty(name="Enabled", default=True)
+    target: PointerProperty(
+        name="Acts on", type=bpy.types.Object,
+        description="The splat object this acts on; empty = every splat object in the scene",
+    )
+    strength: FloatProperty(name="Strength", default=5.0, min=0.0, description="Acceleration in m/s^2")
+    start_frame: IntProperty(name="Start", default=1, description="First frame the force acts")
+    end_frame: IntProperty(name="End", default=10, description="Last frame the force acts")
+    use_end: BoolProperty(name="Stop", default=True, description="Stop at the end frame; off = until the end")
+    gust_frequency: FloatProperty(name="Gust frequency", default=0.5, min=0.0, description="Hz")
+    gust_amplitude: FloatProperty(name="Gust amount", default=0.3, min=0.0, max=1.0, subtype="FACTOR")
+    kind: EnumProperty(name="Surface", items=_BOUNDARY_ITEMS, default="sticky")
+    friction: FloatProperty(name="Friction", default=0.5, min=0.0, max=10.0)
+
+
+classes = (SplatPhysicsSettings, SplatRoleSettings)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+    bpy.types.Object.splat_physics = PointerProperty(type=SplatPhysicsSettings)
+    bpy.types.Object.splat_role = PointerProperty(type=SplatRoleSettings)
+
+
+def unregister():
+    del bpy.types.Object.splat_role
+    del bpy.types.Object.splat_physics
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

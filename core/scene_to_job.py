@@ -1,0 +1,373 @@
+"""From the Blender scene to a job folder: the particles, the domain, the forces, the camera.
+
+``build_job(context, obj, command)`` gathers everything the artist set up into the contract's
+form (backend/protocol.py): world-space splat arrays, per-point materials (attributes or the
+object's defaults), the anchor mask from anchor objects, the artist's material locks, and the
+simulation/estimate sections. ``write_job_folder`` writes it with protocol.write_job.
+
+Nothing here changes the scene except ``convert_to_particles`` (which adds the domain empty) and
+the temporary frame changes needed to sample animated colliders and the camera (restored after).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import bpy
+import numpy as np
+
+from ..backend import protocol
+from ..backend.render.camera import CameraError, camera_from_blender
+from . import interactions, materials, splats
+
+DOMAIN_MARGIN = 1.5  # default domain side / the object's largest extent
+JOBS_DIR = "splat_jobs"
+SCENE_KEYS = ("f_dc", "f_rest", "opacity", "scale", "rotation")
+
+
+class SetupError(ValueError):
+    """The scene cannot be turned into a job; the message tells the artist what to change."""
+
+
+# ---------------------------------------------------------------------------- points
+def world_positions(obj) -> np.ndarray:
+    """The object's points in world space, checked: at least one, all finite."""
+    if obj is None:
+        raise SetupError("Select the splat object to simulate first")
+    if obj.type != "MESH":
+        raise SetupError(f"'{obj.name}' is a {obj.type.lower()} object; splat physics needs a mesh of points "
+                         "(import a .ply splat, or pick a mesh)")
+    local = splats.local_positions(obj.data)
+    if len(local) == 0:
+        raise SetupError(f"'{obj.name}' has no points to simulate. Import a splat .ply or pick a mesh with vertices")
+    bad = ~np.isfinite(local).all(axis=1)
+    if bad.any():
+        raise SetupError(f"'{obj.name}' has {int(bad.sum())} of {len(local)} points with invalid (NaN or infinite) "
+                         "positions. Delete them (or re-import the file) and try again")
+    mw = np.array(obj.matrix_world, dtype=np.float64)
+    return local.astype(np.float64) @ mw[:3, :3].T + mw[:3, 3]
+
+
+# ---------------------------------------------------------------------------- domain
+def convert_to_particles(context, obj):
+    """Mark ``obj`` as MPM particles and give it a domain box; checks the points before changing anything."""
+    positions = world_positions(obj)
+    settings = obj.splat_physics
+    if settings.domain is None or settings.domain.name not in context.scene.objects:
+        settings.domain = _make_domain(context, obj, positions)
+    settings.enabled = True
+    context.view_layer.update()
+    update_readouts(obj)
+    return settings.domain
+
+
+def _make_domain(context, obj, positions):
+    lo, hi = positions.min(axis=0), positions.max(axis=0)
+    half = 0.5 * DOMAIN_MARGIN * max(float(np.max(hi - lo)), 1e-3)
+    empty = bpy.data.objects.new(f"{obj.name} Domain", None)
+    empty.empty_display_type = "CUBE"
+    empty.empty_display_size = 1.0
+    empty.location = tuple((lo + hi) / 2)
+    empty.scale = (half, half, half)
+    empty.hide_render = True
+    for coll in obj.users_collection:
+        coll.objects.link(empty)
+        break
+    else:
+        context.scene.collection.objects.link(empty)
+    # Parented, so moving the object carries its domain along; the inverse keeps it where it was made.
+    empty.parent = obj
+    empty.matrix_parent_inverse = obj.matrix_world.inverted_safe()
+    return empty
+
+
+def domain_bounds(obj) -> tuple[list[float], list[float]] | None:
+    """World AABB of the domain empty (its cube spans +-display size locally); None without a domain."""
+    empty = obj.splat_physics.domain
+    if empty is None:
+        return None
+    s = empty.empty_display_size
+    corners = np.array([(x, y, z, 1.0) for x in (-s, s) for y in (-s, s) for z in (-s, s)])
+    world = corners @ np.array(empty.matrix_world, dtype=np.float64).T
+    lo, hi = world[:, :3].min(axis=0), world[:, :3].max(axis=0)
+    if not np.all(hi - lo > 1e-9):
+        raise SetupError(f"The domain box '{empty.name}' is flat; give it a size on every axis")
+    return lo.tolist(), hi.tolist()
+
+
+def _grid_box(obj, positions) -> tuple[np.ndarray, np.ndarray]:
+    bounds = domain_bounds(obj)
+    if bounds is not None:
+        return np.array(bounds[0]), np.array(bounds[1])
+    lo, hi = positions.min(axis=0), positions.max(axis=0)
+    c, half = (lo + hi) / 2, 0.5 * DOMAIN_MARGIN * max(float(np.max(hi - lo)), 1e-3)
+    return c - half, c + half
+
+
+def cell_indices(positions, lo, hi, resolution: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Integer cell of each point inside the box (cells are cubes: resolution along the longest side)."""
+    dx = float(np.max(hi - lo)) / resolution
+    dims = np.maximum(np.ceil((hi - lo) / dx - 1e-9).astype(int), 1)
+    ijk = np.floor((positions - lo) / dx).astype(np.int64)
+    inside = np.all((ijk >= 0) & (ijk < dims), axis=1)
+    return ijk[inside], dims, dx
+
+
+def occupied_cells(positions, lo, hi, resolution: int) -> int:
+    ijk, dims, _ = cell_indices(positions, lo, hi, resolution)
+    flat = (ijk[:, 0] * dims[1] + ijk[:, 1]) * dims[2] + ijk[:, 2]
+    return int(len(np.unique(flat)))
+
+
+def interior_cells(positions, lo, hi, resolution: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """Empty cells enclosed by occupied ones along all six axis directions (the usual fill test).
+
+    Returns the boolean grid of interior cells, the occupied grid and the cell size.
+    """
+    ijk, dims, dx = cell_indices(positions, lo, hi, resolution)
+    occ = np.zeros(dims, dtype=bool)
+    occ[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = True
+    enclosed = ~occ
+    for axis in range(3):
+        before = np.maximum.accumulate(occ, axis=axis)
+        after = np.flip(np.maximum.accumulate(np.flip(occ, axis=axis), axis=axis), axis=axis)
+        enclosed &= before & after
+    return enclosed, occ, dx
+
+
+def estimate_fill(obj, positions=None) -> tuple[int, np.ndarray]:
+    """How many particles interior filling would add (capped), and their world positions (cell centres)."""
+    s = obj.splat_physics
+    positions = world_positions(obj) if positions is None else positions
+    lo, hi = _grid_box(obj, positions)
+    enclosed, _occ, dx = interior_cells(positions, lo, hi, s.fill_resolution or s.n_grid)
+    centres = lo + (np.argwhere(enclosed) + 0.5) * dx
+    if len(centres) > s.fill_max_particles:
+        keep = np.linspace(0, len(centres) - 1, s.fill_max_particles).astype(int)
+        centres = centres[keep]
+    return len(centres), centres
+
+
+def update_readouts(obj) -> None:
+    """Particles per cell (N / occupied cells at the grid resolution) and the fill count, for the panel."""
+    s = obj.splat_physics
+    try:
+        positions = world_positions(obj)
+    except SetupError:
+        s.particles_per_cell, s.occupied_cells, s.fill_preview_count = 0.0, 0, -1
+        return
+    lo, hi = _grid_box(obj, positions)
+    cells = occupied_cells(positions, lo, hi, s.n_grid)
+    s.occupied_cells = cells
+    s.particles_per_cell = len(positions) / max(cells, 1)
+    s.fill_preview_count = estimate_fill(obj, positions)[0] if s.fill_enabled else -1
+
+
+# ---------------------------------------------------------------------------- camera
+@contextmanager
+def at_frame(scene, frame: int):
+    """Evaluate the scene at ``frame`` and put the current frame back afterwards."""
+    current, sub = scene.frame_current, scene.frame_subframe
+    if current == frame and sub == 0.0:
+        yield
+        return
+    scene.frame_set(frame)
+    try:
+        yield
+    finally:
+        scene.frame_set(current, subframe=sub)
+
+
+def camera_settings(scene, cam_obj=None) -> dict:
+    """The active camera at the first frame, in the job's form (OpenCV viewmat, K, render size)."""
+    cam_obj = cam_obj or scene.camera
+    if cam_obj is None or cam_obj.type != "CAMERA":
+        raise SetupError("Estimation needs an active camera: the video prior judges the motion as seen from it. "
+                         "Add a camera aimed at the object and make it active (View > Cameras > Set Active Object "
+                         "as Camera)")
+    r, cam = scene.render, cam_obj.data
+    width = max(1, round(r.resolution_x * r.resolution_percentage / 100))
+    height = max(1, round(r.resolution_y * r.resolution_percentage / 100))
+    with at_frame(scene, scene.frame_start):
+        matrix = [list(row) for row in cam_obj.matrix_world]
+    try:
+        camera = camera_from_blender(
+            matrix, cam.lens, cam.sensor_width, cam.sensor_height, width, height, sensor_fit=cam.sensor_fit,
+            shift_x=cam.shift_x, shift_y=cam.shift_y, pixel_aspect_x=r.pixel_aspect_x,
+            pixel_aspect_y=r.pixel_aspect_y, clip_start=cam.clip_start, clip_end=cam.clip_end, type=cam.type)
+    except CameraError as exc:
+        raise SetupError(f"Camera '{cam_obj.name}': {exc}") from None
+    return camera.to_dict()
+
+
+# ---------------------------------------------------------------------------- job sections
+def material_defaults(obj) -> dict[str, float]:
+    s = obj.splat_physics
+    return {"youngs_modulus": s.youngs_modulus, "poisson_ratio": s.poisson_ratio, "density": s.density}
+
+
+def simulation_settings(context, obj) -> dict:
+    scene, s = context.scene, obj.splat_physics
+    bounds = domain_bounds(obj)
+    gravity = list(scene.gravity) if scene.use_gravity else [0.0, 0.0, 0.0]
+    pokes = [interactions.poke_settings(o, scene) for o in interactions.interaction_objects(scene, obj, "POKE")]
+    winds = [interactions.wind_settings(o, scene) for o in interactions.interaction_objects(scene, obj, "WIND")]
+    colliders = interactions.collider_settings(
+        [o for o in interactions.interaction_objects(scene, obj, "COLLIDER") if o.type == "EMPTY"], scene)
+    if scene.frame_end < scene.frame_start:
+        raise SetupError("The scene's frame range is empty: set End after Start")
+    return {
+        "n_grid": int(s.n_grid),
+        "domain_min": bounds[0] if bounds else None,
+        "domain_max": bounds[1] if bounds else None,
+        "fps": interactions.scene_fps(scene),
+        "n_frames": scene.frame_end - scene.frame_start + 1,
+        "frame_start": scene.frame_start,
+        "gravity": gravity,
+        "material_model": s.material_model,
+        "walls": {"kind": s.walls_kind, "friction": float(s.walls_friction)},
+        "ground": ({"height": float(s.ground_height), "kind": s.ground_kind, "friction": float(s.ground_friction)}
+                   if s.use_ground else None),
+        "fill": {"enabled": bool(s.fill_enabled), "max_particles": int(s.fill_max_particles),
+                 "resolution": int(s.fill_resolution)},
+        "pokes": pokes,
+        "winds": winds,
+        "colliders": colliders,
+        "damping": float(s.damping),
+    }
+
+
+def _prefs():
+    from ..preferences import get_prefs
+
+    return get_prefs()
+
+
+def estimate_settings(context, obj, **overrides) -> dict:
+    s, prefs = obj.splat_physics, _prefs()
+    unknown = set(overrides) - set(protocol.ESTIMATE_DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown estimate setting(s): {', '.join(sorted(unknown))}")
+    prior = overrides.get("prior", s.prior)
+    model = ""
+    if prior == "svd":
+        model = prefs.svd_model if prefs else ""
+    elif prior == "modelscope":
+        model = prefs.modelscope_model if prefs else ""
+    est = {
+        "prior": prior,
+        "model": model,
+        "prompt": s.prompt,
+        "reference_video": bpy.path.abspath(s.reference_video) if s.reference_video else "",
+        "field": s.field,
+        "estimate_density": bool(s.estimate_density),
+        "iterations": int(s.iterations),
+        "tolerance_decades": float(s.tolerance_decades),
+    }
+    est.update(overrides)
+    if est["prior"] == "modelscope" and not str(est["prompt"]).strip():
+        raise SetupError("The text-to-video prior needs a prompt describing the motion "
+                         "(e.g. 'a tulip swaying gently in the wind')")
+    if est["prior"] in ("reference", "analytic"):
+        ref = str(est["reference_video"])
+        if not ref or not os.path.exists(ref):
+            raise SetupError(f"The {est['prior']} prior needs a reference video; "
+                             + ("choose one in the panel" if not ref else f"'{ref}' does not exist"))
+    if est.get("camera") is None:
+        est["camera"] = camera_settings(context.scene)
+    return est
+
+
+# ---------------------------------------------------------------------------- job
+def scene_arrays(context, obj) -> dict[str, np.ndarray]:
+    """The scene.npz arrays: world-space splats, materials, anchors, locks, material ids."""
+    positions = world_positions(obj)
+    data = splats.splat_arrays(obj, world=True)
+    arrays = {"positions": positions.astype(np.float32)}
+    arrays.update({k: np.ascontiguousarray(data[k], dtype=np.float32) for k in SCENE_KEYS if k in data})
+    if arrays.get("f_rest") is not None and arrays["f_rest"].shape[1] == 0:
+        del arrays["f_rest"]
+    arrays.update(materials.material_arrays(obj, material_defaults(obj)))
+    lock = materials.lock_mask(obj)
+    if lock is not None:
+        arrays["material_lock"] = lock.astype(np.uint8)
+    anchors = interactions.interaction_objects(context.scene, obj, "ANCHOR")
+    if anchors:
+        depsgraph = context.evaluated_depsgraph_get()
+        arrays["anchor"] = interactions.anchor_mask(positions, anchors, depsgraph).astype(np.uint8)
+    ids = materials.read_attr(obj, "material_id")
+    if ids is not None and ids.dtype.kind == "i" and ids.ndim == 1:
+        arrays["material_id"] = ids.astype(np.int32)
+    try:
+        protocol.validate_scene(arrays)
+    except protocol.BadJob as exc:
+        raise SetupError(f"'{obj.name}': {exc.message}") from None
+    return arrays
+
+
+def build_job(context, obj, command: str, simulation: dict | None = None, **estimate_opts) -> tuple[dict, dict]:
+    """The job dict and scene arrays for ``command`` ('simulate' or 'estimate') on ``obj``.
+
+    ``simulation`` overrides simulation settings; keyword arguments override estimate settings.
+    """
+    if command not in protocol.COMMANDS:
+        raise ValueError(f"command must be one of {protocol.COMMANDS}")
+    context.view_layer.update()
+    arrays = scene_arrays(context, obj)
+    sim = simulation_settings(context, obj)
+    sim.update(simulation or {})
+    prefs = _prefs()
+    sections = {"simulation": sim, "device": prefs.device if prefs else "auto", "label": obj.name}
+    if command == "estimate":
+        sections["estimate"] = estimate_settings(context, obj, **estimate_opts)
+    job = protocol.default_job(command, **sections)
+    return job, arrays
+
+
+def write_job_folder(job_dir, job: dict, arrays: dict) -> Path:
+    """Write job.json + scene.npz atomically and check them as the backend will.
+
+    An existing scene.npz with exactly these arrays is left alone: the backend recognises its
+    checkpoint by the scene file's bytes, and a rewritten .npz differs (zip timestamps) even when the
+    arrays do not, which would throw away a resumable run.
+    """
+    job_dir = Path(job_dir)
+    scene_path = job_dir / job.get("scene", protocol.SCENE_FILE)
+    protocol.write_job(job_dir, job, None if _same_arrays(scene_path, arrays) else arrays)
+    try:
+        protocol.read_job(job_dir)
+    except protocol.BadJob as exc:
+        raise SetupError(f"The job could not be written correctly: {exc.message}") from None
+    return job_dir
+
+
+def _same_arrays(path: Path, arrays: dict) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        old = protocol.load_npz(path)
+    except protocol.BadJob:
+        return False
+    return old.keys() == arrays.keys() and all(
+        old[k].dtype == np.asarray(arrays[k]).dtype and np.array_equal(old[k], arrays[k]) for k in arrays)
+
+
+def _safe_name(name: str) -> str:
+    return re.sub(r"[^\w.\- ]+", "_", name).strip() or "object"
+
+
+def blend_saved() -> bool:
+    return bool(bpy.data.filepath)
+
+
+def job_dir_for(obj, command: str) -> Path:
+    """//splat_jobs/<object>/<command> next to the .blend, or a temp folder for an unsaved file."""
+    if blend_saved():
+        root = Path(bpy.path.abspath(f"//{JOBS_DIR}"))
+    else:
+        root = Path(tempfile.gettempdir()) / JOBS_DIR / f"unsaved-{os.getpid()}"
+    return root / _safe_name(obj.name) / command

@@ -1,0 +1,237 @@
+"""The artist's two long actions, shared by the operators and the tests.
+
+    start_estimate(context, obj)  write an estimate job -> run it -> on success write materials
+    start_simulate(context, obj)  write a simulate job  -> run it -> on success bake the frames
+
+Each returns the core.jobs ActiveJob at once; the UI follows it with the modal ``splat.monitor_job``
+and headless callers use ``jobs.wait(kind)``. Results touch the scene only after a run succeeded
+and its outputs were checked, so a failed, cancelled or killed run leaves the previous materials
+and bakes as they were. Every outcome is written to ``obj.splat_physics.last_message`` in the
+artist's words, with the log path.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import bpy
+
+from ..backend import protocol
+from . import jobs, materials, scene_to_job
+from .runner import JobRunner, RunResult, RunState
+from .scene_to_job import SetupError
+
+ESTIMATE = "estimate"
+SIMULATE = "simulate"
+RUN_LOG = "run.log"
+
+BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # core.bake.TARGETS
+
+
+# ---------------------------------------------------------------------------- messages
+def set_status(obj, level: str, message: str, log_path=None) -> None:
+    """The panel's last message for ``obj`` (INFO, WARNING or ERROR)."""
+    s = obj.splat_physics
+    s.last_level = level
+    s.last_message = message
+    s.last_log = str(log_path) if log_path else ""
+
+
+def backend_python(context=None) -> str:
+    """The configured backend interpreter, or a SetupError that says how to configure one."""
+    from ..preferences import get_prefs
+
+    prefs = get_prefs(context)
+    python = bpy.path.abspath(prefs.backend_python) if prefs and prefs.backend_python.strip() else ""
+    if not python:
+        raise SetupError("No backend is set up. Open Edit > Preferences > Add-ons > Splat Physics and click "
+                         "Install Backend, or set Backend Python to an environment that has the backend packages")
+    return python
+
+
+def _device(context=None) -> str:
+    from ..preferences import get_prefs
+
+    prefs = get_prefs(context)
+    return prefs.device if prefs else "auto"
+
+
+def explain_failure(result: RunResult, device: str = "auto", what: str = "run") -> str:
+    """A failed or cancelled run in the artist's words, ending with where the log is."""
+    code = result.exit_code
+    detail = next((e.message for e in reversed(result.events) if e.kind == "error" and e.message), "")
+    if result.state is RunState.CANCELLED:
+        text = f"The {what} was cancelled. The previous results were kept"
+    elif code is None:
+        text = result.message.split(". Details:")[0]
+    elif code == protocol.ExitCode.MISSING_RESOURCE:
+        if device == "cuda" or any(w in detail.lower() for w in ("cuda", "gpu")):
+            text = ("No CUDA GPU is available to the backend. Set Device to CPU in Preferences > Add-ons > "
+                    "Splat Physics to run on the processor instead: it works, but is much slower "
+                    "(a material estimate can take hours)")
+        else:
+            text = (f"Something the backend needs is missing: {detail or 'a model or file'}. Download the model "
+                    "or point the add-on preferences at a local copy; Check Backend lists what it finds")
+    elif code == protocol.ExitCode.DIVERGED:
+        text = ("The simulation became unstable and blew up" + (f" ({detail})" if detail else "")
+                + ". Try a higher grid resolution, a softer or denser material, weaker pokes or wind, "
+                "or a smaller time step. The previous bake was kept")
+    elif code == protocol.ExitCode.BAD_INPUT:
+        text = f"The backend rejected the job: {detail or 'invalid input'}"
+    elif code < 0:
+        name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        text = (f"The backend process was killed ({name}) before it finished, perhaps because the computer ran "
+                "out of memory. Try fewer particles or a lower grid resolution. The previous results were kept")
+    elif code == protocol.ExitCode.INTERNAL:
+        text = f"The backend hit an internal error: {detail or 'see the log'}"
+    else:
+        text = f"The backend stopped: {protocol.EXIT_MEANINGS.get(code, f'exit code {code}')}"
+    if result.log_path:
+        text += f". Log: {result.log_path}"
+    return text
+
+
+# ---------------------------------------------------------------------------- starting jobs
+def prepare_job(context, obj, command: str, simulation: dict | None = None, **estimate_opts) -> Path:
+    """Check the setup and write the job folder. Raises SetupError; changes nothing in the scene."""
+    job, arrays = scene_to_job.build_job(context, obj, command, simulation=simulation, **estimate_opts)
+    return scene_to_job.write_job_folder(scene_to_job.job_dir_for(obj, command), job, arrays)
+
+
+def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJob:
+    python = backend_python(context)
+    device = _device(context)
+    runner = JobRunner(python, ["run", str(job_dir)], log_path=job_dir / RUN_LOG,
+                       cancel_file=job_dir / protocol.CANCEL_FILE)
+    name = obj.name
+
+    def on_done(result: RunResult) -> None:
+        target = bpy.data.objects.get(name)
+        if result.ok:
+            try:
+                if target is None:
+                    raise SetupError(f"'{name}' was deleted or renamed while the {kind} ran; nothing was applied")
+                result.message = apply_result(target, job_dir, result)
+                set_status(target, "INFO", result.message, result.log_path)
+                return
+            except (SetupError, materials.MaterialsError, protocol.JobError, OSError, ValueError) as exc:
+                # The run finished but its output cannot be used: report it as a failure, change nothing.
+                result.state = RunState.FAILED
+                result.message = f"The {kind} finished but its result was not applied: {exc}. Log: {result.log_path}"
+        else:
+            result.message = explain_failure(result, device, kind)
+        if target is not None:
+            level = "WARNING" if result.state is RunState.CANCELLED else "ERROR"
+            set_status(target, level, result.message, result.log_path)
+
+    try:
+        active = jobs.start(kind, runner, on_done=on_done, label=name)
+    except RuntimeError as exc:
+        raise SetupError(str(exc)) from None
+    if not active.done_called:
+        set_status(obj, "INFO", f"{kind.capitalize()} started", job_dir / RUN_LOG)
+    return active
+
+
+def start_estimate(context, obj, **estimate_opts) -> jobs.ActiveJob:
+    """Estimate the object's materials; on success they become its point attributes."""
+    backend_python(context)
+    job_dir = prepare_job(context, obj, ESTIMATE, **estimate_opts)
+    return _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
+
+
+def _apply_estimate(obj, job_dir: Path, result: RunResult) -> str:
+    out = Path(job_dir) / protocol.OUT_DIR
+    arrays = materials.load_materials_file(materials.materials_path(out), materials.point_count(obj))
+    materials.apply_materials(obj, arrays)
+    stats = materials.update_heatmap(obj)
+    return ("Materials estimated: stiffness " + " / ".join(materials.format_pa(stats[k]) for k in ("p5", "p50", "p95"))
+            + " (5% / median / 95%)")
+
+
+def bake_cache_dir(obj, target: str) -> str | None:
+    """Absolute cache folder of a bake (None for shape keys, which live in the .blend).
+
+    The default is //splat_cache/<object>/<target>, which needs a saved .blend; an absolute custom
+    folder does not.
+    """
+    if target == "shape_keys":
+        return None
+    custom = obj.splat_physics.bake_dir.strip()
+    if custom and not custom.startswith("//"):
+        return custom
+    if not scene_to_job.blend_saved():
+        raise SetupError("Save the .blend file first: bake caches are written next to it "
+                         "(//splat_cache/...) so they travel with the file")
+    from . import bake
+
+    return bpy.path.abspath(custom) if custom else bake.default_cache_dir(obj, target)
+
+
+def start_simulate(context, obj, target: str | None = None, simulation: dict | None = None) -> jobs.ActiveJob:
+    """Simulate the scene's frame range, then bake the frames to ``target`` (default: the panel's choice).
+
+    Running it again with unchanged settings resumes: the backend continues from its checkpoint and
+    the bake reuses the frames it already wrote.
+    """
+    backend_python(context)
+    target = target or obj.splat_physics.bake_target
+    if target not in BAKE_TARGETS:
+        raise SetupError(f"Unknown bake target {target!r}; use one of {', '.join(BAKE_TARGETS)}")
+    cache_dir = bake_cache_dir(obj, target)  # fails early for an unsaved .blend
+    job_dir = prepare_job(context, obj, SIMULATE, simulation=simulation)
+
+    def apply(obj, job_dir, result):
+        return _apply_bake(obj, job_dir, target, cache_dir)
+
+    return _start(SIMULATE, context, obj, job_dir, apply)
+
+
+def job_frames(job_dir) -> list:
+    """(frame, lazily loaded frame file) pairs of this run's frame range; stale extra frames are ignored."""
+    from . import bake
+
+    job = protocol.read_job(job_dir)
+    first, count = job.simulation["frame_start"], job.simulation["n_frames"]
+    frames = [(f, data) for f, data in bake.frames_from_dir(Path(job_dir) / protocol.OUT_DIR)
+              if first <= f < first + count]
+    if len(frames) != count:
+        raise SetupError(f"the simulation wrote {len(frames)} of {count} frames")
+    return frames
+
+
+def _apply_bake(obj, job_dir: Path, target: str, cache_dir: str | None) -> str:
+    from . import bake
+
+    info = bake.bake(obj, job_frames(job_dir), target, cache_dir)
+    where = info.path or "the .blend (shape keys)"
+    resumed = f", {info.frames_resumed} reused" if info.frames_resumed else ""
+    return f"Baked {info.n_frames} frames to {where} ({human_bytes(info.bytes)}{resumed})"
+
+
+def projected_bake_size(obj, target: str | None = None, n_frames: int | None = None) -> int:
+    """Bytes the bake will take (on disk; for shape keys inside the .blend)."""
+    from . import bake
+
+    scene = bpy.context.scene
+    n_frames = n_frames or (scene.frame_end - scene.frame_start + 1)
+    return int(bake.estimate_bake_size(target or obj.splat_physics.bake_target, materials.point_count(obj), n_frames))
+
+
+def free_bake(obj) -> bool:
+    """Remove the object's bake (readers and cache files); the previous static look comes back."""
+    from . import bake
+
+    had = bake.free_bake(obj)
+    set_status(obj, "INFO", "Bake freed" if had else "There was no bake to free")
+    return had
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+

@@ -1,0 +1,331 @@
+"""Physics operators: convert, interactions, fill preview, overrides, estimate, simulate & bake.
+
+Thin wrappers over core/: every check and scene change lives there, so tests call the same code.
+Long runs start a job and hand it to ``splat.monitor_job`` (modal, ESC cancels); in background
+mode (no event loop) they wait for it instead.
+"""
+
+import bpy
+import numpy as np
+from bpy.props import BoolProperty, EnumProperty, FloatProperty
+from mathutils import Vector
+
+from ..core import interactions, jobs, materials, scene_to_job, workflow
+from ..core.scene_to_job import SetupError
+
+FILL_PREVIEW_SUFFIX = " Fill Preview"
+
+
+def splat_object(context):
+    """The splat object the UI acts on: the active mesh, or the target/parent of an active helper empty."""
+    ob = context.active_object
+    if ob is None:
+        return None
+    if ob.type == "MESH" and ob.splat_role.role == "NONE":
+        return ob
+    role = getattr(ob, "splat_role", None)
+    if role is not None and role.target is not None:
+        return role.target
+    if ob.parent is not None and ob.parent.type == "MESH" and ob.parent.splat_physics.domain == ob:
+        return ob.parent
+    return None
+
+
+def _fail(op, obj, exc) -> set:
+    message = str(exc)
+    if obj is not None:
+        workflow.set_status(obj, "ERROR", message)
+    op.report({"ERROR"}, message)
+    return {"CANCELLED"}
+
+
+class _SplatOperator:
+    @classmethod
+    def poll(cls, context):
+        return splat_object(context) is not None
+
+
+class SPLAT_OT_convert_to_particles(_SplatOperator, bpy.types.Operator):
+    """Prepare the object for MPM simulation: add a domain box and compute the grid readouts"""
+
+    bl_idname = "splat.convert_to_particles"
+    bl_label = "Convert to MPM Particles"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        obj = splat_object(context)
+        try:
+            domain = scene_to_job.convert_to_particles(context, obj)
+        except SetupError as exc:
+            return _fail(self, obj, exc)
+        s = obj.splat_physics
+        workflow.set_status(obj, "INFO", f"{materials.point_count(obj)} particles, domain '{domain.name}', "
+                                         f"{s.particles_per_cell:.1f} particles per occupied cell")
+        return {"FINISHED"}
+
+
+class SPLAT_OT_add_interaction(_SplatOperator, bpy.types.Operator):
+    """Add an anchor box, poke, wind or collider acting on the active splat object"""
+
+    bl_idname = "splat.add_interaction"
+    bl_label = "Add Interaction"
+    bl_options = {"REGISTER", "UNDO"}
+
+    role: EnumProperty(name="Role", items=[(r, r.capitalize(), "") for r in interactions._DISPLAY])
+
+    def execute(self, context):
+        obj = splat_object(context)
+        location = context.scene.cursor.location.copy()
+        if obj is not None and location.length == 0.0:
+            # The cursor at the world origin is rarely meant: start at the object's bounds centre instead.
+            centre = sum((Vector(c) for c in obj.bound_box), Vector()) / 8.0
+            location = obj.matrix_world @ centre
+        empty = interactions.add_interaction(context, self.role, target=obj, location=location)
+        for ob in context.selected_objects:
+            ob.select_set(False)
+        empty.select_set(True)
+        context.view_layer.objects.active = empty
+        return {"FINISHED"}
+
+
+class SPLAT_OT_mark_anchor_volume(bpy.types.Operator):
+    """Make the selected meshes anchor volumes: particles inside them are held in place"""
+
+    bl_idname = "splat.mark_anchor_volume"
+    bl_label = "Selected Meshes as Anchors"
+    bl_options = {"REGISTER", "UNDO"}
+
+    @classmethod
+    def poll(cls, context):
+        return any(o.type == "MESH" for o in context.selected_objects)
+
+    def execute(self, context):
+        target = next((o for o in context.selected_objects if o.splat_physics.enabled), None)
+        volumes = [o for o in context.selected_objects if o.type == "MESH" and o != target]
+        if not volumes:
+            self.report({"ERROR"}, "Select the closed mesh(es) to use as anchors (and optionally the splat object)")
+            return {"CANCELLED"}
+        for ob in volumes:
+            interactions.tag_anchor_volume(ob, target)
+        self.report({"INFO"}, f"{len(volumes)} anchor volume(s)")
+        return {"FINISHED"}
+
+
+class SPLAT_OT_preview_fill(_SplatOperator, bpy.types.Operator):
+    """Estimate the interior fill and show its particles as a temporary point object"""
+
+    bl_idname = "splat.preview_fill"
+    bl_label = "Preview Fill"
+    bl_options = {"REGISTER", "UNDO"}
+
+    show_points: BoolProperty(name="Show points", default=True)
+
+    def execute(self, context):
+        obj = splat_object(context)
+        try:
+            count, centres = scene_to_job.estimate_fill(obj)
+        except SetupError as exc:
+            return _fail(self, obj, exc)
+        obj.splat_physics.fill_preview_count = count
+        _remove_fill_preview(obj)
+        if self.show_points and count:
+            mesh = bpy.data.meshes.new(obj.name + FILL_PREVIEW_SUFFIX)
+            mesh.vertices.add(count)
+            mesh.vertices.foreach_set("co", np.ascontiguousarray(centres, np.float32).ravel())
+            preview = bpy.data.objects.new(obj.name + FILL_PREVIEW_SUFFIX, mesh)
+            preview.hide_render = True
+            preview.hide_select = True
+            context.scene.collection.objects.link(preview)
+        self.report({"INFO"}, f"Filling adds about {count} particles")
+        return {"FINISHED"}
+
+
+def _remove_fill_preview(obj) -> None:
+    old = bpy.data.objects.get(obj.name + FILL_PREVIEW_SUFFIX)
+    if old is not None:
+        mesh = old.data
+        bpy.data.objects.remove(old, do_unlink=True)
+        if mesh is not None and mesh.users == 0:
+            bpy.data.meshes.remove(mesh)
+
+
+class SPLAT_OT_clear_fill_preview(_SplatOperator, bpy.types.Operator):
+    """Remove the fill preview points"""
+
+    bl_idname = "splat.clear_fill_preview"
+    bl_label = "Clear Fill Preview"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        _remove_fill_preview(splat_object(context))
+        return {"FINISHED"}
+
+
+class SPLAT_OT_override_materials(_SplatOperator, bpy.types.Operator):
+    """Set stiffness, Poisson ratio and density on the selected points (all points if none is selected),
+    and lock them so the next estimation keeps these values"""
+
+    bl_idname = "splat.override_materials"
+    bl_label = "Override Materials"
+    bl_options = {"REGISTER", "UNDO"}
+
+    youngs_modulus: FloatProperty(name="Stiffness (E)", default=1.0e5, min=1.0, max=1.0e12, description="Pa")
+    poisson_ratio: FloatProperty(name="Poisson ratio", default=0.3, min=-0.99, max=0.49)
+    density: FloatProperty(name="Density", default=1000.0, min=1e-3, max=1e5, description="kg/m^3")
+    lock: BoolProperty(name="Lock for estimation", default=True)
+
+    def invoke(self, context, event):
+        return context.window_manager.invoke_props_dialog(self)
+
+    def execute(self, context):
+        obj = splat_object(context)
+        edit = obj.mode == "EDIT"
+        if edit:
+            bpy.ops.object.mode_set(mode="OBJECT")  # selection and attributes sync back to the mesh
+        try:
+            mask = materials.selected_points(obj)
+            if not mask.any():
+                mask = np.ones(materials.point_count(obj), dtype=bool)
+            count = materials.override_materials(obj, mask, scene_to_job.material_defaults(obj),
+                                                 self.youngs_modulus, self.poisson_ratio, self.density, self.lock)
+        except materials.MaterialsError as exc:
+            return _fail(self, obj, exc)
+        finally:
+            if edit:
+                bpy.ops.object.mode_set(mode="EDIT")
+        workflow.set_status(obj, "INFO", f"Materials set on {count} points" + (" and locked" if self.lock else ""))
+        return {"FINISHED"}
+
+
+class SPLAT_OT_clear_material_locks(_SplatOperator, bpy.types.Operator):
+    """Let the next estimation change every point again (removes the lock attribute, not the vertex group)"""
+
+    bl_idname = "splat.clear_material_locks"
+    bl_label = "Clear Locks"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        materials.remove_attr(splat_object(context), materials.LOCK_ATTR)
+        return {"FINISHED"}
+
+
+class SPLAT_OT_write_job(_SplatOperator, bpy.types.Operator):
+    """Write the job folder without running it (to run the backend elsewhere, e.g. on a farm)"""
+
+    bl_idname = "splat.write_job"
+    bl_label = "Write Job"
+
+    command: EnumProperty(name="Command", items=[("simulate", "Simulate", ""), ("estimate", "Estimate", "")])
+
+    def execute(self, context):
+        obj = splat_object(context)
+        try:
+            job_dir = workflow.prepare_job(context, obj, self.command)
+        except SetupError as exc:
+            return _fail(self, obj, exc)
+        workflow.set_status(obj, "INFO", f"Job written: {job_dir}")
+        self.report({"INFO"}, f"Job written: {job_dir}")
+        return {"FINISHED"}
+
+
+def _follow(op, context, kind: str, obj) -> set:
+    """Hand a started job to the monitor (UI) or wait for it (background); report the outcome."""
+    if bpy.app.background:
+        result = jobs.wait(kind)
+        s = obj.splat_physics
+        op.report({"INFO" if result is not None and result.ok else s.last_level}, s.last_message)
+    elif jobs.active(kind) is not None:
+        bpy.ops.splat.monitor_job("INVOKE_DEFAULT", kind=kind)
+    else:  # it ended at once (e.g. the interpreter was not found)
+        s = obj.splat_physics
+        op.report({s.last_level}, s.last_message)
+    return {"FINISHED"}
+
+
+class SPLAT_OT_estimate_materials(_SplatOperator, bpy.types.Operator):
+    """Estimate per-point stiffness, Poisson ratio and density with the chosen video prior.
+    Runs in the background; the previous materials stay until the new ones are ready"""
+
+    bl_idname = "splat.estimate_materials"
+    bl_label = "Estimate Materials"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        obj = splat_object(context)
+        try:
+            workflow.start_estimate(context, obj)
+        except SetupError as exc:
+            return _fail(self, obj, exc)
+        return _follow(self, context, workflow.ESTIMATE, obj)
+
+
+class SPLAT_OT_simulate_bake(_SplatOperator, bpy.types.Operator):
+    """Simulate the scene's frame range with the current materials and interactions, then bake it.
+    A stopped bake resumes where it left off when run again with the same settings"""
+
+    bl_idname = "splat.simulate_bake"
+    bl_label = "Simulate & Bake"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        obj = splat_object(context)
+        try:
+            workflow.start_simulate(context, obj)
+        except SetupError as exc:
+            return _fail(self, obj, exc)
+        return _follow(self, context, workflow.SIMULATE, obj)
+
+
+class SPLAT_OT_free_bake(_SplatOperator, bpy.types.Operator):
+    """Remove the baked animation from the object (the cache files stay on disk)"""
+
+    bl_idname = "splat.free_bake"
+    bl_label = "Free Bake"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context):
+        obj = splat_object(context)
+        try:
+            workflow.free_bake(obj)
+        except (ImportError, ValueError, RuntimeError) as exc:
+            return _fail(self, obj, exc)
+        return {"FINISHED"}
+
+
+class SPLAT_OT_open_log(bpy.types.Operator):
+    """Open the log of the last run"""
+
+    bl_idname = "splat.open_log"
+    bl_label = "Open Log"
+
+    filepath: bpy.props.StringProperty(subtype="FILE_PATH")
+
+    def execute(self, context):
+        bpy.ops.wm.path_open(filepath=self.filepath)
+        return {"FINISHED"}
+
+
+classes = (
+    SPLAT_OT_convert_to_particles,
+    SPLAT_OT_add_interaction,
+    SPLAT_OT_mark_anchor_volume,
+    SPLAT_OT_preview_fill,
+    SPLAT_OT_clear_fill_preview,
+    SPLAT_OT_override_materials,
+    SPLAT_OT_clear_material_locks,
+    SPLAT_OT_write_job,
+    SPLAT_OT_estimate_materials,
+    SPLAT_OT_simulate_bake,
+    SPLAT_OT_free_bake,
+    SPLAT_OT_open_log,
+)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)

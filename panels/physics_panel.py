@@ -1,0 +1,295 @@
+"""The "Splat Physics" tab of the 3D viewport sidebar: setup, interactions, estimation, simulate & bake."""
+
+import bpy
+
+from ..core import interactions, jobs, materials, workflow
+from ..operators.physics_ops import splat_object
+
+_LEVEL_ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
+
+
+def _eta_text(seconds) -> str:
+    if seconds is None:
+        return ""
+    seconds = int(seconds)
+    if seconds >= 3600:
+        return f"ETA {seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+    return f"ETA {seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"ETA {seconds}s"
+
+
+def progress_text(runner) -> str:
+    """'Iteration 3/30 · loss 0.0123 · ETA 2m05s' from the runner's last progress event."""
+    ev = runner.last_progress
+    if ev is None:
+        return runner.stage_message or "Starting…"
+    unit = "Iteration" if ev.stage == "estimate" else "Frame" if ev.stage == "simulate" else ev.stage.capitalize()
+    parts = [f"{unit} {ev.step}/{ev.total}" if ev.total else unit]
+    if ev.loss is not None:
+        parts.append(f"loss {ev.loss:.4g}")
+    if ev.eta_s is not None:
+        parts.append(_eta_text(ev.eta_s))
+    return " · ".join(parts)
+
+
+def draw_job(layout, kind: str, obj) -> bool:
+    """Progress bar, stage message and Cancel for a running job on ``obj``. True if one is running."""
+    job = jobs.active(kind)
+    if job is None or job.label != obj.name:
+        return False
+    runner = job.runner
+    col = layout.column(align=True)
+    col.progress(text=progress_text(runner), factor=runner.fraction, type="BAR")
+    if runner.stage_message:
+        col.label(text=runner.stage_message)
+    col.operator("splat.cancel_job", text="Cancel (Esc)", icon="CANCEL").kind = kind
+    return True
+
+
+class _SplatPanel:
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "Splat Physics"
+
+    @classmethod
+    def poll(cls, context):
+        return splat_object(context) is not None
+
+
+class _Converted(_SplatPanel):
+    bl_parent_id = "SPLAT_PT_physics"
+
+    @classmethod
+    def poll(cls, context):
+        obj = splat_object(context)
+        return obj is not None and obj.splat_physics.enabled
+
+
+class SPLAT_PT_physics(_SplatPanel, bpy.types.Panel):
+    bl_label = "Splat Physics"
+
+    def draw(self, context):
+        layout = self.layout
+        obj = splat_object(context)
+        s = obj.splat_physics
+        row = layout.row()
+        row.label(text=obj.name, icon="OUTLINER_OB_POINTCLOUD")
+        row.label(text=f"{materials.point_count(obj):,} points")
+        if not s.enabled:
+            layout.operator("splat.convert_to_particles", icon="MOD_PARTICLES")
+        if s.last_message:
+            box = layout.box()
+            col = box.column(align=True)
+            _wrapped(col, s.last_message, icon=_LEVEL_ICONS.get(s.last_level, "INFO"))
+            if s.last_log:
+                col.operator("splat.open_log", icon="TEXT").filepath = s.last_log
+
+
+def _wrapped(layout, text: str, icon: str = "NONE", width: int = 48) -> None:
+    """Sidebar labels do not wrap: split a long message into lines."""
+    words, line, first = text.split(), "", True
+    for w in words:
+        if line and len(line) + len(w) + 1 > width:
+            layout.label(text=line, icon=icon if first else "BLANK1")
+            line, first = w, False
+        else:
+            line = f"{line} {w}" if line else w
+    if line:
+        layout.label(text=line, icon=icon if first else "BLANK1")
+
+
+class SPLAT_PT_domain(_Converted, bpy.types.Panel):
+    bl_label = "Domain & Grid"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        obj = splat_object(context)
+        s = obj.splat_physics
+        layout.prop(s, "domain")
+        layout.prop(s, "n_grid")
+        row = layout.row()
+        row.alignment = "RIGHT"
+        row.label(text=f"{s.particles_per_cell:.1f} particles per cell ({s.occupied_cells:,} cells occupied)")
+        layout.prop(s, "fill_enabled")
+        col = layout.column()
+        col.active = s.fill_enabled
+        col.prop(s, "fill_resolution")
+        col.prop(s, "fill_max_particles")
+        row = col.row(align=True)
+        row.operator("splat.preview_fill", icon="HIDE_OFF")
+        row.operator("splat.clear_fill_preview", text="", icon="X")
+        if s.fill_preview_count >= 0:
+            col.label(text=f"Fill adds about {s.fill_preview_count:,} particles")
+
+
+class SPLAT_PT_material(_Converted, bpy.types.Panel):
+    bl_label = "Material"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        obj = splat_object(context)
+        s = obj.splat_physics
+        layout.prop(s, "material_model")
+        has = obj.data.attributes.get("youngs_modulus") is not None
+        col = layout.column()
+        col.label(text="Per-point values (from the attributes)" if has else "Defaults (no material attributes yet)")
+        col.prop(s, "youngs_modulus")
+        col.prop(s, "poisson_ratio")
+        col.prop(s, "density")
+        row = layout.row(align=True)
+        row.operator("splat.override_materials", icon="BRUSH_DATA")
+        row.operator("splat.clear_material_locks", icon="UNLOCKED")
+        layout.prop(s, "show_heatmap")
+        if s.show_heatmap and s.heat_max_E > 0:
+            box = layout.box()
+            row = box.row()
+            row.prop(s, "heat_min_color", text="")
+            row.label(text=materials.format_pa(s.heat_min_E))
+            row.prop(s, "heat_max_color", text="")
+            row.label(text=materials.format_pa(s.heat_max_E))
+            box.label(text="5% {} · 50% {} · 95% {}".format(*(materials.format_pa(v) for v in
+                                                             (s.heat_p5, s.heat_p50, s.heat_p95))))
+
+
+class SPLAT_PT_forces(_Converted, bpy.types.Panel):
+    bl_label = "Forces & Boundaries"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        scene = context.scene
+        s = splat_object(context).splat_physics
+        layout.prop(scene, "use_gravity")
+        sub = layout.column()
+        sub.active = scene.use_gravity
+        sub.prop(scene, "gravity")
+        layout.prop(s, "use_ground")
+        sub = layout.column()
+        sub.active = s.use_ground
+        sub.prop(s, "ground_height")
+        sub.prop(s, "ground_kind")
+        sub.prop(s, "ground_friction")
+        layout.prop(s, "walls_kind")
+        layout.prop(s, "walls_friction")
+        layout.prop(s, "damping")
+        fps = interactions.scene_fps(scene)
+        layout.label(text=f"Frames {scene.frame_start}–{scene.frame_end} at {fps:g} fps "
+                          f"({(scene.frame_end - scene.frame_start) / fps:.2f} s)")
+
+
+class SPLAT_PT_interactions(_Converted, bpy.types.Panel):
+    bl_label = "Interactions"
+
+    def draw(self, context):
+        layout = self.layout
+        obj = splat_object(context)
+        grid = layout.grid_flow(columns=2, align=True)
+        for role, icon in (("ANCHOR", "PINNED"), ("POKE", "EMPTY_SINGLE_ARROW"), ("WIND", "FORCE_WIND"),
+                           ("COLLIDER", "CUBE")):
+            grid.operator("splat.add_interaction", text=role.capitalize(), icon=icon).role = role
+        layout.operator("splat.mark_anchor_volume", icon="MESH_CUBE")
+        for ob in interactions.interaction_objects(context.scene, obj):
+            row = layout.row()
+            row.label(text=f"{ob.name}: {interactions.describe(ob, context.scene)}")
+        active = context.active_object
+        if active is not None and active.splat_role.role != "NONE":
+            draw_role(layout.box(), active)
+
+
+def draw_role(layout, ob) -> None:
+    """Settings of one interaction object."""
+    r = ob.splat_role
+    layout.use_property_split = True
+    layout.label(text=ob.name, icon="EMPTY_DATA")
+    layout.prop(r, "role")
+    layout.prop(r, "enabled")
+    layout.prop(r, "target")
+    if r.role in ("POKE", "WIND"):
+        layout.prop(r, "strength")
+        if r.role == "POKE" and ob.type == "EMPTY":
+            layout.prop(ob, "empty_display_size", text="Radius")
+        if r.role == "WIND":
+            layout.prop(r, "gust_frequency")
+            layout.prop(r, "gust_amplitude")
+        col = layout.column(align=True)
+        col.prop(r, "start_frame")
+        row = col.row(align=True)
+        row.prop(r, "use_end")
+        sub = row.row()
+        sub.active = r.use_end
+        sub.prop(r, "end_frame", text="")
+    elif r.role == "COLLIDER":
+        layout.prop(r, "kind")
+        layout.prop(r, "friction")
+        if ob.type == "EMPTY":
+            layout.prop(ob, "empty_display_size", text="Half size")
+    elif r.role == "ANCHOR" and ob.type == "EMPTY":
+        layout.prop(ob, "empty_display_size", text="Half size")
+
+
+class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
+    bl_label = "Estimate Materials"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        obj = splat_object(context)
+        s = obj.splat_physics
+        layout.prop(s, "prior")
+        if s.prior == "svd":
+            cam = context.scene.camera
+            layout.label(text=f"First frame seen by '{cam.name}'" if cam else "Needs an active camera",
+                         icon="CAMERA_DATA" if cam else "ERROR")
+        elif s.prior == "modelscope":
+            layout.prop(s, "prompt")
+        else:
+            layout.prop(s, "reference_video")
+        layout.prop(s, "iterations")
+        layout.prop(s, "tolerance_decades")
+        layout.prop(s, "field")
+        layout.prop(s, "estimate_density")
+        if not draw_job(layout, workflow.ESTIMATE, obj):
+            layout.operator("splat.estimate_materials", icon="SHADERFX")
+
+
+class SPLAT_PT_bake(_Converted, bpy.types.Panel):
+    bl_label = "Simulate & Bake"
+
+    def draw(self, context):
+        layout = self.layout
+        layout.use_property_split = True
+        obj = splat_object(context)
+        s = obj.splat_physics
+        layout.prop(s, "bake_target")
+        layout.prop(s, "bake_dir", text="Folder")
+        if not bpy.data.filepath and (not s.bake_dir.strip() or s.bake_dir.startswith("//")):
+            layout.label(text="Save the .blend first: caches go next to it", icon="ERROR")
+        size = _projected_size(obj)
+        if size is not None:
+            layout.label(text=f"Projected size on disk: {workflow.human_bytes(size)}", icon="DISK_DRIVE")
+        if not draw_job(layout, workflow.SIMULATE, obj):
+            layout.operator("splat.simulate_bake", icon="PHYSICS")
+        layout.operator("splat.free_bake", icon="TRASH")
+        layout.operator("splat.write_job", icon="FILE_FOLDER").command = "simulate"
+
+
+def _projected_size(obj):
+    try:
+        return workflow.projected_bake_size(obj)
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+classes = (SPLAT_PT_physics, SPLAT_PT_domain, SPLAT_PT_material, SPLAT_PT_forces, SPLAT_PT_interactions,
+           SPLAT_PT_estimate, SPLAT_PT_bake)
+
+
+def register():
+    for cls in classes:
+        bpy.utils.register_class(cls)
+
+
+def unregister():
+    for cls in reversed(classes):
+        bpy.utils.unregister_class(cls)
