@@ -201,10 +201,8 @@ def splat_material():
         return mat
     if mat is None:
         mat = bpy.data.materials.new(MATERIAL_NAME)
-    try:
-        mat.use_nodes = True  # deprecated in 5.0 (always on) but harmless there
-    except (AttributeError, TypeError):
-        pass
+    if bpy.app.version < (5, 0, 0) or mat.node_tree is None:
+        mat.use_nodes = True  # always on (and deprecated) from 5.0
     tree = mat.node_tree
     tree.nodes.clear()
     b = NodeBuilder(tree)
