@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import sys
 from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 
@@ -58,7 +57,6 @@ _CANONICAL_NAMES = {"i1": "char", "u1": "uchar", "i2": "short", "u2": "ushort",
                     "i4": "int", "u4": "uint", "f4": "float", "f8": "double"}
 _BYTE_ORDER = {"binary_little_endian": "<", "binary_big_endian": ">", "ascii": "<"}
 _HEADER_LIMIT = 1 << 20  # a 3DGS header is ~2 KB; anything without end_header by 1 MB is not a PLY
-_NATIVE = "<" if sys.byteorder == "little" else ">"
 
 _DEFAULT_OPACITY = 0.9
 _IDENTITY_WXYZ = (1.0, 0.0, 0.0, 0.0)

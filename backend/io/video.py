@@ -19,7 +19,6 @@ from .atomic import atomic_path
 __all__ = ["VideoError", "write_frames_png", "write_video", "read_video"]
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
-_FFMPEG_EXTS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi")
 _MAX_GIF_REPEAT = 100  # a GIF frame held longer than this many base frames is a pause, not motion
 
 
