@@ -136,6 +136,7 @@ def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJ
 
 def start_estimate(context, obj, **estimate_opts) -> jobs.ActiveJob:
     """Estimate the object's materials; on success they become its point attributes."""
+    scene_to_job.world_positions(obj)
     backend_python(context)
     job_dir = prepare_job(context, obj, ESTIMATE, **estimate_opts)
     return _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
@@ -175,6 +176,7 @@ def start_simulate(context, obj, target: str | None = None, simulation: dict | N
     Running it again with unchanged settings resumes: the backend continues from its checkpoint and
     the bake reuses the frames it already wrote.
     """
+    scene_to_job.world_positions(obj)
     backend_python(context)
     target = target or obj.splat_physics.bake_target
     if target not in BAKE_TARGETS:

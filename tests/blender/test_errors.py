@@ -1,0 +1,178 @@
+"""Errors in the artist's words, and a scene left as it was: bad objects, no backend, unsaved file, no GPU,
+a killed backend."""
+
+import importlib
+import os
+import signal
+import time
+
+import bpy
+import numpy as np
+import pytest
+
+from backend import protocol
+
+
+def _mod(addon, name):
+    return importlib.import_module(f"{addon.__name__}.{name}")
+
+
+def _points_object(name, points):
+    mesh = bpy.data.meshes.new(name)
+    mesh.vertices.add(len(points))
+    if len(points):
+        mesh.vertices.foreach_set("co", np.ascontiguousarray(points, np.float32).ravel())
+    obj = bpy.data.objects.new(name, mesh)
+    bpy.context.scene.collection.objects.link(obj)
+    bpy.context.view_layer.objects.active = obj
+    obj.select_set(True)
+    return obj
+
+
+def _cube(n_side=5, size=0.1, z0=0.05):
+    g = (np.arange(n_side) + 0.5) / n_side * size - size / 2
+    x, y, z = np.meshgrid(g, g, g + z0 + size / 2, indexing="ij")
+    return np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
+
+
+def _snapshot():
+    return ({o.name for o in bpy.data.objects},
+            {m.name: sorted(a.name for a in m.attributes) for m in bpy.data.meshes})
+
+
+@pytest.fixture
+def prefs(addon):
+    p = bpy.context.preferences.addons[addon.__name__].preferences
+    saved = p.backend_python, p.device
+    yield p
+    p.backend_python, p.device = saved
+
+
+OPS = ("convert_to_particles", "estimate_materials", "simulate_bake", "write_job")
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_an_object_without_points_is_refused_and_nothing_is_added(addon, clean_scene, op):
+    s2j = _mod(addon, "core.scene_to_job")
+    obj = _points_object(f"Empty {op}", np.zeros((0, 3)))
+    before = _snapshot()
+    with pytest.raises(RuntimeError, match="has no points to simulate"):
+        getattr(bpy.ops.splat, op)()
+    assert _snapshot() == before
+    assert obj.splat_physics.last_level == "ERROR" and "no points" in obj.splat_physics.last_message
+    assert not obj.splat_physics.enabled and obj.splat_physics.domain is None
+    for command in ("simulate", "estimate"):
+        assert not s2j.job_dir_for(obj, command).exists()
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_nan_positions_are_refused_and_nothing_is_added(addon, clean_scene, op):
+    pts = _cube()
+    pts[[3, 7]] = np.nan
+    obj = _points_object(f"NaN {op}", pts)
+    before = _snapshot()
+    with pytest.raises(RuntimeError, match=r"2 of 125 points with invalid \(NaN or infinite\) positions"):
+        getattr(bpy.ops.splat, op)()
+    assert _snapshot() == before
+    assert obj.splat_physics.domain is None
+
+
+@pytest.mark.parametrize("op", ("estimate_materials", "simulate_bake"))
+def test_no_backend_configured_says_how_to_set_one_up(addon, clean_scene, prefs, op):
+    s2j = _mod(addon, "core.scene_to_job")
+    obj = _points_object(f"NoBackend {op}", _cube())
+    bpy.ops.splat.convert_to_particles()
+    prefs.backend_python = ""
+    with pytest.raises(RuntimeError, match="No backend is set up.*Install Backend"):
+        getattr(bpy.ops.splat, op)()
+    assert not s2j.job_dir_for(obj, "simulate").exists() and not s2j.job_dir_for(obj, "estimate").exists()
+
+
+def test_a_missing_interpreter_is_reported_and_materials_stay(addon, clean_scene, prefs):
+    mats = _mod(addon, "core.materials")
+    obj = _points_object("LostPython", _cube())
+    bpy.ops.splat.convert_to_particles()
+    mats.override_materials(obj, np.ones(125, bool), {"youngs_modulus": 1e4, "poisson_ratio": 0.3, "density": 500.0},
+                            youngs_modulus=3e4, lock=False)
+    obj.splat_physics.bake_target = "shape_keys"  # no cache folder needed: the file may stay unsaved
+    prefs.backend_python = "/nonexistent/dir with space/python"
+    with pytest.raises(RuntimeError, match="backend Python interpreter was not found"):
+        bpy.ops.splat.simulate_bake()
+    assert obj.splat_physics.last_level == "ERROR"
+    assert np.all(mats.read_attr(obj, "youngs_modulus") == np.float32(3e4))
+    assert obj.data.shape_keys is None
+
+
+def test_an_unsaved_blend_cannot_hold_a_relative_cache(addon, clean_scene):
+    assert not bpy.data.filepath
+    s2j = _mod(addon, "core.scene_to_job")
+    obj = _points_object("Unsaved", _cube())
+    bpy.ops.splat.convert_to_particles()
+    obj.splat_physics.bake_target = "gn_cache"
+    with pytest.raises(RuntimeError, match=r"Save the \.blend file first"):
+        bpy.ops.splat.simulate_bake()
+    assert not s2j.job_dir_for(obj, "simulate").exists()
+
+
+def _small_sim(obj, scene):
+    scene.frame_start, scene.frame_end = 1, 3
+    s = obj.splat_physics
+    s.n_grid, s.use_ground, s.youngs_modulus, s.density = 16, True, 2e4, 500.0
+    s.bake_target = "shape_keys"
+
+
+def test_cuda_without_a_gpu_offers_the_cpu(addon, clean_scene, prefs):
+    obj = _points_object("WantsGPU", _cube())
+    bpy.ops.splat.convert_to_particles()
+    _small_sim(obj, clean_scene)
+    prefs.device = "cuda"
+    try:
+        bpy.ops.splat.simulate_bake()
+    except RuntimeError as exc:
+        assert "No CUDA GPU" in str(exc) and "CPU" in str(exc) and "slower" in str(exc)
+        assert "Log: " in obj.splat_physics.last_message and os.path.isfile(obj.splat_physics.last_log)
+        assert obj.data.shape_keys is None
+    else:
+        pytest.skip("this machine has a CUDA GPU")
+
+
+def test_a_killed_backend_is_reported_and_the_scene_is_untouched(addon, clean_scene):
+    jobs = _mod(addon, "core.jobs")
+    workflow = _mod(addon, "core.workflow")
+    mats = _mod(addon, "core.materials")
+    obj = _points_object("Killed", _cube())
+    bpy.ops.splat.convert_to_particles()
+    _small_sim(obj, clean_scene)
+    mats.override_materials(obj, np.ones(125, bool), {"youngs_modulus": 1e4, "poisson_ratio": 0.3, "density": 500.0},
+                            youngs_modulus=2e4, lock=False)
+    before = _snapshot()
+    active = workflow.start_simulate(bpy.context, obj)
+    deadline = time.monotonic() + 60
+    while not any(e.kind == "start" for e in active.runner.events) and time.monotonic() < deadline:
+        jobs.tick_all()
+        time.sleep(0.02)
+    os.killpg(active.runner._proc.pid, signal.SIGKILL)  # as the OS out-of-memory killer would
+    result = jobs.wait(workflow.SIMULATE, timeout=60)
+    assert not result.ok and result.exit_code == -signal.SIGKILL
+    assert "was killed (SIGKILL)" in obj.splat_physics.last_message
+    assert obj.splat_physics.last_level == "ERROR" and "Log: " in obj.splat_physics.last_message
+    assert _snapshot() == before and obj.data.shape_keys is None
+    assert np.all(mats.read_attr(obj, "youngs_modulus") == np.float32(2e4))
+
+
+def test_explain_failure_covers_every_exit_code(addon):
+    """The wording for each backend outcome, from real RunResults built as the runner builds them."""
+    runner = _mod(addon, "core.runner")
+    workflow = _mod(addon, "core.workflow")
+
+    def result(code, message="", state=runner.RunState.FAILED):
+        events = [protocol.Event("error", message=message)] if message else []
+        return runner.RunResult(state, code, "stopped", None, events)
+
+    E = protocol.ExitCode
+    assert "became unstable" in workflow.explain_failure(result(E.DIVERGED, "NaN at frame 3"))
+    assert "model" in workflow.explain_failure(result(E.MISSING_RESOURCE, "SVD weights not found at /m"), "cpu")
+    assert "No CUDA GPU" in workflow.explain_failure(result(E.MISSING_RESOURCE, "no GPU"), "cuda")
+    assert "rejected" in workflow.explain_failure(result(E.BAD_INPUT, "bad fps"))
+    assert "cancelled" in workflow.explain_failure(result(E.CANCELLED, state=runner.RunState.CANCELLED))
+    assert "internal error: boom" in workflow.explain_failure(result(E.INTERNAL, "boom"))
