@@ -78,6 +78,13 @@ class FrameFile(Mapping):
     def __getitem__(self, key):
         return self._load()[key]
 
+    def __contains__(self, key):
+        return key in self._load()
+
+    def release(self) -> None:
+        """Forget the loaded arrays (writers call this after each frame to keep memory flat)."""
+        self._arrays = None
+
     def __iter__(self):
         return iter(self._load())
 
@@ -157,7 +164,16 @@ def frame_arrays(data, n: int, keys, frame: int) -> dict:
         if not np.isfinite(arr).all():
             raise BakeError(f"frame {frame}: '{key}' has NaN or infinite values (did the simulation diverge?)")
         out[key] = arr
+    release = getattr(data, "release", None)
+    if callable(release):
+        release()
     return out
+
+
+def check_first_frame(frames: list, n: int, keys) -> None:
+    """Validate the first frame before anything is written, so plain mistakes leave no staging folder."""
+    frame, data = frames[0]
+    frame_arrays(data, n, keys, frame)
 
 
 def point_count(obj) -> int:

@@ -39,7 +39,7 @@ READER_VERSION = 1
 ROLE = "bake_gn_cache"
 META_VERSION = 3
 BYTES_PER_POINT = 12 + 16 + 12
-JSON_BYTES = 1200  # one frame's meta file
+JSON_BYTES = 500  # one frame's meta file
 
 
 def frame_key(frame: float) -> str:
@@ -148,6 +148,7 @@ def bake_gn_cache(obj, frames, cache_dir, *, resume: bool = True, progress=None)
     n = common.point_count(obj)
     frames = common.collect_frames(frames)
     key = bake_item_key(reader_group())
+    common.check_first_frame(frames, n, ("positions", "rotations", "scales"))
     stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames, item_key=key), resume)
     info = common.BakeInfo(TARGET, str(stage.final), "", frames[0][0], frames[-1][0], n, len(frames))
     mw = obj.matrix_world.copy()

@@ -80,6 +80,7 @@ def bake_pc2(obj, frames, cache_dir, *, resume: bool = True, progress=None) -> c
     first, last = frames[0][0], frames[-1][0]
     if last - first + 1 != len(frames):
         raise common.BakeError(f"PC2 needs consecutive frames; got {len(frames)} frames from {first} to {last}")
+    common.check_first_frame(frames, n, ("positions",))
     stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames), resume)
     info = common.BakeInfo(TARGET, str(stage.final), "", first, last, n, len(frames))
     path = stage.dir / FILE_NAME

@@ -113,6 +113,7 @@ def bake_ply_sequence(obj, frames, cache_dir, *, resume: bool = True, progress=N
         raise common.BakeError(f"PLY sequences need frame numbers in 0..{MAX_FRAME}; got "
                                f"{frames[0][0]}..{frames[-1][0]}")
     static = splat_data.splat_arrays(obj, world=False)
+    common.check_first_frame(frames, n, ("positions", "rotations", "scales"))
     stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames), resume)
     info = common.BakeInfo(TARGET, str(stage.final), "", frames[0][0], frames[-1][0], n, len(frames))
     mw = obj.matrix_world.copy()

@@ -108,6 +108,7 @@ def bake_shape_keys(obj, frames, cache_dir=None, *, resume: bool = True, progres
     t0 = time.perf_counter()
     n = common.point_count(obj)
     frames = common.collect_frames(frames)
+    common.check_first_frame(frames, n, ("positions",))
     load = n * len(frames)
     info = common.BakeInfo(TARGET, "", "", frames[0][0], frames[-1][0], n, len(frames))
     size_mb = estimate_size(n, len(frames)) / 1e6
