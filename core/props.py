@@ -99,7 +99,7 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     fill_max_particles: IntProperty(name="Max fill particles", default=200000, min=0, max=10_000_000)
     fill_resolution: IntProperty(
         name="Fill resolution", default=0, min=0, max=512, update=_refresh_readout,
-        description="Cells along the longest side used to find the interior; 0 = the grid resolution",
+        description="Cells along the object's longest side used to find the interior; 0 = twice the grid resolution",
     )
     fill_preview_count: IntProperty(name="Fill particles", default=-1, description="-1: not estimated yet")
 

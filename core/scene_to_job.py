@@ -112,9 +112,9 @@ def cell_indices(positions, lo, hi, resolution: int) -> tuple[np.ndarray, np.nda
     """Integer cell of each point inside the box (cells are cubes: resolution along the longest side)."""
     dx = float(np.max(hi - lo)) / resolution
     dims = np.maximum(np.ceil((hi - lo) / dx - 1e-9).astype(int), 1)
-    ijk = np.floor((positions - lo) / dx).astype(np.int64)
-    inside = np.all((ijk >= 0) & (ijk < dims), axis=1)
-    return ijk[inside], dims, dx
+    inside = np.all((positions >= lo) & (positions <= hi), axis=1)
+    ijk = np.clip(np.floor((positions[inside] - lo) / dx).astype(np.int64), 0, dims - 1)  # hi itself: last cell
+    return ijk, dims, dx
 
 
 def occupied_cells(positions, lo, hi, resolution: int) -> int:
@@ -139,12 +139,21 @@ def interior_cells(positions, lo, hi, resolution: int) -> tuple[np.ndarray, np.n
     return enclosed, occ, dx
 
 
+def fill_resolution(settings) -> int:
+    """Cells along the object's longest side used to find its interior (0 = twice the grid, as the backend)."""
+    return settings.fill_resolution or 2 * settings.n_grid
+
+
 def estimate_fill(obj, positions=None) -> tuple[int, np.ndarray]:
-    """How many particles interior filling would add (capped), and their world positions (cell centres)."""
+    """How many particles interior filling would add (capped), and their world positions (cell centres).
+
+    One particle per enclosed cell of the fill grid laid over the object's own bounds.
+    """
     s = obj.splat_physics
     positions = world_positions(obj) if positions is None else positions
-    lo, hi = _grid_box(obj, positions)
-    enclosed, _occ, dx = interior_cells(positions, lo, hi, s.fill_resolution or s.n_grid)
+    lo, hi = positions.min(axis=0), positions.max(axis=0)
+    hi = lo + np.maximum(hi - lo, 1e-6)
+    enclosed, _occ, dx = interior_cells(positions, lo, hi, fill_resolution(s))
     centres = lo + (np.argwhere(enclosed) + 0.5) * dx
     if len(centres) > s.fill_max_particles:
         keep = np.linspace(0, len(centres) - 1, s.fill_max_particles).astype(int)
@@ -247,7 +256,8 @@ def _prefs():
     return get_prefs()
 
 
-def estimate_settings(context, obj, **overrides) -> dict:
+def estimate_settings(context, obj, check_prior: bool = True, **overrides) -> dict:
+    """The estimate section (also the camera and frame counts a preview renders with)."""
     s, prefs = obj.splat_physics, _prefs()
     unknown = set(overrides) - set(protocol.ESTIMATE_DEFAULTS)
     if unknown:
@@ -269,10 +279,12 @@ def estimate_settings(context, obj, **overrides) -> dict:
         "tolerance_decades": float(s.tolerance_decades),
     }
     est.update(overrides)
-    if est["prior"] == "modelscope" and not str(est["prompt"]).strip():
+    if not check_prior:
+        pass
+    elif est["prior"] == "modelscope" and not str(est["prompt"]).strip():
         raise SetupError("The text-to-video prior needs a prompt describing the motion "
                          "(e.g. 'a tulip swaying gently in the wind')")
-    if est["prior"] in ("reference", "analytic"):
+    elif est["prior"] in ("reference", "analytic"):
         ref = str(est["reference_video"])
         if not ref or not os.path.exists(ref):
             raise SetupError(f"The {est['prior']} prior needs a reference video; "
@@ -310,7 +322,7 @@ def scene_arrays(context, obj) -> dict[str, np.ndarray]:
 
 
 def build_job(context, obj, command: str, simulation: dict | None = None, **estimate_opts) -> tuple[dict, dict]:
-    """The job dict and scene arrays for ``command`` ('simulate' or 'estimate') on ``obj``.
+    """The job dict and scene arrays for ``command`` ('simulate', 'estimate' or 'preview') on ``obj``.
 
     ``simulation`` overrides simulation settings; keyword arguments override estimate settings.
     """
@@ -322,8 +334,8 @@ def build_job(context, obj, command: str, simulation: dict | None = None, **esti
     sim.update(simulation or {})
     prefs = _prefs()
     sections = {"simulation": sim, "device": prefs.device if prefs else "auto", "label": obj.name}
-    if command == "estimate":
-        sections["estimate"] = estimate_settings(context, obj, **estimate_opts)
+    if command in ("estimate", "preview"):
+        sections["estimate"] = estimate_settings(context, obj, check_prior=command == "estimate", **estimate_opts)
     job = protocol.default_job(command, **sections)
     return job, arrays
 

@@ -1,7 +1,8 @@
-"""The artist's two long actions, shared by the operators and the tests.
+"""The artist's long actions, shared by the operators and the tests.
 
     start_estimate(context, obj)  write an estimate job -> run it -> on success write materials
     start_simulate(context, obj)  write a simulate job  -> run it -> on success bake the frames
+    start_preview(context, obj)   write a preview job   -> run it -> a video of the motion as estimated
 
 Each returns the core.jobs ActiveJob at once; the UI follows it with the modal ``splat.monitor_job``
 and headless callers use ``jobs.wait(kind)``. Results touch the scene only after a run succeeded
@@ -24,6 +25,7 @@ from .scene_to_job import SetupError
 
 ESTIMATE = "estimate"
 SIMULATE = "simulate"
+PREVIEW = "preview"
 RUN_LOG = "run.log"
 
 BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # core.bake.TARGETS
@@ -149,6 +151,21 @@ def _apply_estimate(obj, job_dir: Path, result: RunResult) -> str:
     stats = materials.update_heatmap(obj)
     return ("Materials estimated: stiffness " + " / ".join(materials.format_pa(stats[k]) for k in ("p5", "p50", "p95"))
             + " (5% / median / 95%)")
+
+
+def start_preview(context, obj, **estimate_opts) -> jobs.ActiveJob:
+    """Render the motion with the current materials as the estimator's camera sees it (a video file)."""
+    scene_to_job.world_positions(obj)
+    backend_python(context)
+    job_dir = prepare_job(context, obj, PREVIEW, **estimate_opts)
+    return _start(PREVIEW, context, obj, job_dir, _preview_done)
+
+
+def _preview_done(obj, job_dir: Path, result: RunResult) -> str:
+    path = Path(job_dir) / protocol.OUT_DIR / protocol.PREVIEW_FILE
+    if not path.is_file():
+        raise SetupError(f"the preview video {path} is missing")
+    return f"Preview rendered: {path}"
 
 
 def bake_cache_dir(obj, target: str) -> str | None:

@@ -259,6 +259,21 @@ class SPLAT_OT_estimate_materials(_SplatOperator, bpy.types.Operator):
         return _follow(self, context, workflow.ESTIMATE, obj)
 
 
+class SPLAT_OT_preview_motion(_SplatOperator, bpy.types.Operator):
+    """Simulate with the current materials and render it from the active camera, as the estimator sees it"""
+
+    bl_idname = "splat.preview_motion"
+    bl_label = "Preview Motion"
+
+    def execute(self, context):
+        obj = splat_object(context)
+        try:
+            workflow.start_preview(context, obj)
+        except SetupError as exc:
+            return _fail(self, obj, exc)
+        return _follow(self, context, workflow.PREVIEW, obj)
+
+
 class SPLAT_OT_simulate_bake(_SplatOperator, bpy.types.Operator):
     """Simulate the scene's frame range with the current materials and interactions, then bake it.
     A stopped bake resumes where it left off when run again with the same settings"""
@@ -315,6 +330,7 @@ classes = (
     SPLAT_OT_clear_material_locks,
     SPLAT_OT_write_job,
     SPLAT_OT_estimate_materials,
+    SPLAT_OT_preview_motion,
     SPLAT_OT_simulate_bake,
     SPLAT_OT_free_bake,
     SPLAT_OT_open_log,

@@ -251,6 +251,8 @@ class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
         layout.prop(s, "estimate_density")
         if not draw_job(layout, workflow.ESTIMATE, obj):
             layout.operator("splat.estimate_materials", icon="SHADERFX")
+        if not draw_job(layout, workflow.PREVIEW, obj):
+            layout.operator("splat.preview_motion", icon="RENDER_ANIMATION")
 
 
 class SPLAT_PT_bake(_Converted, bpy.types.Panel):

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[2]
 OPERATORS = ("SPLAT_OT_convert_to_particles", "SPLAT_OT_add_interaction", "SPLAT_OT_mark_anchor_volume",
              "SPLAT_OT_preview_fill", "SPLAT_OT_clear_fill_preview", "SPLAT_OT_override_materials",
              "SPLAT_OT_clear_material_locks", "SPLAT_OT_write_job", "SPLAT_OT_estimate_materials",
-             "SPLAT_OT_simulate_bake", "SPLAT_OT_free_bake", "SPLAT_OT_open_log", "SPLAT_OT_monitor_job",
-             "SPLAT_OT_cancel_job")
+             "SPLAT_OT_preview_motion", "SPLAT_OT_simulate_bake", "SPLAT_OT_free_bake", "SPLAT_OT_open_log",
+             "SPLAT_OT_monitor_job", "SPLAT_OT_cancel_job")
 PANELS = ("SPLAT_PT_physics", "SPLAT_PT_domain", "SPLAT_PT_material", "SPLAT_PT_forces", "SPLAT_PT_interactions",
           "SPLAT_PT_estimate", "SPLAT_PT_bake")
 
