@@ -24,6 +24,7 @@ _DISPLAY = {  # role -> (empty display type, default display size, name)
     "WIND": ("SINGLE_ARROW", 1.0, "Splat Wind"),
     "COLLIDER": ("CUBE", 0.2, "Splat Collider"),
 }
+ROLES = tuple(_DISPLAY)
 
 
 def scene_fps(scene) -> float:

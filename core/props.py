@@ -10,7 +10,6 @@ from bpy.props import (BoolProperty, EnumProperty, FloatProperty, FloatVectorPro
 
 from ..backend import protocol
 
-ROLES = ("ANCHOR", "POKE", "WIND", "COLLIDER")
 BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # = core.bake.TARGETS
 
 _MODEL_ITEMS = [

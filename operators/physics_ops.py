@@ -71,7 +71,7 @@ class SPLAT_OT_add_interaction(_SplatOperator, bpy.types.Operator):
     bl_label = "Add Interaction"
     bl_options = {"REGISTER", "UNDO"}
 
-    role: EnumProperty(name="Role", items=[(r, r.capitalize(), "") for r in interactions._DISPLAY])
+    role: EnumProperty(name="Role", items=[(r, r.capitalize(), "") for r in interactions.ROLES])
 
     def execute(self, context):
         obj = splat_object(context)
