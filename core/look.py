@@ -333,8 +333,6 @@ def apply_splat_look(obj, source: str = "attributes", splat_size: float | None =
         set_modifier_input(mod, "Splat Size", float(splat_size))
     if obj.get(HEATMAP_PROP):
         set_modifier_input(mod, "Heat Map", True)
-    if len(obj.data.materials) == 0:
-        obj.data.materials.append(splat_material())
     return mod
 
 

@@ -174,18 +174,29 @@ def _check_splats(splats: ply.Splats, what: str) -> None:
 
 
 # ------------------------------------------------------------------------------------------ conversions
-def splat_attribute_arrays(splats: ply.Splats) -> dict:
-    """The standard splat properties as name -> float32 (N,) arrays (the attribute layout)."""
+def splat_attribute_arrays(splats: ply.Splats, columns=None) -> dict:
+    """The standard splat properties as name -> contiguous float32 (N,) arrays (the attribute layout).
+
+    ``columns`` (the PlyData the splats came from) supplies properties the file already holds as
+    float32 columns, which saves transposing the (N, k) blocks back into columns.
+    """
+    def column(name):
+        arr = columns.get(name) if columns is not None else None
+        ok = arr is not None and arr.dtype == np.float32 and arr.ndim == 1 and arr.flags.c_contiguous
+        return arr if ok and len(arr) == len(splats) else None
+
     out = {}
-    for names, block in ((DC_NAMES, splats.f_dc), (SCALE_NAMES, splats.scale), (ROT_NAMES, splats.rotation)):
-        for i, nm in enumerate(names):
-            out[nm] = block[:, i]
-    for i in range(splats.f_rest.shape[1]):
-        out[f"f_rest_{i}"] = splats.f_rest[:, i]
-    out[OPACITY_NAME] = splats.opacity
+    blocks = [(DC_NAMES, splats.f_dc), (SCALE_NAMES, splats.scale), (ROT_NAMES, splats.rotation),
+              ([f"f_rest_{i}" for i in range(splats.f_rest.shape[1])], splats.f_rest),
+              ((OPACITY_NAME,), splats.opacity[:, None])]
     if splats.normals is not None:
-        for i, nm in enumerate(NORMAL_NAMES):
-            out[nm] = splats.normals[:, i]
+        blocks.append((NORMAL_NAMES, splats.normals))
+    for names, block in blocks:
+        found = [column(nm) for nm in names]
+        if any(c is None for c in found):
+            rows = np.ascontiguousarray(np.asarray(block, np.float32).T)  # one transpose for the whole block
+            found = [c if c is not None else rows[i] for i, c in enumerate(found)]
+        out.update(zip(names, found))
     return out
 
 
@@ -407,11 +418,12 @@ def _extras_plan(splats: ply.Splats, warnings: list | None) -> tuple[dict, dict]
     return arrays, types
 
 
-def create_splat_object(splats: ply.Splats, name: str, collection=None, warnings: list | None = None):
-    """Build the mesh object for validated splats and link it to ``collection``."""
+def create_splat_object(splats: ply.Splats, name: str, collection=None, warnings: list | None = None,
+                        columns=None):
+    """Validate ``splats`` and build their mesh object in ``collection`` (nothing is created on error)."""
     _check_splats(splats, f"'{name}'")
     extras, types = _extras_plan(splats, warnings)
-    attrs = splat_attribute_arrays(splats)
+    attrs = splat_attribute_arrays(splats, columns)
     mesh = bpy.data.meshes.new(name)
     try:
         mesh.vertices.add(len(splats))
@@ -437,12 +449,12 @@ def import_splats(filepath, context=None, name: str | None = None, *, look: bool
     unreadable, lacks x/y/z, has no points or has NaN values. ``look`` adds the splat look modifier.
     """
     filepath = os.fspath(filepath)
-    splats = ply.read_splats(filepath)
+    data = ply.read_ply(filepath)
+    splats = ply.splats_from_ply(data, source=filepath)
     name = name or Path(filepath).stem or "Splats"
-    _check_splats(splats, f"{Path(filepath).name}")
     context = context or bpy.context
     collection = getattr(context, "collection", None) or context.scene.collection
-    obj = create_splat_object(splats, name, collection, warnings)
+    obj = create_splat_object(splats, name, collection, warnings, columns=data)
     if look:
         from . import look as look_mod
         look_mod.apply_splat_look(obj, source="attributes")
