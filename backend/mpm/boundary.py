@@ -1,0 +1,199 @@
+"""Grid boundary conditions (walls, ground, moving box colliders) and particle pokes.
+
+Each boundary acts on grid node velocities (m/s) with a contact normal n pointing into the free
+region: sticky sets the velocity (relative to the boundary) to zero; slip removes the inward
+normal part and keeps the tangential part; frictional is Coulomb: remove the inward normal part
+v_n < 0 and reduce the tangential speed by mu |v_n|, clamped at zero. Nodes moving away
+(v_n >= 0) are left alone by slip and frictional boundaries.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import warp as wp
+
+from .config import BOUNDARY_KINDS, SimConfig
+
+STICKY = wp.constant(0)
+SLIP = wp.constant(1)
+FRICTIONAL = wp.constant(2)
+
+
+def kind_id(kind: str) -> int:
+    return BOUNDARY_KINDS.index(kind)
+
+
+@wp.struct
+class Boundaries:
+    """Walls on the domain AABB faces, an optional ground plane and kinematic boxes (world units)."""
+
+    dom_min: wp.vec3
+    dom_max: wp.vec3
+    wall_kind: int
+    wall_friction: float
+    ground_on: int
+    ground_height: float
+    ground_kind: int
+    ground_friction: float
+    n_colliders: int
+    col_offset: wp.array(dtype=wp.int32)
+    col_count: wp.array(dtype=wp.int32)
+    col_times: wp.array(dtype=float)
+    col_centers: wp.array(dtype=wp.vec3)
+    col_half: wp.array(dtype=wp.vec3)
+    col_kind: wp.array(dtype=wp.int32)
+    col_friction: wp.array(dtype=float)
+
+
+@wp.struct
+class Pokes:
+    """Spheres that accelerate the particles inside them during [start, end) seconds."""
+
+    n: int
+    center: wp.array(dtype=wp.vec3)
+    radius: wp.array(dtype=float)
+    accel: wp.array(dtype=wp.vec3)
+    start: wp.array(dtype=float)
+    end: wp.array(dtype=float)
+
+
+@wp.func(inline=True)
+def contact_response(v: wp.vec3, n: wp.vec3, kind: int, friction: float) -> wp.vec3:
+    """Velocity after contact with a boundary of normal n (unit, into the free region)."""
+    if kind == STICKY:
+        return wp.vec3(0.0)
+    vn = wp.dot(v, n)
+    if vn >= 0.0:
+        return v
+    vt = v - vn * n
+    if kind == SLIP:
+        return vt
+    vt_len = wp.length(vt)
+    if vt_len <= -friction * vn:
+        return wp.vec3(0.0)
+    return vt * (1.0 + friction * vn / vt_len)
+
+
+@wp.func(inline=True)
+def collider_motion(b: Boundaries, c: int, t: float):
+    """Centre (m) and velocity (m/s) of collider c at time t: piecewise-linear keyframes."""
+    off = b.col_offset[c]
+    cnt = b.col_count[c]
+    if cnt == 1 or t <= b.col_times[off]:
+        return b.col_centers[off], wp.vec3(0.0)
+    last = off + cnt - 1
+    if t >= b.col_times[last]:
+        return b.col_centers[last], wp.vec3(0.0)
+    k = off
+    while k < last - 1 and b.col_times[k + 1] <= t:
+        k += 1
+    span = b.col_times[k + 1] - b.col_times[k]
+    vel = (b.col_centers[k + 1] - b.col_centers[k]) / span
+    return b.col_centers[k] + (t - b.col_times[k]) * vel, vel
+
+
+@wp.func(inline=True)
+def apply_boundaries(v: wp.vec3, pos: wp.vec3, b: Boundaries, t: float) -> wp.vec3:
+    """Apply walls, ground and colliders to the velocity v of the grid node at world position pos."""
+    out = v
+    for a in range(3):
+        if pos[a] <= b.dom_min[a]:
+            n = wp.vec3(0.0)
+            n[a] = 1.0
+            out = contact_response(out, n, b.wall_kind, b.wall_friction)
+        if pos[a] >= b.dom_max[a]:
+            n = wp.vec3(0.0)
+            n[a] = -1.0
+            out = contact_response(out, n, b.wall_kind, b.wall_friction)
+    if b.ground_on != 0 and pos[2] <= b.ground_height:
+        out = contact_response(out, wp.vec3(0.0, 0.0, 1.0), b.ground_kind, b.ground_friction)
+    for c in range(b.n_colliders):
+        center, vel = collider_motion(b, c, t)
+        d = pos - center
+        h = b.col_half[c]
+        if wp.abs(d[0]) < h[0] and wp.abs(d[1]) < h[1] and wp.abs(d[2]) < h[2]:
+            # Normal of the face with the smallest penetration.
+            pen = wp.vec3(h[0] - wp.abs(d[0]), h[1] - wp.abs(d[1]), h[2] - wp.abs(d[2]))
+            axis = int(0)
+            if pen[1] < pen[axis]:
+                axis = 1
+            if pen[2] < pen[axis]:
+                axis = 2
+            n = wp.vec3(0.0)
+            n[axis] = wp.sign(d[axis])
+            if d[axis] == 0.0:
+                n[axis] = 1.0
+            out = contact_response(out - vel, n, b.col_kind[c], b.col_friction[c]) + vel
+    return out
+
+
+@wp.func(inline=True)
+def poke_velocity_change(x: wp.vec3, pk: Pokes, t: float, dt: float) -> wp.vec3:
+    """Velocity change over one substep from the pokes active at time t."""
+    dv = wp.vec3(0.0)
+    for i in range(pk.n):
+        if t >= pk.start[i] and t < pk.end[i]:
+            if wp.length(x - pk.center[i]) < pk.radius[i]:
+                dv += dt * pk.accel[i]
+    return dv
+
+
+def build_boundaries(config: SimConfig, dom_min: np.ndarray, dom_max: np.ndarray, device: str) -> Boundaries:
+    """Pack the config's walls, ground and colliders into a warp struct on `device`."""
+    b = Boundaries()
+    b.dom_min = wp.vec3(*map(float, dom_min))
+    b.dom_max = wp.vec3(*map(float, dom_max))
+    b.wall_kind = kind_id(config.walls.kind)
+    b.wall_friction = float(config.walls.friction)
+    g = config.ground
+    b.ground_on = int(g is not None)
+    b.ground_height = float(g.height) if g else 0.0
+    b.ground_kind = kind_id(g.kind) if g else 0
+    b.ground_friction = float(g.friction) if g else 0.0
+    cols = config.colliders
+    b.n_colliders = len(cols)
+    counts = [len(c.times) for c in cols] or [1]
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
+    times = np.concatenate([np.asarray(c.times, np.float32) for c in cols]) if cols else np.zeros(1, np.float32)
+    centers = (np.concatenate([np.asarray(c.centers, np.float32) for c in cols]) if cols
+               else np.zeros((1, 3), np.float32))
+    half = np.asarray([c.half_extents for c in cols], np.float32).reshape(-1, 3) if cols else np.ones((1, 3), np.float32)
+    b.col_offset = wp.array(offsets, dtype=wp.int32, device=device)
+    b.col_count = wp.array(np.asarray(counts, np.int32), dtype=wp.int32, device=device)
+    b.col_times = wp.array(times, dtype=float, device=device)
+    b.col_centers = wp.array(centers, dtype=wp.vec3, device=device)
+    b.col_half = wp.array(half, dtype=wp.vec3, device=device)
+    b.col_kind = wp.array(np.asarray([kind_id(c.kind) for c in cols] or [0], np.int32), dtype=wp.int32, device=device)
+    b.col_friction = wp.array(np.asarray([c.friction for c in cols] or [0.0], np.float32), dtype=float, device=device)
+    return b
+
+
+def build_pokes(config: SimConfig, device: str) -> Pokes:
+    """Pack the config's pokes (acceleration = strength * normalised direction)."""
+    pk = Pokes()
+    pokes = config.pokes
+    pk.n = len(pokes)
+    if pokes:
+        dirs = np.asarray([p.direction for p in pokes], np.float64)
+        accel = dirs / np.linalg.norm(dirs, axis=1, keepdims=True) * np.asarray([p.strength for p in pokes])[:, None]
+        center = np.asarray([p.center for p in pokes], np.float32)
+        radius = np.asarray([p.radius for p in pokes], np.float32)
+        start = np.asarray([p.start for p in pokes], np.float32)
+        end = np.asarray([np.finfo(np.float32).max if p.end is None else p.end for p in pokes], np.float32)
+    else:
+        accel, center = np.zeros((1, 3)), np.zeros((1, 3), np.float32)
+        radius, start, end = (np.zeros(1, np.float32) for _ in range(3))
+    pk.center = wp.array(center, dtype=wp.vec3, device=device)
+    pk.radius = wp.array(radius, dtype=float, device=device)
+    pk.accel = wp.array(accel.astype(np.float32), dtype=wp.vec3, device=device)
+    pk.start = wp.array(start, dtype=float, device=device)
+    pk.end = wp.array(end, dtype=float, device=device)
+    return pk
+
+
+def body_acceleration(config: SimConfig, t: float) -> np.ndarray:
+    """Uniform acceleration (gravity + winds) at time t, m/s^2."""
+    acc = np.asarray(config.gravity, dtype=np.float64).copy()
+    for w in config.winds:
+        acc += w.acceleration(t)
+    return acc

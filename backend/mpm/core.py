@@ -1,0 +1,161 @@
+"""Device-side simulation pieces shared by the forward solver and the differentiable simulator."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import warp as wp
+
+from .boundary import body_acceleration, build_boundaries, build_pokes
+from .config import MaterialModel, SimConfig
+from .constitutive import PlasticParams
+from .grid import GridMapping
+from .kernels import GridInfo, anchor_node_mass, g2p, grid_update, p2g
+
+NO_BAD_SUBSTEP = 2**31 - 1
+_initialised = False
+
+
+def init_warp(device: str) -> str:
+    """Initialise warp once and check the device exists; returns the device name."""
+    global _initialised
+    if not _initialised:
+        wp.config.quiet = True
+        wp.init()
+        _initialised = True
+    name = str(device)
+    if name.startswith("cuda") and not wp.is_cuda_available():
+        raise ValueError(f"device {name!r} requested but no CUDA device is available; use device='cpu'")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:i]', got {name!r}")
+    return name
+
+
+@dataclass
+class State:
+    """Particle state on the device: x (m), v (m/s), C (1/s), F, plastic scalar."""
+
+    x: wp.array
+    v: wp.array
+    C: wp.array
+    F: wp.array
+    plastic: wp.array
+
+    @classmethod
+    def zeros(cls, n: int, device: str, requires_grad: bool = False) -> "State":
+        def z(dtype):
+            return wp.zeros(n, dtype=dtype, device=device, requires_grad=requires_grad)
+        return cls(z(wp.vec3), z(wp.vec3), z(wp.mat33), z(wp.mat33), z(float))
+
+    @classmethod
+    def from_numpy(cls, d: dict, device: str, requires_grad: bool = False) -> "State":
+        def a(key, dtype):
+            return wp.array(np.ascontiguousarray(d[key], dtype=np.float32), dtype=dtype, device=device,
+                            requires_grad=requires_grad)
+        return cls(a("x", wp.vec3), a("v", wp.vec3), a("C", wp.mat33), a("F", wp.mat33), a("plastic", float))
+
+    def arrays(self) -> tuple:
+        return (self.x, self.v, self.C, self.F, self.plastic)
+
+    def assign(self, other: "State") -> None:
+        for dst, src in zip(self.arrays(), other.arrays()):
+            wp.copy(dst, src)
+
+    def numpy(self) -> dict:
+        return {k: getattr(self, k).numpy().copy() for k in ("x", "v", "C", "F", "plastic")}
+
+    def zero_grad(self) -> None:
+        for a in self.arrays():
+            if a.grad is not None:
+                a.grad.zero_()
+
+
+def initial_state(positions: np.ndarray, velocity: np.ndarray, material_id: np.ndarray) -> dict:
+    """Rest state: F = I, C = 0, plastic = 0 (Jp = 1 for snow)."""
+    n = positions.shape[0]
+    plastic = np.where(material_id == int(MaterialModel.SNOW), 1.0, 0.0).astype(np.float32)
+    return {
+        "x": positions.astype(np.float32),
+        "v": velocity.astype(np.float32),
+        "C": np.zeros((n, 3, 3), np.float32),
+        "F": np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
+        "plastic": plastic,
+    }
+
+
+class SimCore:
+    """Grid, boundaries, forces and per-particle constants; launches one substep."""
+
+    def __init__(self, config: SimConfig, grid: GridMapping, material_id: np.ndarray,
+                 anchor: np.ndarray, device: str):
+        self.config = config
+        self.grid = grid
+        self.device = device
+        self.n_particles = int(material_id.shape[0])
+        self.n_nodes = grid.n ** 3
+        g = GridInfo()
+        g.origin = wp.vec3(*map(float, grid.origin))
+        g.dx = float(grid.dx)
+        g.inv_dx = float(1.0 / grid.dx)
+        g.n = int(grid.n)
+        g.x_lo = wp.vec3(*map(float, grid.origin + grid.dx))
+        g.x_hi = wp.vec3(*map(float, grid.origin + (grid.n - 2) * grid.dx))
+        self.g = g
+        self.bnd = build_boundaries(config, grid.domain_min, grid.domain_max, device)
+        self.pokes = build_pokes(config, device)
+        pl = config.plasticity
+        pp = PlasticParams()
+        pp.yield_stress, pp.hardening, pp.softening = pl.yield_stress, pl.hardening, pl.softening
+        pp.viscosity, pp.dp_alpha, pp.cohesion = pl.viscosity, pl.dp_alpha, pl.cohesion
+        pp.snow_theta_c, pp.snow_theta_s, pp.snow_xi = pl.snow_theta_c, pl.snow_theta_s, pl.snow_hardening
+        self.pp = pp
+        self.material = wp.array(material_id.astype(np.int32), dtype=wp.int32, device=device)
+        self.anchor_np = anchor.astype(bool)
+        self.anchor = wp.array(self.anchor_np.astype(np.int32), dtype=wp.int32, device=device)
+        self.has_fixed = int(self.anchor_np.any())
+        self.fixed = wp.zeros(self.n_nodes if self.has_fixed else 1, dtype=wp.int32, device=device)
+        self.bad = wp.array([NO_BAD_SUBSTEP], dtype=wp.int32, device=device)
+
+    def set_fixed_nodes(self, x: wp.array, mass: wp.array) -> None:
+        """Fix the grid nodes where anchored particles hold more than half of the mass."""
+        if not self.has_fixed:
+            return
+        total = wp.zeros(self.n_nodes, dtype=float, device=self.device)
+        anchored = wp.zeros(self.n_nodes, dtype=float, device=self.device)
+        wp.launch(anchor_node_mass, self.n_particles, inputs=[x, mass, self.anchor, self.g, total, anchored],
+                  device=self.device)
+        fixed = (anchored.numpy() > 0.5 * total.numpy()) & (total.numpy() > 0)
+        self.fixed = wp.array(fixed.astype(np.int32), dtype=wp.int32, device=self.device)
+
+    def reset_bad(self) -> None:
+        self.bad.fill_(NO_BAD_SUBSTEP)
+
+    def first_bad_substep(self) -> int | None:
+        k = int(self.bad.numpy()[0])
+        return None if k == NO_BAD_SUBSTEP else k
+
+    def substep(self, st_in: State, st_out: State, mu: wp.array, lam: wp.array, mass: wp.array,
+                vol: wp.array, grid_mv: wp.array, grid_v: wp.array, t: float, dt: float,
+                k: int, clear: bool) -> None:
+        """Advance st_in by dt (seconds) into st_out (may be the same object when clear=True).
+
+        t: simulation time at the start of the substep; k: substep index reported on divergence.
+        grid_mv must be zero on entry; with clear=True grid_update leaves it zeroed again.
+        """
+        dev = self.device
+        body_dv = body_acceleration(self.config, t) * dt
+        damp = math.exp(-self.config.damping * dt)
+        wp.launch(p2g, self.n_particles,
+                  inputs=[st_in.x, st_in.v, st_in.C, st_in.F, st_in.plastic, self.material, mu, lam, mass, vol,
+                          self.g, self.pp, self.pokes, float(t), float(dt)],
+                  outputs=[grid_mv], device=dev)
+        wp.launch(grid_update, self.n_nodes,
+                  inputs=[grid_mv, self.fixed, self.has_fixed, self.g, self.bnd,
+                          wp.vec3(*map(float, body_dv)), float(damp), float(t), int(clear)],
+                  outputs=[grid_v], device=dev)
+        wp.launch(g2p, self.n_particles,
+                  inputs=[st_in.x, st_in.F, st_in.plastic, self.material, self.anchor, mu, lam, grid_v,
+                          self.g, self.pp, float(dt), int(k)],
+                  outputs=[st_out.x, st_out.v, st_out.C, st_out.F, st_out.plastic, self.bad], device=dev)

@@ -1,0 +1,255 @@
+"""MLS-MPM / APIC substep kernels (quadratic B-splines, 3x3x3 stencil), world units throughout.
+
+One substep = p2g (stress fused in) -> grid_update (forces, boundaries) -> g2p (APIC transfer,
+F update, return mapping, advection). The same kernels serve the forward baking path (state
+updated in place, grid cleared inside grid_update) and the taped gradient path (fresh arrays
+per substep, clear = 0), so both compute the same physics.
+
+Grid memory: grid_mv[node] = (momentum xyz in kg m/s, mass in kg), node = (i * n + j) * n + k.
+"""
+
+from __future__ import annotations
+
+import warp as wp
+
+from .boundary import Boundaries, Pokes, apply_boundaries, poke_velocity_change
+from .constitutive import PlasticParams, kirchhoff_stress, return_mapping
+
+
+@wp.struct
+class GridInfo:
+    """Node (i, j, k) sits at origin + (i, j, k) * dx. x_lo/x_hi: particle clamp box (metres)."""
+
+    origin: wp.vec3
+    dx: float
+    inv_dx: float
+    n: int
+    x_lo: wp.vec3
+    x_hi: wp.vec3
+
+
+@wp.func(inline=True)
+def stencil_base(x: wp.vec3, g: GridInfo):
+    """Lower stencil node (clamped so the 3x3x3 stencil is always inside) and fractional offset."""
+    xg = (x - g.origin) * g.inv_dx
+    bx = wp.clamp(int(xg[0] - 0.5), 0, g.n - 3)
+    by = wp.clamp(int(xg[1] - 0.5), 0, g.n - 3)
+    bz = wp.clamp(int(xg[2] - 0.5), 0, g.n - 3)
+    fx = xg - wp.vec3(float(bx), float(by), float(bz))
+    return bx, by, bz, fx
+
+
+@wp.func(inline=True)
+def bspline_weights(fx: wp.vec3) -> wp.mat33:
+    """Quadratic B-spline weights; row i = weights of stencil offset i along x, y, z."""
+    a = wp.vec3(1.5) - fx
+    b = fx - wp.vec3(1.0)
+    c = fx - wp.vec3(0.5)
+    return wp.mat33(
+        0.5 * a[0] * a[0], 0.5 * a[1] * a[1], 0.5 * a[2] * a[2],
+        0.75 - b[0] * b[0], 0.75 - b[1] * b[1], 0.75 - b[2] * b[2],
+        0.5 * c[0] * c[0], 0.5 * c[1] * c[1], 0.5 * c[2] * c[2],
+    )
+
+
+@wp.kernel
+def p2g(
+    x: wp.array(dtype=wp.vec3),
+    v: wp.array(dtype=wp.vec3),
+    C: wp.array(dtype=wp.mat33),
+    F: wp.array(dtype=wp.mat33),
+    plastic: wp.array(dtype=float),
+    material: wp.array(dtype=wp.int32),
+    mu: wp.array(dtype=float),
+    lam: wp.array(dtype=float),
+    mass: wp.array(dtype=float),
+    vol: wp.array(dtype=float),
+    g: GridInfo,
+    pp: PlasticParams,
+    pk: Pokes,
+    t: float,
+    dt: float,
+    grid_mv: wp.array(dtype=wp.vec4),
+):
+    p = wp.tid()
+    xp = x[p]
+    bx, by, bz, fx = stencil_base(xp, g)
+    w = bspline_weights(fx)
+    stress = kirchhoff_stress(F[p], material[p], plastic[p], mu[p], lam[p], pp.snow_xi)
+    m = mass[p]
+    # MLS-MPM: the stress force and the APIC affine momentum share one matrix (world units);
+    # node momentum = weight * (m v + affine (x_node - x_p)), expanded per stencil offset.
+    affine = (-dt * vol[p] * 4.0 * g.inv_dx * g.inv_dx) * stress + m * C[p]
+    vp = v[p]
+    if pk.n > 0:
+        vp = vp + poke_velocity_change(xp, pk, t, dt)
+    a0 = g.dx * wp.vec3(affine[0, 0], affine[1, 0], affine[2, 0])
+    a1 = g.dx * wp.vec3(affine[0, 1], affine[1, 1], affine[2, 1])
+    a2 = g.dx * wp.vec3(affine[0, 2], affine[1, 2], affine[2, 2])
+    origin_mom = m * vp - fx[0] * a0 - fx[1] * a1 - fx[2] * a2
+    n = g.n
+    for i in range(3):
+        for j in range(3):
+            wij = w[i, 0] * w[j, 1]
+            row = ((bx + i) * n + by + j) * n + bz
+            r = origin_mom + float(i) * a0 + float(j) * a1
+            for k in range(3):
+                weight = wij * w[k, 2]
+                mom = weight * (r + float(k) * a2)
+                wp.atomic_add(grid_mv, row + k, wp.vec4(mom[0], mom[1], mom[2], weight * m))
+
+
+@wp.kernel
+def grid_update(
+    grid_mv: wp.array(dtype=wp.vec4),
+    fixed: wp.array(dtype=wp.int32),
+    has_fixed: int,
+    g: GridInfo,
+    bnd: Boundaries,
+    body_dv: wp.vec3,
+    damp: float,
+    t: float,
+    clear: int,
+    grid_v: wp.array(dtype=wp.vec3),
+):
+    """Node velocity = momentum / mass + body forces, then anchors and boundaries.
+    clear != 0 also zeroes grid_mv for the next substep (forward path only)."""
+    idx = wp.tid()
+    mv = grid_mv[idx]
+    m = mv[3]
+    vel = wp.vec3(0.0)
+    if m > 0.0:
+        vel = (wp.vec3(mv[0], mv[1], mv[2]) / m + body_dv) * damp
+        if has_fixed != 0:
+            if fixed[idx] != 0:
+                vel = wp.vec3(0.0)
+        n = g.n
+        pos = g.origin + g.dx * wp.vec3(float(idx // (n * n)), float((idx // n) % n), float(idx % n))
+        vel = apply_boundaries(vel, pos, bnd, t)
+    grid_v[idx] = vel
+    if clear != 0:
+        grid_mv[idx] = wp.vec4(0.0)
+
+
+@wp.kernel
+def g2p(
+    x_in: wp.array(dtype=wp.vec3),
+    F_in: wp.array(dtype=wp.mat33),
+    plastic_in: wp.array(dtype=float),
+    material: wp.array(dtype=wp.int32),
+    anchor: wp.array(dtype=wp.int32),
+    mu: wp.array(dtype=float),
+    lam: wp.array(dtype=float),
+    grid_v: wp.array(dtype=wp.vec3),
+    g: GridInfo,
+    pp: PlasticParams,
+    dt: float,
+    substep: int,
+    x_out: wp.array(dtype=wp.vec3),
+    v_out: wp.array(dtype=wp.vec3),
+    C_out: wp.array(dtype=wp.mat33),
+    F_out: wp.array(dtype=wp.mat33),
+    plastic_out: wp.array(dtype=float),
+    bad: wp.array(dtype=wp.int32),
+):
+    """Gather velocity and affine matrix, update F with the return mapping, advect and clamp.
+    The *_in and *_out arrays may alias (each thread touches only its own particle)."""
+    p = wp.tid()
+    xp = x_in[p]
+    bx, by, bz, fx = stencil_base(xp, g)
+    w = bspline_weights(fx)
+    # APIC: C = 4/dx^2 sum w v (x_node - x_p)^T; accumulate sum w v * offset per axis (s0, s1, s2)
+    # and subtract v fx^T once, instead of an outer product per node.
+    new_v = wp.vec3(0.0)
+    s0 = wp.vec3(0.0)
+    s1 = wp.vec3(0.0)
+    s2 = wp.vec3(0.0)
+    n = g.n
+    for i in range(3):
+        for j in range(3):
+            row = ((bx + i) * n + by + j) * n + bz
+            r0 = w[0, 2] * grid_v[row]
+            r1 = w[1, 2] * grid_v[row + 1]
+            r2 = w[2, 2] * grid_v[row + 2]
+            wij = w[i, 0] * w[j, 1]
+            r = wij * (r0 + r1 + r2)
+            new_v += r
+            s0 += float(i) * r
+            s1 += float(j) * r
+            s2 += wij * (r1 + 2.0 * r2)
+    new_c = (4.0 * g.inv_dx) * (wp.matrix_from_cols(s0, s1, s2) - wp.outer(new_v, fx))
+    f_trial = (wp.identity(n=3, dtype=float) + dt * new_c) @ F_in[p]
+    f_new, pl_new = return_mapping(f_trial, material[p], plastic_in[p], mu[p], lam[p], pp, dt)
+    x_new = xp
+    if anchor[p] != 0:
+        new_v = wp.vec3(0.0)
+    else:
+        x_new = wp.min(wp.max(xp + dt * new_v, g.x_lo), g.x_hi)
+    x_out[p] = x_new
+    v_out[p] = new_v
+    C_out[p] = new_c
+    F_out[p] = f_new
+    plastic_out[p] = pl_new
+    if not (wp.isfinite(new_v) and wp.isfinite(f_new) and wp.isfinite(new_c)):
+        wp.atomic_min(bad, 0, substep)
+
+
+@wp.kernel
+def max_speed(v: wp.array(dtype=wp.vec3), out: wp.array(dtype=float)):
+    """out[0] = max |v| (m/s); non-finite velocities count as +inf."""
+    p = wp.tid()
+    s = wp.length(v[p])
+    if not wp.isfinite(s):
+        s = 3.0e38
+    wp.atomic_max(out, 0, s)
+
+
+@wp.kernel
+def material_from_params(
+    log_E: wp.array(dtype=float),
+    nu: wp.array(dtype=float),
+    rho: wp.array(dtype=float),
+    vol: wp.array(dtype=float),
+    mu: wp.array(dtype=float),
+    lam: wp.array(dtype=float),
+    mass: wp.array(dtype=float),
+):
+    """Lame parameters (Pa) and mass (kg) from log Young's modulus, Poisson ratio, density."""
+    p = wp.tid()
+    E = wp.exp(log_E[p])
+    n = nu[p]
+    mu[p] = E / (2.0 * (1.0 + n))
+    lam[p] = E * n / ((1.0 + n) * (1.0 - 2.0 * n))
+    mass[p] = rho[p] * vol[p]
+
+
+@wp.kernel
+def covariance(F: wp.array(dtype=wp.mat33), cov0: wp.array(dtype=wp.mat33), cov: wp.array(dtype=wp.mat33)):
+    """Deformed splat covariance F Sigma0 F^T (m^2)."""
+    p = wp.tid()
+    f = F[p]
+    cov[p] = f @ cov0[p] @ wp.transpose(f)
+
+
+@wp.kernel
+def anchor_node_mass(
+    x: wp.array(dtype=wp.vec3),
+    mass: wp.array(dtype=float),
+    anchor: wp.array(dtype=wp.int32),
+    g: GridInfo,
+    total: wp.array(dtype=float),
+    anchored: wp.array(dtype=float),
+):
+    """Per-node particle mass, all particles and anchored ones (to pick the fixed nodes)."""
+    p = wp.tid()
+    bx, by, bz, fx = stencil_base(x[p], g)
+    w = bspline_weights(fx)
+    n = g.n
+    for i in range(3):
+        for j in range(3):
+            for k in range(3):
+                idx = ((bx + i) * n + by + j) * n + bz + k
+                wm = w[i, 0] * w[j, 1] * w[k, 2] * mass[p]
+                wp.atomic_add(total, idx, wm)
+                if anchor[p] != 0:
+                    wp.atomic_add(anchored, idx, wm)
