@@ -25,7 +25,6 @@ import json
 import os
 import time
 
-import bpy
 import numpy as np
 
 from ...backend import protocol
