@@ -1,0 +1,93 @@
+"""Tile binning: which Gaussians touch which 16x16 tile, front to back.
+
+Mirrors gsplat's `isect_tiles`: a Gaussian covers the tiles its screen box
+(mean +- radius) overlaps; inside each tile Gaussians are ordered by camera depth.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class TileBins:
+    tile_size: int
+    tiles_x: int
+    tiles_y: int
+    gaussian_ids: torch.Tensor  # (n_isect,) int64, grouped by tile, each group sorted by depth
+    offsets: torch.Tensor  # (n_tiles,) int64 start of each tile's group
+    counts: torch.Tensor  # (n_tiles,) int64 group sizes
+
+    @property
+    def n_tiles(self) -> int:
+        return self.tiles_x * self.tiles_y
+
+
+@torch.no_grad()
+def bin_gaussians(
+    means2d: torch.Tensor,
+    radii: torch.Tensor,
+    depths: torch.Tensor,
+    visible: torch.Tensor,
+    width: int,
+    height: int,
+    tile_size: int = 16,
+) -> TileBins:
+    device = means2d.device
+    tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
+    n_tiles = tiles_x * tiles_y
+    ids = torch.nonzero(visible).squeeze(1)
+    m = means2d[ids].double() / tile_size
+    r = radii[ids].double() / tile_size
+    x0 = torch.floor(m[:, 0] - r[:, 0]).clamp(0, tiles_x).long()
+    x1 = torch.ceil(m[:, 0] + r[:, 0]).clamp(0, tiles_x).long()
+    y0 = torch.floor(m[:, 1] - r[:, 1]).clamp(0, tiles_y).long()
+    y1 = torch.ceil(m[:, 1] + r[:, 1]).clamp(0, tiles_y).long()
+    nx, ny = x1 - x0, y1 - y0
+    per_gauss = nx * ny
+    total = int(per_gauss.sum())
+
+    # one row per (Gaussian, tile) intersection
+    owner = torch.repeat_interleave(torch.arange(len(ids), device=device), per_gauss)
+    start = torch.cumsum(per_gauss, 0) - per_gauss
+    local = torch.arange(total, device=device) - start[owner]
+    tile = (y0[owner] + local // nx[owner]) * tiles_x + (x0[owner] + local % nx[owner])
+
+    # sort by (tile, depth): rank Gaussians by depth once, then one integer sort
+    depth_rank = torch.empty_like(ids)
+    depth_rank[torch.argsort(depths[ids])] = torch.arange(len(ids), device=device)
+    key = tile * max(len(ids), 1) + depth_rank[owner]
+    order = torch.argsort(key)
+    gaussian_ids = ids[owner[order]]
+    counts = torch.bincount(tile, minlength=n_tiles)
+    offsets = torch.cumsum(counts, 0) - counts
+    return TileBins(tile_size, tiles_x, tiles_y, gaussian_ids, offsets, counts)
+
+
+def tile_pixel_centres(bins: TileBins, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixel-centre coordinates (n_tiles, tile_size^2) for x and y, row-major inside a tile."""
+    ts = bins.tile_size
+    p = torch.arange(ts * ts, device=device)
+    t = torch.arange(bins.n_tiles, device=device)
+    px = (t % bins.tiles_x)[:, None] * ts + (p % ts)[None, :] + 0.5
+    py = (t // bins.tiles_x)[:, None] * ts + (p // ts)[None, :] + 0.5
+    return px.to(dtype), py.to(dtype)
+
+
+def tiles_to_image(x: torch.Tensor, bins: TileBins, width: int, height: int) -> torch.Tensor:
+    """(n_tiles, ts*ts, D) -> (height, width, D), cropping the partial tiles at the border."""
+    ts, D = bins.tile_size, x.shape[-1]
+    img = x.reshape(bins.tiles_y, bins.tiles_x, ts, ts, D).permute(0, 2, 1, 3, 4)
+    return img.reshape(bins.tiles_y * ts, bins.tiles_x * ts, D)[:height, :width]
+
+
+def image_to_tiles(img: torch.Tensor, bins: TileBins) -> torch.Tensor:
+    """(height, width, D) -> (n_tiles, ts*ts, D), zero-padding the partial tiles."""
+    ts = bins.tile_size
+    H, W, D = img.shape
+    pad = img.new_zeros(bins.tiles_y * ts, bins.tiles_x * ts, D)
+    pad[:H, :W] = img
+    return pad.reshape(bins.tiles_y, ts, bins.tiles_x, ts, D).permute(0, 2, 1, 3, 4).reshape(bins.n_tiles, ts * ts, D)
