@@ -24,13 +24,13 @@ _FINGERPRINT_SKIP = {"n_frames", "frame_start"}
 
 
 def run_simulate(job: protocol.Job, scene: dict, reporter: Reporter, token: CancelToken, device: str) -> dict:
-    from .mpm import MPMSolver, SimulationDiverged
+    from .mpm import MPMSolver, ParticleState, SimulationDiverged
 
     sim = job.simulation
     reporter.stage("load", "Preparing particles")
     particles = build_particles(scene, sim, reporter)
     config = sim_config(sim)
-    solver = MPMSolver(**particles.solver_inputs(), config=config, device=warp_device(device))
+    solver = MPMSolver(ParticleState(**particles.solver_inputs()), config=config, device=warp_device(device))
     out = job.output_dir
     frames_dir = out / protocol.FRAMES_DIR
     frames_dir.mkdir(parents=True, exist_ok=True)
