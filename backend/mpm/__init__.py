@@ -1,12 +1,28 @@
-"""Differentiable MLS-MPM simulator (warp) for Gaussian-splat objects. World units: m, s, Pa, kg/m^3."""
+"""Differentiable MLS-MPM simulator (warp) for Gaussian-splat objects.
 
-from .config import (Boundary, BoxCollider, Ground, MaterialModel, Plasticity, Poke, SimConfig, Wind)
+World units throughout: metres, seconds, Pa, kg/m^3 (Z up). Modules: config (settings), particles
+(inputs), grid (world <-> grid mapping, CFL), constitutive / boundary / kernels (warp code), core
+(one substep), solver (forward baking), autograd (checkpointed gradients + torch bridge), splats
+(covariances and ellipsoids), fill (interior filling).
+"""
+
+from .config import Boundary, BoxCollider, Ground, MaterialModel, Plasticity, Poke, SimConfig, Wind
 from .errors import SimulationDiverged
+from .fill import fill_interior
 from .particles import ParticleState
 from .solver import MPMSolver
 from .splats import FrameOutput, covariance_from_splats
 
 __all__ = [
     "SimConfig", "Boundary", "Ground", "Poke", "Wind", "BoxCollider", "Plasticity", "MaterialModel",
-    "ParticleState", "MPMSolver", "SimulationDiverged", "FrameOutput", "covariance_from_splats",
+    "ParticleState", "MPMSolver", "SimulationDiverged", "DifferentiableSim", "FrameOutput",
+    "fill_interior", "covariance_from_splats",
 ]
+
+
+def __getattr__(name):
+    # DifferentiableSim pulls in torch; import it only when asked for.
+    if name == "DifferentiableSim":
+        from .autograd import DifferentiableSim
+        return DifferentiableSim
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,10 @@ from .boundary import body_acceleration, build_boundaries, build_pokes
 from .config import MaterialModel, SimConfig
 from .constitutive import PlasticParams
 from .grid import GridMapping
-from .kernels import GridInfo, anchor_node_mass, g2p, grid_update, p2g
+from . import kernels as taped
+from . import kernels_forward as untaped
+from .kernels import GridInfo
+from .kernels_forward import anchor_node_mass
 
 NO_BAD_SUBSTEP = 2**31 - 1
 _initialised = False
@@ -142,20 +145,22 @@ class SimCore:
         """Advance st_in by dt (seconds) into st_out (may be the same object when clear=True).
 
         t: simulation time at the start of the substep; k: substep index reported on divergence.
-        grid_mv must be zero on entry; with clear=True grid_update leaves it zeroed again.
+        grid_mv must be zero on entry; with clear=True grid_update leaves it zeroed again and the
+        forward-only kernels run (no tape may record them).
         """
         dev = self.device
+        kern = untaped if clear else taped
         body_dv = body_acceleration(self.config, t) * dt
         damp = math.exp(-self.config.damping * dt)
-        wp.launch(p2g, self.n_particles,
+        wp.launch(kern.p2g, self.n_particles,
                   inputs=[st_in.x, st_in.v, st_in.C, st_in.F, st_in.plastic, self.material, mu, lam, mass, vol,
                           self.g, self.pp, self.pokes, float(t), float(dt)],
                   outputs=[grid_mv], device=dev)
-        wp.launch(grid_update, self.n_nodes,
+        wp.launch(kern.grid_update, self.n_nodes,
                   inputs=[grid_mv, self.fixed, self.has_fixed, self.g, self.bnd,
                           wp.vec3(*map(float, body_dv)), float(damp), float(t), int(clear)],
                   outputs=[grid_v], device=dev)
-        wp.launch(g2p, self.n_particles,
+        wp.launch(kern.g2p, self.n_particles,
                   inputs=[st_in.x, st_in.F, st_in.plastic, self.material, self.anchor, mu, lam, grid_v,
                           self.g, self.pp, float(dt), int(k)],
                   outputs=[st_out.x, st_out.v, st_out.C, st_out.F, st_out.plastic, self.bad], device=dev)

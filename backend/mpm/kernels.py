@@ -1,8 +1,9 @@
 """MLS-MPM / APIC substep kernels (quadratic B-splines, 3x3x3 stencil), world units throughout.
 
 One substep = p2g (stress fused in) -> grid_update (forces, boundaries) -> g2p (APIC transfer,
-F update, return mapping, advection). The same kernels serve the forward baking path (state
-updated in place, grid cleared inside grid_update) and the taped gradient path (fresh arrays
+F update, return mapping, advection). The same functions serve the forward baking path (state
+updated in place, grid cleared inside grid_update; compiled without adjoints in
+kernels_forward.py, which halves the first compile) and the taped gradient path (fresh arrays
 per substep, clear = 0), so both compute the same physics.
 
 Grid memory: grid_mv[node] = (momentum xyz in kg m/s, mass in kg), node = (i * n + j) * n + k.
@@ -52,8 +53,7 @@ def bspline_weights(fx: wp.vec3) -> wp.mat33:
     )
 
 
-@wp.kernel
-def p2g(
+def p2g_impl(
     x: wp.array(dtype=wp.vec3),
     v: wp.array(dtype=wp.vec3),
     C: wp.array(dtype=wp.mat33),
@@ -99,8 +99,7 @@ def p2g(
                 wp.atomic_add(grid_mv, row + k, wp.vec4(mom[0], mom[1], mom[2], weight * m))
 
 
-@wp.kernel
-def grid_update(
+def grid_update_impl(
     grid_mv: wp.array(dtype=wp.vec4),
     fixed: wp.array(dtype=wp.int32),
     has_fixed: int,
@@ -131,8 +130,7 @@ def grid_update(
         grid_mv[idx] = wp.vec4(0.0)
 
 
-@wp.kernel
-def g2p(
+def g2p_impl(
     x_in: wp.array(dtype=wp.vec3),
     F_in: wp.array(dtype=wp.mat33),
     plastic_in: wp.array(dtype=float),
@@ -194,14 +192,9 @@ def g2p(
         wp.atomic_min(bad, 0, substep)
 
 
-@wp.kernel
-def max_speed(v: wp.array(dtype=wp.vec3), out: wp.array(dtype=float)):
-    """out[0] = max |v| (m/s); non-finite velocities count as +inf."""
-    p = wp.tid()
-    s = wp.length(v[p])
-    if not wp.isfinite(s):
-        s = 3.0e38
-    wp.atomic_max(out, 0, s)
+p2g = wp.kernel(p2g_impl)
+grid_update = wp.kernel(grid_update_impl)
+g2p = wp.kernel(g2p_impl)
 
 
 @wp.kernel
@@ -229,27 +222,3 @@ def covariance(F: wp.array(dtype=wp.mat33), cov0: wp.array(dtype=wp.mat33), cov:
     p = wp.tid()
     f = F[p]
     cov[p] = f @ cov0[p] @ wp.transpose(f)
-
-
-@wp.kernel
-def anchor_node_mass(
-    x: wp.array(dtype=wp.vec3),
-    mass: wp.array(dtype=float),
-    anchor: wp.array(dtype=wp.int32),
-    g: GridInfo,
-    total: wp.array(dtype=float),
-    anchored: wp.array(dtype=float),
-):
-    """Per-node particle mass, all particles and anchored ones (to pick the fixed nodes)."""
-    p = wp.tid()
-    bx, by, bz, fx = stencil_base(x[p], g)
-    w = bspline_weights(fx)
-    n = g.n
-    for i in range(3):
-        for j in range(3):
-            for k in range(3):
-                idx = ((bx + i) * n + by + j) * n + bz + k
-                wm = w[i, 0] * w[j, 1] * w[k, 2] * mass[p]
-                wp.atomic_add(total, idx, wm)
-                if anchor[p] != 0:
-                    wp.atomic_add(anchored, idx, wm)

@@ -12,7 +12,7 @@ from .config import MaterialModel, SimConfig
 from .core import SimCore, State, init_warp, initial_state
 from .errors import SimulationDiverged
 from .grid import SNOW_HARDENING_RANGE, GridMapping, SubstepPlan, lame, p_wave_speed, plan_substeps
-from .kernels import max_speed
+from .kernels_forward import max_speed
 from .particles import ParticleState, rest_shape_matrices
 from .splats import FrameOutput, SplatOutputs
 

@@ -1,0 +1,332 @@
+"""Differentiable MPM rollouts with checkpointed wp.Tape backward and a torch.autograd bridge.
+
+Gradients flow from frame outputs (positions, covariances) to per-particle log E, nu, rho and
+the initial velocity v0, including the path through the grid mass (the position dependence of
+the P2G weights), which PhysDreamer's solver drops.
+
+Memory: with checkpointing, the forward pass keeps only the particle state at segment starts
+(~100 bytes per particle each); backward re-runs one segment of `checkpoint_every` substeps on
+fresh buffers with one small tape per substep, so the live tape holds at most one segment of
+particle states and grids. With checkpoint_every=None every substep stays taped from the forward
+pass (memory grows with every substep; used to check the checkpointed path).
+
+Truncated BPTT: bptt_substeps=None backpropagates through the whole rollout (exact gradient);
+bptt_substeps=K lets each frame's loss flow back only through the last K substeps before that
+frame (K >= substeps per frame: the whole frame); dL/dv0 is then non-zero only when frame 0's
+window reaches the initial state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import warp as wp
+
+from .config import SimConfig
+from .core import SimCore, State, init_warp, initial_state
+from .errors import SimulationDiverged
+from .grid import GridMapping, SubstepPlan, plan_substeps
+from .kernels import covariance, material_from_params
+from .particles import ParticleState, rest_shape_matrices
+from .solver import max_wave_speed
+
+
+@dataclass
+class _Params:
+    """Per-run material arrays (so two forward passes never share gradients)."""
+
+    log_E: wp.array
+    nu: wp.array
+    rho: wp.array
+    mu: wp.array
+    lam: wp.array
+    mass: wp.array
+
+
+@dataclass
+class _Buffers:
+    """Per-substep states, grids and tapes for a contiguous range of substeps."""
+
+    states: list
+    grid_mv: list
+    grid_v: list
+    cov: list
+    tapes: list = field(default_factory=list)
+
+    def zero_grads(self) -> None:
+        for st in self.states:
+            st.zero_grad()
+        for a in self.grid_mv + self.grid_v + self.cov:
+            a.grad.zero_()
+
+
+@dataclass
+class _Run:
+    """What one forward pass leaves for its backward pass."""
+
+    params: _Params
+    plan: SubstepPlan
+    n_frames: int
+    checkpoints: dict          # substep index -> State (checkpoint mode)
+    full: _Buffers | None      # all substeps (no-checkpoint mode)
+
+
+class DifferentiableSim:
+    """Differentiable rollout of a fixed particle set; call it with torch tensors.
+
+    positions (N,3) m, material_id, anchor, cov0 (N,3,3) m^2 or None, volume (N,) m^3 or None:
+    as in ParticleState. bptt_substeps: None (exact) or K (truncated window per frame).
+    checkpoint_every: substeps per recomputed segment, or None to keep the full tape.
+
+    The substep is config.substep_dt, or the CFL bound for the material passed to each call
+    (set substep_dt when optimising so the substep count cannot jump between iterations).
+    """
+
+    def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
+                 device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
+                 volume=None):
+        self.device = init_warp(device)
+        self.config = config if config is not None else SimConfig()
+        self.config.validate()
+        ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume)
+        if bptt_substeps is not None and int(bptt_substeps) < 1:
+            raise ValueError(f"bptt_substeps must be None or >= 1, got {bptt_substeps}")
+        if checkpoint_every is not None and int(checkpoint_every) < 1:
+            raise ValueError(f"checkpoint_every must be None or >= 1, got {checkpoint_every}")
+        self.bptt_substeps = None if bptt_substeps is None else int(bptt_substeps)
+        self.checkpoint_every = None if checkpoint_every is None else int(checkpoint_every)
+        self.n = ps.n
+        self.positions = ps.positions
+        self.material_id = ps.material_id
+        self.grid = GridMapping.build(self.config, ps.positions)
+        vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
+        self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, self.device)
+        self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
+        a0 = rest_shape_matrices(ps.cov0, vol)
+        self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)
+        self._segment: _Buffers | None = None
+
+    # -- public ------------------------------------------------------------------------------
+    def __call__(self, log_E: torch.Tensor, nu: torch.Tensor, rho: torch.Tensor, v0: torch.Tensor,
+                 n_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Simulate n_frames frames. Returns positions (T,N,3) and covariances (T,N,3,3); frame 0 is
+        the state after the first frame time 1/fps (the initial state is not included).
+        log_E, nu, rho: (N,) or scalars (broadcast); v0: (N,3) or (3,) m/s."""
+        n = self.n
+        log_E, nu, rho = (t.expand(n) if t.dim() == 0 else t for t in (log_E, nu, rho))
+        if v0.dim() == 1:
+            v0 = v0.expand(n, 3)
+        return _MPMFunction.apply(log_E, nu, rho, v0, self, int(n_frames))
+
+    # -- forward -----------------------------------------------------------------------------
+    def _params(self, log_E: np.ndarray, nu: np.ndarray, rho: np.ndarray) -> _Params:
+        dev = self.device
+
+        def arr(a):
+            return wp.array(np.ascontiguousarray(a, dtype=np.float32), dtype=float, device=dev, requires_grad=True)
+
+        def zeros():
+            return wp.zeros(self.n, dtype=float, device=dev, requires_grad=True)
+
+        p = _Params(arr(log_E), arr(nu), arr(rho), zeros(), zeros(), zeros())
+        wp.launch(material_from_params, self.n, inputs=[p.log_E, p.nu, p.rho, self.vol],
+                  outputs=[p.mu, p.lam, p.mass], device=dev)
+        return p
+
+    def _check_inputs(self, log_E, nu, rho, v0) -> None:
+        n = self.n
+        for name, a, shape in (("log_E", log_E, (n,)), ("nu", nu, (n,)), ("rho", rho, (n,)), ("v0", v0, (n, 3))):
+            if a.shape != shape:
+                raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
+            if not np.isfinite(a).all():
+                raise ValueError(f"{name}: contains NaN or inf")
+        if not ((nu > -1.0).all() and (nu < 0.5).all()):
+            raise ValueError("nu (Poisson ratio) must lie strictly between -1 and 0.5")
+        if not (rho > 0).all():
+            raise ValueError("rho (density) must be > 0")
+        if np.abs(log_E).max() > 80:
+            raise ValueError("log_E out of range (|log E| > 80)")
+
+    def forward_numpy(self, log_E, nu, rho, v0, n_frames: int):
+        """Forward rollout; returns (positions (T,N,3), cov (T,N,3,3), run) with numpy outputs."""
+        log_E, nu, rho = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (log_E, nu, rho))
+        v0 = np.asarray(v0, dtype=np.float32).reshape(self.n, 3)
+        self._check_inputs(log_E, nu, rho, v0)
+        if n_frames < 1:
+            raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        params = self._params(log_E, nu, rho)
+        c_max = max_wave_speed(np.exp(log_E), nu, rho, self.material_id)
+        plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
+        init = State.from_numpy(initial_state(self.positions, v0, self.material_id), self.device)
+        self.core.set_fixed_nodes(init.x, params.mass)
+        if self.checkpoint_every is None:
+            pos, cov, full = self._forward_taped(params, plan, init, n_frames)
+            return pos, cov, _Run(params, plan, n_frames, {}, full)
+        pos, cov, ckpts = self._forward_checkpointed(params, plan, init, n_frames)
+        return pos, cov, _Run(params, plan, n_frames, ckpts, None)
+
+    def _windows(self, n_frames: int, n_sub: int) -> list[tuple[int, int, list[int]]]:
+        """(start, end, frames seeded) of each backward window, in substeps."""
+        total = n_frames * n_sub
+        if self.bptt_substeps is None:
+            return [(0, total, list(range(n_frames)))]
+        return [(max(0, (f + 1) * n_sub - self.bptt_substeps), (f + 1) * n_sub, [f]) for f in range(n_frames)]
+
+    def _segments(self, start: int, end: int) -> list[tuple[int, int]]:
+        step = self.checkpoint_every or (end - start)
+        return [(a, min(a + step, end)) for a in range(start, end, step)]
+
+    def _frame_check(self, frame: int, plan: SubstepPlan) -> None:
+        bad = self.core.first_bad_substep()
+        if bad is not None:
+            raise SimulationDiverged(frame, bad, f"Substep dt = {plan.dt:.3g} s ({plan.n} per frame).")
+
+    def _forward_checkpointed(self, params: _Params, plan: SubstepPlan, init: State, n_frames: int):
+        dev, n_sub = self.device, plan.n
+        needed = {a for s, e, _ in self._windows(n_frames, n_sub) for a, _ in self._segments(s, e)}
+        grid_mv = wp.zeros(self.core.n_nodes, dtype=wp.vec4, device=dev)
+        grid_v = wp.zeros(self.core.n_nodes, dtype=wp.vec3, device=dev)
+        cov = wp.zeros(self.n, dtype=wp.mat33, device=dev)
+        st = init
+        ckpts: dict[int, State] = {}
+        pos_out, cov_out = [], []
+        self.core.reset_bad()
+        for s in range(n_frames * n_sub):
+            if s in needed:
+                ckpts[s] = State.zeros(self.n, dev)
+                ckpts[s].assign(st)
+            self.core.substep(st, st, params.mu, params.lam, params.mass, self.vol, grid_mv, grid_v,
+                              s * plan.dt, plan.dt, s % n_sub, clear=True)
+            if (s + 1) % n_sub == 0:
+                self._frame_check(s // n_sub, plan)
+                self.core.reset_bad()
+                wp.launch(covariance, self.n, inputs=[st.F, self.cov0], outputs=[cov], device=dev)
+                pos_out.append(st.x.numpy().copy())
+                cov_out.append(cov.numpy().copy())
+        return np.stack(pos_out), np.stack(cov_out), ckpts
+
+    def _alloc(self, n_substeps: int) -> _Buffers:
+        dev, nn = self.device, self.core.n_nodes
+        return _Buffers(
+            states=[State.zeros(self.n, dev, requires_grad=True) for _ in range(n_substeps + 1)],
+            grid_mv=[wp.zeros(nn, dtype=wp.vec4, device=dev, requires_grad=True) for _ in range(n_substeps)],
+            grid_v=[wp.zeros(nn, dtype=wp.vec3, device=dev, requires_grad=True) for _ in range(n_substeps)],
+            cov=[wp.zeros(self.n, dtype=wp.mat33, device=dev, requires_grad=True) for _ in range(n_substeps)],
+        )
+
+    def _record(self, buf: _Buffers, params: _Params, plan: SubstepPlan, a: int, b: int,
+                check_frames: bool = False) -> None:
+        """Run substeps a..b-1 from buf.states[0], one tape per substep (covariance taped at frame ends)."""
+        buf.tapes = []
+        n_sub = plan.n
+        for k in range(b - a):
+            s = a + k
+            buf.grid_mv[k].zero_()
+            tape = wp.Tape()
+            with tape:
+                self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
+                                  buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False)
+                if (s + 1) % n_sub == 0:
+                    wp.launch(covariance, self.n, inputs=[buf.states[k + 1].F, self.cov0], outputs=[buf.cov[k]],
+                              device=self.device)
+            buf.tapes.append(tape)
+            if check_frames and (s + 1) % n_sub == 0:
+                self._frame_check(s // n_sub, plan)
+                self.core.reset_bad()
+
+    def _forward_taped(self, params: _Params, plan: SubstepPlan, init: State, n_frames: int):
+        total = n_frames * plan.n
+        buf = self._alloc(total)
+        buf.states[0].assign(init)
+        self.core.reset_bad()
+        self._record(buf, params, plan, 0, total, check_frames=True)
+        ends = [(f + 1) * plan.n for f in range(n_frames)]
+        pos = np.stack([buf.states[e].x.numpy() for e in ends])
+        cov = np.stack([buf.cov[e - 1].numpy() for e in ends])
+        return pos, cov, buf
+
+    # -- backward ----------------------------------------------------------------------------
+    def backward_numpy(self, run: _Run, grad_pos: np.ndarray | None, grad_cov: np.ndarray | None):
+        """Gradients (dL/dlog_E, dL/dnu, dL/drho, dL/dv0) for output gradients (T,N,3), (T,N,3,3)."""
+        n_sub, dev = run.plan.n, self.device
+        p = run.params
+        for a in (p.mu, p.lam, p.mass):
+            a.grad.zero_()
+        grad_v0 = np.zeros((self.n, 3), np.float32)
+        for start, end, frames in self._windows(run.n_frames, n_sub):
+            carry = None
+            for a, b in reversed(self._segments(start, end)):
+                buf, off = self._segment_buffers(run, a, b)
+                seeds = [(f, (f + 1) * n_sub - a) for f in frames if a < (f + 1) * n_sub <= b]
+                carry = self._backprop(buf, off, b - a, seeds, carry, grad_pos, grad_cov)
+            if start == 0:
+                grad_v0 += carry[1]
+        tape = wp.Tape()
+        for a in (p.log_E, p.nu, p.rho):
+            a.grad.zero_()
+        with tape:
+            wp.launch(material_from_params, self.n, inputs=[p.log_E, p.nu, p.rho, self.vol],
+                      outputs=[p.mu, p.lam, p.mass], device=dev)
+        tape.backward()
+        return p.log_E.grad.numpy().copy(), p.nu.grad.numpy().copy(), p.rho.grad.numpy().copy(), grad_v0
+
+    def _segment_buffers(self, run: _Run, a: int, b: int) -> tuple[_Buffers, int]:
+        """Taped buffers covering substeps a..b and the offset of substep a inside them."""
+        if run.full is not None:
+            run.full.zero_grads()
+            return run.full, a
+        length = b - a
+        if self._segment is None or len(self._segment.grid_mv) < length:
+            self._segment = self._alloc(length)
+        buf = self._segment
+        buf.zero_grads()
+        buf.states[0].assign(run.checkpoints[a])
+        self._record(buf, run.params, run.plan, a, b)
+        return buf, 0
+
+    def _backprop(self, buf: _Buffers, off: int, length: int, seeds, carry, grad_pos, grad_cov):
+        """Seed output/carried adjoints, run the substep tapes backwards; returns the state adjoint
+        at the segment start as numpy (x, v, C, F, plastic)."""
+        end_state = buf.states[off + length]
+        if carry is not None:
+            for arr, g in zip(end_state.arrays(), carry):
+                arr.grad.assign(wp.array(g, dtype=arr.dtype, device=self.device))
+        for f, k in seeds:
+            st = buf.states[off + k]
+            if grad_pos is not None:
+                st.x.grad.assign(st.x.grad.numpy() + grad_pos[f])
+            if grad_cov is not None:
+                cov = buf.cov[off + k - 1]
+                cov.grad.assign(wp.array(np.ascontiguousarray(grad_cov[f], dtype=np.float32), dtype=wp.mat33,
+                                         device=self.device))
+        for k in reversed(range(off, off + length)):
+            buf.tapes[k].backward()
+        return tuple(a.grad.numpy().copy() for a in buf.states[off].arrays())
+
+
+class _MPMFunction(torch.autograd.Function):
+    """torch bridge: forward runs the warp rollout, backward the checkpointed adjoint."""
+
+    @staticmethod
+    def forward(ctx, log_E, nu, rho, v0, sim: DifferentiableSim, n_frames: int):
+        def np32(t):
+            return t.detach().to("cpu", torch.float32).numpy()
+
+        pos, cov, run = sim.forward_numpy(np32(log_E), np32(nu), np32(rho), np32(v0), n_frames)
+        ctx.sim, ctx.run = sim, run
+        ctx.meta = [(t.dtype, t.device) for t in (log_E, nu, rho, v0)]
+        dev = log_E.device
+        return torch.from_numpy(pos).to(dev), torch.from_numpy(cov).to(dev)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_pos, grad_cov):
+        def np32(t):
+            return None if t is None else t.detach().to("cpu", torch.float32).numpy()
+
+        grads = ctx.sim.backward_numpy(ctx.run, np32(grad_pos), np32(grad_cov))
+        ctx.run = None
+        out = [torch.from_numpy(np.asarray(g)).to(device=d, dtype=dt) for g, (dt, d) in zip(grads, ctx.meta)]
+        return out[0], out[1], out[2], out[3], None, None
