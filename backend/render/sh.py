@@ -38,7 +38,8 @@ def sh_to_rgb(sh: torch.Tensor, degree: int, dirs: torch.Tensor, use_cuda_kernel
     if use_cuda_kernel:
         from gsplat import spherical_harmonics  # CUDA op: only ever reached with CUDA tensors
 
-        raw = spherical_harmonics(degree, dirs, sh)
+        # the kernel is float32-only
+        raw = spherical_harmonics(degree, dirs.float(), sh.float()).to(sh.dtype)
     else:
         raw = _spherical_harmonics(degree, dirs, sh)
     return torch.clamp_min(raw + 0.5, 0.0)

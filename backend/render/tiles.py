@@ -67,16 +67,6 @@ def bin_gaussians(
     return TileBins(tile_size, tiles_x, tiles_y, gaussian_ids, offsets, counts)
 
 
-def tile_pixel_centres(bins: TileBins, dtype: torch.dtype, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pixel-centre coordinates (n_tiles, tile_size^2) for x and y, row-major inside a tile."""
-    ts = bins.tile_size
-    p = torch.arange(ts * ts, device=device)
-    t = torch.arange(bins.n_tiles, device=device)
-    px = (t % bins.tiles_x)[:, None] * ts + (p % ts)[None, :] + 0.5
-    py = (t // bins.tiles_x)[:, None] * ts + (p // ts)[None, :] + 0.5
-    return px.to(dtype), py.to(dtype)
-
-
 def tiles_to_image(x: torch.Tensor, bins: TileBins, width: int, height: int) -> torch.Tensor:
     """(n_tiles, ts*ts, D) -> (height, width, D), cropping the partial tiles at the border."""
     ts, D = bins.tile_size, x.shape[-1]
