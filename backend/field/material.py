@@ -232,7 +232,7 @@ class _TriplaneField(MaterialField):
         self._set_bias_to_median()
         if steps is None:
             varies = any(float(self.init_values[k].max() - self.init_values[k].min()) > 0 for k in targets)
-            steps = 300 if varies else 0
+            steps = 200 if varies else 0
         if steps <= 0:
             return None
         device = self.unit_pos.device
@@ -318,7 +318,7 @@ def make_field(kind, positions, bounds=None, E_range=(1e3, 1e8), nu_range=(0.05,
     positions: (N,3) world rest positions (tensor or array); its device is the field's device.
     init: dict(E=..., nu=..., rho=...) of scalars or (N,) arrays, the user's current values. Triplane
     fields set their output bias to the median and, where the values vary, fit themselves to them
-    with `fit_steps` Adam steps (default 300; 0 disables). Per-particle fields invert the map exactly.
+    with `fit_steps` Adam steps (default 200; 0 disables). Per-particle fields invert the map exactly.
     lock: (N,) bool; locked particles output their init values exactly.
     kind_options: per kind (see the classes), e.g. channels, resolution, combine, hidden, tv_weight.
     """

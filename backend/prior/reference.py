@@ -160,7 +160,7 @@ def reference_loss(video: torch.Tensor, reference: torch.Tensor) -> tuple[torch.
     mse = (video - reference).square().flatten(1).mean(1)
     s = ssim(video, reference)
     per_frame = 0.1 * 0.5 * mse + 0.9 * (1.0 - s)
-    return per_frame.mean(), {"mse": float(mse.mean()), "ssim": float(s.mean())}
+    return per_frame.mean(), {"mse": float(mse.detach().mean()), "ssim": float(s.detach().mean())}
 
 
 class ReferenceVideoLoss:
