@@ -110,6 +110,10 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     poisson_ratio: FloatProperty(name="Poisson ratio", default=0.3, min=-0.99, max=0.49, precision=3)
     density: FloatProperty(name="Density", default=1000.0, min=1e-3, max=1e5, description="kg/m^3")
     damping: FloatProperty(name="Damping", default=0.0, min=0.0, max=100.0, description="Velocity damping, 1/s")
+    substep_dt: FloatProperty(
+        name="Substep", default=0.0, min=0.0, max=0.1, precision=5, unit="TIME_ABSOLUTE",
+        description="Length of one solver step in seconds; 0 = automatic from the material's wave speed (stable)",
+    )
 
     use_ground: BoolProperty(name="Ground", default=False, description="A horizontal ground plane at a height")
     ground_height: FloatProperty(name="Height", default=0.0, unit="LENGTH")

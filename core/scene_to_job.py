@@ -247,6 +247,7 @@ def simulation_settings(context, obj) -> dict:
         "winds": winds,
         "colliders": colliders,
         "damping": float(s.damping),
+        "substep_dt": float(s.substep_dt) if s.substep_dt > 0 else None,
     }
 
 

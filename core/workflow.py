@@ -76,9 +76,9 @@ def explain_failure(result: RunResult, device: str = "auto", what: str = "run") 
             text = (f"Something the backend needs is missing: {detail or 'a model or file'}. Download the model "
                     "or point the add-on preferences at a local copy; Check Backend lists what it finds")
     elif code == protocol.ExitCode.DIVERGED:
-        text = ("The simulation became unstable and blew up" + (f" ({detail})" if detail else "")
-                + ". Try a higher grid resolution, a softer or denser material, weaker pokes or wind, "
-                "or a smaller time step. The previous bake was kept")
+        text = ("The simulation became unstable and blew up" + (f": {detail.rstrip('.')}" if detail else "")
+                + ". Set Substep to 0 (automatic) or smaller, or try a finer grid, a softer material or weaker "
+                "pokes and wind. The previous results were kept")
     elif code == protocol.ExitCode.BAD_INPUT:
         text = f"The backend rejected the job: {detail or 'invalid input'}"
     elif code < 0:

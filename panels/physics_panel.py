@@ -173,6 +173,7 @@ class SPLAT_PT_forces(_Converted, bpy.types.Panel):
         layout.prop(s, "walls_kind")
         layout.prop(s, "walls_friction")
         layout.prop(s, "damping")
+        layout.prop(s, "substep_dt", text="Substep (0 = auto)")
         fps = interactions.scene_fps(scene)
         layout.label(text=f"Frames {scene.frame_start}–{scene.frame_end} at {fps:g} fps "
                           f"({(scene.frame_end - scene.frame_start) / fps:.2f} s)")

@@ -160,6 +160,19 @@ def test_a_killed_backend_is_reported_and_the_scene_is_untouched(addon, clean_sc
     assert np.all(mats.read_attr(obj, "youngs_modulus") == np.float32(2e4))
 
 
+def test_a_diverged_simulation_says_what_to_change(addon, clean_scene):
+    mats = _mod(addon, "core.materials")
+    obj = _points_object("Exploding", _cube())
+    bpy.ops.splat.convert_to_particles()
+    _small_sim(obj, clean_scene)
+    s = obj.splat_physics
+    s.youngs_modulus, s.substep_dt = 1e8, 0.01  # far above the stable step for this stiffness
+    with pytest.raises(RuntimeError, match="became unstable.*Set Substep to 0"):
+        bpy.ops.splat.simulate_bake()
+    assert s.last_level == "ERROR" and "Log: " in s.last_message
+    assert obj.data.shape_keys is None and mats.read_attr(obj, "youngs_modulus") is None
+
+
 def test_explain_failure_covers_every_exit_code(addon):
     """The wording for each backend outcome, from real RunResults built as the runner builds them."""
     runner = _mod(addon, "core.runner")
