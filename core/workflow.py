@@ -86,11 +86,12 @@ def explain_failure(result: RunResult, device: str = "auto", what: str = "run") 
         text = (f"The backend process was killed ({name}) before it finished, perhaps because the computer ran "
                 "out of memory. Try fewer particles or a lower grid resolution. The previous results were kept")
     elif code == protocol.ExitCode.INTERNAL:
-        text = f"The backend hit an internal error: {detail or 'see the log'}"
+        text = detail if detail.lower().startswith("internal error") else \
+            f"The backend hit an internal error: {detail or 'see the log'}"
     else:
         text = f"The backend stopped: {protocol.EXIT_MEANINGS.get(code, f'exit code {code}')}"
     if result.log_path:
-        text += f". Log: {result.log_path}"
+        text = text.rstrip(". ") + f". Log: {result.log_path}"
     return text
 
 

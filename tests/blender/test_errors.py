@@ -2,6 +2,7 @@
 a killed backend."""
 
 import importlib
+import tempfile
 import os
 import signal
 import time
@@ -12,6 +13,11 @@ import pytest
 
 from backend import protocol
 
+
+@pytest.fixture(autouse=True)
+def _unsaved_jobs_in_tmp(tmp_path, monkeypatch):
+    """Job folders of an unsaved .blend go to the temp dir: keep this test's inside its tmp_path."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
 
 def _mod(addon, name):
     return importlib.import_module(f"{addon.__name__}.{name}")
@@ -189,3 +195,6 @@ def test_explain_failure_covers_every_exit_code(addon):
     assert "rejected" in workflow.explain_failure(result(E.BAD_INPUT, "bad fps"))
     assert "cancelled" in workflow.explain_failure(result(E.CANCELLED, state=runner.RunState.CANCELLED))
     assert "internal error: boom" in workflow.explain_failure(result(E.INTERNAL, "boom"))
+    logged = runner.RunResult(runner.RunState.FAILED, E.INTERNAL, "stopped", "/x/run.log",
+                              [protocol.Event("error", message="Internal error (KeyError: 'a'). The log has the details.")])
+    assert workflow.explain_failure(logged) == "Internal error (KeyError: 'a'). The log has the details. Log: /x/run.log"
