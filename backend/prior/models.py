@@ -106,7 +106,7 @@ def check_folder(kind: str, folder: str) -> tuple[bool, str]:
             return False, f"{index_path} lists no '{name}' component"
         problem = _check_component(folder, name, role)
         if problem:
-            return False, f"{folder}: {problem}"
+            return False, f"{folder} is incomplete or corrupt: {problem}"
     return True, f"{desc} found at {folder}"
 
 
@@ -130,7 +130,7 @@ def locate_model(kind: str, model: str) -> str:
         raise ModelUnavailable(f"model folder '{model}' does not exist. {_how_to_get(kind)}")
     ok, message = check_folder(kind, folder)
     if not ok:
-        raise ModelUnavailable(f"{message}. The model is incomplete or corrupt. {_how_to_get(kind, model)}")
+        raise ModelUnavailable(f"{message}. {_how_to_get(kind, model)}")
     return folder
 
 
