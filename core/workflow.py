@@ -96,6 +96,15 @@ def explain_failure(result: RunResult, device: str = "auto", what: str = "run") 
 
 
 # ---------------------------------------------------------------------------- starting jobs
+def _check_can_start(context, obj, kind: str) -> None:
+    """What every run needs before its job folder is written: points, a backend, no run of this kind."""
+    scene_to_job.world_positions(obj)
+    backend_python(context)
+    running = jobs.active(kind)
+    if running is not None:
+        raise SetupError(f"A {kind} run is already going on '{running.label}'; wait for it or cancel it first")
+
+
 def prepare_job(context, obj, command: str, simulation: dict | None = None, **estimate_opts) -> Path:
     """Check the setup and write the job folder. Raises SetupError; changes nothing in the scene."""
     job, arrays = scene_to_job.build_job(context, obj, command, simulation=simulation, **estimate_opts)
@@ -121,7 +130,8 @@ def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJ
             except (SetupError, materials.MaterialsError, protocol.JobError, OSError, ValueError) as exc:
                 # The run finished but its output cannot be used: report it as a failure, change nothing.
                 result.state = RunState.FAILED
-                result.message = f"The {kind} finished but its result was not applied: {exc}. Log: {result.log_path}"
+                result.message = (f"The {kind} finished but its result was not applied: {str(exc).rstrip('. ')}. "
+                                  f"Log: {result.log_path}")
         else:
             result.message = explain_failure(result, device, kind)
         if target is not None:
@@ -139,8 +149,7 @@ def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJ
 
 def start_estimate(context, obj, **estimate_opts) -> jobs.ActiveJob:
     """Estimate the object's materials; on success they become its point attributes."""
-    scene_to_job.world_positions(obj)
-    backend_python(context)
+    _check_can_start(context, obj, ESTIMATE)
     job_dir = prepare_job(context, obj, ESTIMATE, **estimate_opts)
     return _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
 
@@ -156,8 +165,7 @@ def _apply_estimate(obj, job_dir: Path, result: RunResult) -> str:
 
 def start_preview(context, obj, **estimate_opts) -> jobs.ActiveJob:
     """Render the motion with the current materials as the estimator's camera sees it (a video file)."""
-    scene_to_job.world_positions(obj)
-    backend_python(context)
+    _check_can_start(context, obj, PREVIEW)
     job_dir = prepare_job(context, obj, PREVIEW, **estimate_opts)
     return _start(PREVIEW, context, obj, job_dir, _preview_done)
 
@@ -194,8 +202,7 @@ def start_simulate(context, obj, target: str | None = None, simulation: dict | N
     Running it again with unchanged settings resumes: the backend continues from its checkpoint and
     the bake reuses the frames it already wrote.
     """
-    scene_to_job.world_positions(obj)
-    backend_python(context)
+    _check_can_start(context, obj, SIMULATE)
     target = target or obj.splat_physics.bake_target
     if target not in BAKE_TARGETS:
         raise SetupError(f"Unknown bake target {target!r}; use one of {', '.join(BAKE_TARGETS)}")

@@ -157,6 +157,8 @@ def test_a_killed_backend_is_reported_and_the_scene_is_untouched(addon, clean_sc
     while not any(e.kind == "start" for e in active.runner.events) and time.monotonic() < deadline:
         jobs.tick_all()
         time.sleep(0.02)
+    with pytest.raises(RuntimeError, match="already going on 'Killed'"):
+        bpy.ops.splat.simulate_bake()  # one run of a kind at a time
     os.killpg(active.runner._proc.pid, signal.SIGKILL)  # as the OS out-of-memory killer would
     result = jobs.wait(workflow.SIMULATE, timeout=60)
     assert not result.ok and result.exit_code == -signal.SIGKILL
