@@ -38,6 +38,8 @@ class MaterialModel(enum.IntEnum):
             key = value.strip().upper()
             if key in cls.__members__:
                 return cls[key]
+            if key.isdigit() and int(key) < len(cls):
+                return cls(int(key))
             names = ", ".join(m.name.lower() for m in cls)
             raise ValueError(f"unknown material model {value!r}; expected one of: {names}")
         if isinstance(value, (int, np.integer)) and not isinstance(value, bool):

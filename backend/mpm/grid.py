@@ -55,15 +55,21 @@ class GridMapping:
             )
 
     def default_volume(self, positions: np.ndarray) -> float:
-        """Per-particle volume (m^3) = dx^3 / (median particle count of the occupied grid cells).
+        """Per-particle volume (m^3) = dx^3 / (mean particle count of the interior grid cells).
 
-        The median ignores the half-empty cells on the surface, so a solid filled at a uniform
-        density gets its true volume; a single particle gets a whole cell.
+        Interior cells are occupied cells whose six face neighbours are occupied too, so the
+        half-empty surface cells do not bias the density; without interior cells (thin or tiny
+        objects) the median count of the occupied cells is used, and a lone particle gets a cell.
         """
         cells = np.floor((positions - self.origin) / self.dx).astype(np.int64)
-        key = (cells[:, 0] * self.n + cells[:, 1]) * self.n + cells[:, 2]
-        _, counts = np.unique(key, return_counts=True)
-        return self.dx ** 3 / float(np.median(counts))
+        n = self.n
+        key = (cells[:, 0] * n + cells[:, 1]) * n + cells[:, 2]
+        uniq, counts = np.unique(key, return_counts=True)
+        interior = np.ones(len(uniq), dtype=bool)
+        for off in (1, n, n * n):
+            interior &= np.isin(uniq + off, uniq) & np.isin(uniq - off, uniq)
+        typical = counts[interior].mean() if interior.any() else float(np.median(counts))
+        return self.dx ** 3 / float(typical)
 
 
 def p_wave_speed(E: np.ndarray, nu: np.ndarray, rho: np.ndarray) -> np.ndarray:

@@ -22,14 +22,21 @@ def _per_particle(value: Any, n: int, name: str, dtype: Any) -> np.ndarray:
 
 def _material_ids(value: Any, n: int) -> np.ndarray:
     if isinstance(value, (str, MaterialModel)) or np.ndim(value) == 0:
-        return np.full(n, int(MaterialModel.parse(value.item() if isinstance(value, np.ndarray) else value)),
-                       dtype=np.int32)
+        try:
+            model = MaterialModel.parse(value.item() if isinstance(value, (np.ndarray, np.generic)) else value)
+        except ValueError as e:
+            raise ValueError(f"material_id: {e}") from None
+        return np.full(n, int(model), dtype=np.int32)
     arr = np.asarray(value)
     if arr.reshape(-1).shape != (n,):
         raise ValueError(f"material_id: expected {n} values or a scalar, got shape {arr.shape}")
-    if arr.dtype.kind in "US":
-        return np.array([int(MaterialModel.parse(str(s))) for s in arr.reshape(-1)], dtype=np.int32)
     arr = arr.reshape(-1)
+    if arr.dtype.kind not in "iu":
+        try:
+            return np.array([int(MaterialModel.parse(v.item() if isinstance(v, np.generic) else v)) for v in arr],
+                            dtype=np.int32)
+        except ValueError as e:
+            raise ValueError(f"material_id: {e}") from None
     if arr.dtype.kind not in "iu" or arr.min() < 0 or arr.max() >= len(MaterialModel):
         raise ValueError(f"material_id: ids must be integers in 0..{len(MaterialModel) - 1}")
     return arr.astype(np.int32)
