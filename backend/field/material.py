@@ -218,7 +218,7 @@ class _TriplaneField(MaterialField):
             if name in targets:
                 self.bias[i] = targets[name].median()
 
-    def fit_to_init(self, steps: int | None = None, lr: float = 1e-2, batch: int = 4096) -> float | None:
+    def fit_to_init(self, steps: int | None = None, lr: float = 1e-2, batch: int = 2048) -> float | None:
         """Match the init values: bias to the median, then `steps` Adam steps on the field alone.
 
         The fit loss is the mean squared error in each output's [0,1] range coordinate (log for E),
@@ -312,13 +312,15 @@ FIELD_KINDS = {cls.kind: cls for cls in (KANTriplaneField, MLPTriplaneField, Per
 
 
 def make_field(kind, positions, bounds=None, E_range=(1e3, 1e8), nu_range=(0.05, 0.45), rho_range=None,
-               init=None, lock=None, learn_nu=True, fit_steps=None, fit_lr=1e-2, **kind_options) -> MaterialField:
+               init=None, lock=None, learn_nu=True, fit_steps=None, fit_lr=1e-2, fit_batch=2048,
+               **kind_options) -> MaterialField:
     """Build a material field by name ("kan_triplane", "mlp_triplane", "per_particle", "global").
 
     positions: (N,3) world rest positions (tensor or array); its device is the field's device.
     init: dict(E=..., nu=..., rho=...) of scalars or (N,) arrays, the user's current values. Triplane
     fields set their output bias to the median and, where the values vary, fit themselves to them
-    with `fit_steps` Adam steps (default 200; 0 disables). Per-particle fields invert the map exactly.
+    with `fit_steps` Adam steps on random batches of `fit_batch` particles (default 200; 0 disables).
+    Per-particle fields invert the map exactly.
     lock: (N,) bool; locked particles output their init values exactly.
     kind_options: per kind (see the classes), e.g. channels, resolution, combine, hidden, tv_weight.
     """
@@ -332,5 +334,5 @@ def make_field(kind, positions, bounds=None, E_range=(1e3, 1e8), nu_range=(0.05,
         raise FieldConfigError(f"bad option for field {kind!r}: {err}") from None
     field = field.to(positions.device)
     if isinstance(field, _TriplaneField):
-        field.fit_to_init(steps=fit_steps, lr=fit_lr)
+        field.fit_to_init(steps=fit_steps, lr=fit_lr, batch=fit_batch)
     return field
