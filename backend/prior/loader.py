@@ -36,8 +36,13 @@ def validate_options(kind: str, opts: dict) -> None:
             raise PriorConfigError("the text-to-video prior needs a prompt describing the motion, "
                                    "e.g. 'a red flower swaying in the wind'")
     res = opts.get("resolution")
-    if res is not None and (len(res) != 2 or min(int(v) for v in res) < 1):
-        raise PriorConfigError(f"resolution must be (height, width), got {res}")
+    if res is not None:
+        try:
+            ok = len(res) == 2 and min(int(v) for v in res) >= 1
+        except (TypeError, ValueError):
+            ok = False
+        if not ok:
+            raise PriorConfigError(f"resolution must be (height, width) in pixels, got {res!r}")
     for key in ("vae_chunk", "max_batch"):
         if key in opts and int(opts[key]) < 1:
             raise PriorConfigError(f"{key} must be >= 1, got {opts[key]}")

@@ -53,8 +53,7 @@ class SVDPrior(VideoPrior):
         self.resolution = None if resolution is None else tuple(int(v) for v in resolution)
         self.vae_chunk, self.grad_frames, self.max_batch = int(vae_chunk), grad_frames, int(max_batch)
         self.log_sigmas = vp_sigmas(scheduler.alphas_cumprod).log()
-        vae_scale = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.size_multiple = vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)
+        self.size_multiple = self.vae_scale * 2 ** (len(unet.config.block_out_channels) - 1)
         self.preferred_frames = int(unet.config.num_frames)
         expected = unet.add_embedding.linear_1.in_features
         if unet.config.addition_time_embed_dim * 3 != expected:
