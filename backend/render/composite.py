@@ -35,6 +35,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .tiles import TileBins, image_to_tiles, tiles_to_image
 
@@ -68,7 +69,8 @@ def _gather_block(bins: TileBins, tiles: torch.Tensor, start: int, k: int, pad_i
     idx = bins.offsets[tiles][:, None] + j[None, :]
     valid = j[None, :] < bins.counts[tiles][:, None]
     idx = idx.clamp_max(max(len(bins.gaussian_ids) - 1, 0))
-    return torch.where(valid, bins.gaussian_ids[idx], torch.full_like(idx, pad_id))
+    ids = bins.gaussian_ids.index_select(0, idx.reshape(-1)).reshape(idx.shape)
+    return torch.where(valid, ids, torch.full_like(idx, pad_id))
 
 
 class _Frame:
@@ -92,20 +94,23 @@ class _Frame:
         self.centre = torch.stack([(t % bins.tiles_x).to(dt), (t // bins.tiles_x).to(dt)], -1) * ts + 0.5 * ts
         self.alpha_min = _below(ALPHA_MIN, dt)
 
-    def local(self, tiles, g):
-        """Per-entry mean offset from the tile centre (n, K, 2), conic (n, K, 3)."""
-        return self.m2d[g] - self.centre[tiles][:, None, :], self.con[g]
+    def gather_col(self, g):
+        return self.col.index_select(0, g.reshape(-1)).reshape(*g.shape, -1)
 
     def exponent_coefs(self, tiles, g):
-        (mx, my), (A, B, C) = self.local(tiles, g)[0].unbind(-1), self.con[g].unbind(-1)
+        n, k = g.shape
+        flat = g.reshape(-1)
+        mx, my = (self.m2d.index_select(0, flat).reshape(n, k, 2) - self.centre[tiles][:, None, :]).unbind(-1)
+        A, B, C = self.con.index_select(0, flat).reshape(n, k, 3).unbind(-1)
         ux, uy = A * mx + B * my, B * mx + C * my
-        c0 = self.log_opac[g] - 0.5 * (mx * ux + my * uy)
-        return torch.stack([c0, ux, uy, -0.5 * A, -B, -0.5 * C], -1)  # (n, K, 6)
+        c0 = self.log_opac.index_select(0, flat).reshape(n, k) - 0.5 * (mx * ux + my * uy)
+        # stacked along a leading axis (a cheap copy); the matmul takes the transpose as is
+        return torch.stack([c0, ux, uy, -0.5 * A, -B, -0.5 * C]).reshape(6, n * k).T  # (n K, 6)
 
     def block_alpha(self, tiles, g):
         """alpha (n, K, P) after the 0.999 clamp and the 1/255 cut."""
         n, k = g.shape
-        expo = (self.exponent_coefs(tiles, g).reshape(n * k, 6) @ self.monomials).reshape(n, k, -1)
+        expo = (self.exponent_coefs(tiles, g) @ self.monomials).reshape(n, k, -1)
         return torch.threshold(torch.exp(expo).clamp_max_(ALPHA_MAX), self.alpha_min, 0.0)
 
 
@@ -138,7 +143,7 @@ class _Composite(torch.autograd.Function):
             alpha = fr.block_alpha(tiles, g)
             one_minus, Tz, T[tiles] = _transmit(alpha, T[tiles])
             w = alpha.div_(one_minus).mul_(Tz) if not keep else alpha / one_minus * Tz
-            acc[tiles] += torch.bmm(w.transpose(1, 2), fr.col[g])
+            acc[tiles] += torch.bmm(w.transpose(1, 2), fr.gather_col(g))
             plan.blocks.append((tiles, g))
             if keep:
                 plan.cache.append((alpha, Tz))
@@ -150,6 +155,7 @@ class _Composite(torch.autograd.Function):
         return out[..., :-1], out[..., -1:]
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_out, grad_alpha):
         means2d, conics, opacities, colors, acc = ctx.saved_tensors
         plan: _Plan = ctx.plan
@@ -165,6 +171,9 @@ class _Composite(torch.autograd.Function):
         q = (g_tiles * acc).sum(-1)  # g . out per pixel = sum over all Gaussians of w u
 
         v_coef = []  # per block d L / d exponent coefficients (n, K, 6)
+        if not plan.blocks:
+            return (torch.zeros_like(means2d), torch.zeros_like(conics), torch.zeros_like(opacities),
+                    torch.zeros_like(colors), None, None, None)
         v_col = torch.zeros_like(fr.col)
         T = acc.new_ones(n_tiles, P)
         U = acc.new_zeros(n_tiles, P)  # running sum of w u over earlier blocks
@@ -176,8 +185,8 @@ class _Composite(torch.autograd.Function):
                 alpha = fr.block_alpha(tiles, g)
                 one_minus, Tz, T[tiles] = _transmit(alpha, T[tiles])
             w = alpha / one_minus * Tz
-            g_t = g_tiles[tiles]
-            u = torch.bmm(fr.col[g], g_t.transpose(1, 2))  # (n, K, P)
+            g_t = g_tiles.index_select(0, tiles)
+            u = torch.bmm(fr.gather_col(g), g_t.transpose(1, 2))  # (n, K, P)
             cum = torch.cumsum(w * u, dim=1)
             U_t = U[tiles]
             U[tiles] = U_t + cum[:, -1]
@@ -189,10 +198,7 @@ class _Composite(torch.autograd.Function):
             v_coef.append((v_expo.reshape(n * k, P) @ fr.monomials.T).reshape(n, k, 6))
             v_col.index_add_(0, g.reshape(-1), torch.bmm(w, g_t).reshape(n * k, Dx))
 
-        if not plan.blocks:
-            pad = fr.pad
-            return (torch.zeros_like(means2d), torch.zeros_like(conics), torch.zeros_like(opacities),
-                    torch.zeros_like(colors), None, None, None)
+        plan.cache = None  # free it; a second backward (retain_graph) replays instead
         # chain the coefficient gradients to per-Gaussian means, conics, opacities (autograd on entry-sized tensors)
         tiles = torch.cat([t[:, None].expand(g.shape).reshape(-1) for t, g in plan.blocks])
         g = torch.cat([g.reshape(-1) for _, g in plan.blocks])
@@ -200,13 +206,13 @@ class _Composite(torch.autograd.Function):
         with torch.enable_grad():
             m2d = fr.m2d.detach().requires_grad_()
             con = fr.con.detach().requires_grad_()
-            mx, my = (m2d[g] - fr.centre[tiles]).unbind(-1)
-            A, B, C = con[g].unbind(-1)
+            mx, my = (m2d.index_select(0, g) - fr.centre.index_select(0, tiles)).unbind(-1)
+            A, B, C = con.index_select(0, g).unbind(-1)
             ux, uy = A * mx + B * my, B * mx + C * my
             coefs = torch.stack([-0.5 * (mx * ux + my * uy), ux, uy, -0.5 * A, -B, -0.5 * C], -1)
             v_m2d, v_con = torch.autograd.grad(coefs, (m2d, con), vc)
-        v_opac = torch.zeros_like(fr.opac).index_add_(0, g, vc[:, 0])  # d c0 / d log(opacity) = 1
-        v_opac = v_opac / fr.opac
+        # d c0 / d log(opacity) = 1; Gaussians never composited (opacity may be 0) get exactly 0
+        v_opac = torch.zeros_like(fr.opac).index_add_(0, g, vc[:, 0]) / fr.opac.clamp_min(1e-30)
         pad = fr.pad
         return v_m2d[:pad], v_con[:pad], v_opac[:pad], v_col[:pad, :-1], None, None, None
 

@@ -53,15 +53,25 @@ def project_gaussians(
     eps2d: float = 0.3,
 ) -> Projected:
     """Project N Gaussians (means (N,3), covariances (N,3,3), opacities (N,)) through one camera."""
-    radii_ref, means2d, depths, conics, _ = _fully_fused_projection(
-        means, covars, viewmat[None], K[None], width, height, eps2d=eps2d, near_plane=near, far_plane=far
+    # Only Gaussians between the clip planes go through the projection: one sitting on the
+    # camera plane (z = 0) would otherwise put inf * 0 = NaN into every gradient.
+    n = means.shape[0]
+    with torch.no_grad():
+        z = means @ viewmat[2, :3] + viewmat[2, 3]
+        ids = torch.nonzero((z > near) & (z < far)).squeeze(1)
+    radii_ref, m2d, dep, con, _ = _fully_fused_projection(
+        means.index_select(0, ids), covars.index_select(0, ids), viewmat[None], K[None], width, height,
+        eps2d=eps2d, near_plane=near, far_plane=far,
     )
-    means2d, depths, conics = means2d[0], depths[0], conics[0]
+    means2d = means.new_zeros(n, 2).index_copy(0, ids, m2d[0])
+    conics = means.new_zeros(n, 3).index_copy(0, ids, con[0])
+    depths = means.new_zeros(n).index_copy(0, ids, dep[0])
+    radii_ref = radii_ref.new_zeros(n, 2).index_copy(0, ids, radii_ref[0])
     with torch.no_grad():
         a, b, c = conics.unbind(-1)
         inv_det = a * c - b * b  # = 1 / det(blurred 2D covariance)
         # the torch reference clamps det at 1e-10 and keeps degenerate Gaussians; CUDA culls them
-        ok = (radii_ref[0] > 0).all(-1) & (inv_det > 0) & torch.isfinite(inv_det)
+        ok = (radii_ref > 0).all(-1) & (inv_det > 0) & torch.isfinite(inv_det)
         ok &= opacities >= ALPHA_MIN
         safe_inv_det = torch.where(ok, inv_det, torch.ones_like(inv_det))
         var_x, var_y = c / safe_inv_det, a / safe_inv_det

@@ -132,7 +132,7 @@ def render_splats(
     sh_rotations: torch.Tensor | None = None,
     backend: str = "auto",
     eps2d: float = 0.3,
-    tile_size: int = 16,
+    tile_size: int = 8,
 ) -> RenderOutput:
     """Render N Gaussians through one camera.
 
@@ -141,7 +141,9 @@ def render_splats(
     the full degree). Shape either `covars` (N,3,3) (only the upper triangle is read, as in
     gsplat) or `quats` (N,4, wxyz, any norm) + `scales` (N,3, linear). `sh_rotations`
     (N,3,3): per-splat rotation applied since the SH were fitted (view direction -> R^T d).
-    `background` (3,) RGB, default black.
+    `background` (3,) RGB, default black. `eps2d` is gsplat's screen-space blur (pixels^2).
+    `tile_size` is the torch compositor's tile side (any size gives the same image; 8 is
+    fastest on CPUs); gsplat always uses its own 16.
     """
     if not isinstance(camera, Camera):
         raise RenderInputError(f"camera must be a backend.render.Camera, got {type(camera).__name__}")
@@ -166,7 +168,7 @@ def render_splats(
         from .gsplat_backend import rasterize_gsplat
 
         rgb, alpha, depth = rasterize_gsplat(means, covars, quats, scales, opacities, colors, viewmat, K, W, H,
-                                             camera.near, camera.far, background, eps2d=eps2d, tile_size=tile_size)
+                                             camera.near, camera.far, background, eps2d=eps2d)
         return RenderOutput(rgb, alpha, depth, which)
 
     if covars is None:

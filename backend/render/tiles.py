@@ -40,8 +40,9 @@ def bin_gaussians(
     tiles_x, tiles_y = math.ceil(width / tile_size), math.ceil(height / tile_size)
     n_tiles = tiles_x * tiles_y
     ids = torch.nonzero(visible).squeeze(1)
-    m = means2d[ids].double() / tile_size
-    r = radii[ids].double() / tile_size
+    ids = ids.index_select(0, torch.argsort(depths.index_select(0, ids)))  # front to back
+    m = means2d.index_select(0, ids).double() / tile_size
+    r = radii.index_select(0, ids).double() / tile_size
     x0 = torch.floor(m[:, 0] - r[:, 0]).clamp(0, tiles_x).long()
     x1 = torch.ceil(m[:, 0] + r[:, 0]).clamp(0, tiles_x).long()
     y0 = torch.floor(m[:, 1] - r[:, 1]).clamp(0, tiles_y).long()
@@ -50,18 +51,18 @@ def bin_gaussians(
     per_gauss = nx * ny
     total = int(per_gauss.sum())
 
-    # one row per (Gaussian, tile) intersection
+    # one row per (Gaussian, tile) intersection, Gaussians front to back
     owner = torch.repeat_interleave(torch.arange(len(ids), device=device), per_gauss)
     start = torch.cumsum(per_gauss, 0) - per_gauss
-    local = torch.arange(total, device=device) - start[owner]
-    tile = (y0[owner] + local // nx[owner]) * tiles_x + (x0[owner] + local % nx[owner])
+    local = (torch.arange(total, device=device) - start.index_select(0, owner)).double()
+    nx_o = nx.double().index_select(0, owner)
+    row = torch.floor(local / nx_o)  # float64 is exact here and much faster than integer division
+    tile = (y0 * tiles_x + x0).index_select(0, owner) + (row * (tiles_x - nx_o) + local).long()
 
-    # sort by (tile, depth): rank Gaussians by depth once, then one integer sort
-    depth_rank = torch.empty_like(ids)
-    depth_rank[torch.argsort(depths[ids])] = torch.arange(len(ids), device=device)
-    key = tile * max(len(ids), 1) + depth_rank[owner]
-    order = torch.argsort(key)
-    gaussian_ids = ids[owner[order]]
+    # a stable sort by tile keeps depth order inside each tile (small keys sort faster)
+    key_dtype = torch.int16 if n_tiles <= torch.iinfo(torch.int16).max else torch.int32
+    _, order = torch.sort(tile.to(key_dtype), stable=True)
+    gaussian_ids = ids.index_select(0, owner.index_select(0, order))
     counts = torch.bincount(tile, minlength=n_tiles)
     offsets = torch.cumsum(counts, 0) - counts
     return TileBins(tile_size, tiles_x, tiles_y, gaussian_ids, offsets, counts)

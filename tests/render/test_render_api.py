@@ -79,6 +79,23 @@ def test_empty_and_invisible_scenes_give_background(camera_factory):
     assert torch.equal(behind.grad, torch.zeros_like(behind))
 
 
+def test_degenerate_splats_give_finite_gradients(scene_factory, camera_factory):
+    """Zero opacity, a splat on the camera plane (z = 0), a flat covariance: no NaN anywhere."""
+    s = scene_factory(30, 15)
+    cam = camera_factory(24, 24)
+    eye = torch.tensor(cam.campos, dtype=torch.float64)
+    right = torch.tensor(cam.viewmat[0, :3], dtype=torch.float64)
+    s["means"][0] = eye + 0.5 * right  # depth exactly 0
+    s["opacities"][1] = 0.0
+    s["covars"][2] = torch.diag(torch.tensor([0.01, 0.0, 0.0], dtype=torch.float64))
+    p = {k: v.clone().requires_grad_() for k, v in s.items()}
+    out = render_splats(p["means"], camera=cam, opacities=p["opacities"], colors=p["colors"], covars=p["covars"])
+    (out.rgb.sum() + out.depth.sum()).backward()
+    for k in ("means", "opacities", "colors", "covars"):
+        assert torch.isfinite(p[k].grad).all(), k
+    assert p["means"].grad[3:].abs().sum() > 0
+
+
 def test_cpu_render_never_calls_gsplat_cuda_ops(monkeypatch, scene_factory, camera_factory):
     import gsplat
     import gsplat.cuda._wrapper as wrapper
