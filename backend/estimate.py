@@ -22,12 +22,12 @@ import numpy as np
 import torch
 
 from . import protocol
-from .convergence import ConvergenceTest
+from .convergence import ConvergenceMonitor
 from .device import warp_device
 from .jobctl import CancelToken, Reporter, log
 from .particles import SceneParticles, build_particles
 from .simulate import sim_config
-from .supervision import Supervision, make_supervision
+from .supervision import Supervision, check_inputs, make_supervision
 
 
 @dataclass
@@ -46,19 +46,22 @@ class Scene:
 def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, token: CancelToken, device: str) -> dict:
     est, sim = job.estimate, job.simulation
     torch.manual_seed(int(est["seed"]))
+    n_render = est["frames_per_group"] * est["boost_groups"]
+    check_inputs(est, job.folder, n_render)
     reporter.stage("load", "Preparing particles, camera and supervision")
     scene = prepare_scene(scene_arrays, sim, est, reporter, device)
-    n_render = est["frames_per_group"] * est["boost_groups"]
     supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
     token.check()
     field = make_material_field(est, scene.particles, device)
     dsim = make_differentiable_sim(scene.particles, sim, est, device)
     optimizer = torch.optim.Adam(field.parameters(), lr=float(est["learning_rate"]))
-    convergence = ConvergenceTest(window=3, tolerance_decades=float(est["tolerance_decades"]))
+    convergence = ConvergenceMonitor(window=3, tolerance_decades=float(est["tolerance_decades"]))
     out = job.output_dir
     ckpt_path = out / protocol.ESTIMATE_CHECKPOINT_FILE
     fingerprint = estimate_fingerprint(job)
-    history, start = load_checkpoint(ckpt_path, fingerprint, field, optimizer, convergence, reporter)
+    history, start = load_checkpoint(ckpt_path, fingerprint, field, optimizer, reporter)
+    for h in history:  # the convergence test sees the resumed iterations again
+        convergence.update(_tracked(h))
     total = int(est["iterations"])
     converged, reason = False, "reached the iteration limit"
     reporter.stage("estimate", f"Estimating materials with the {est['prior']} prior ({total} iterations at most)")
@@ -70,8 +73,8 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
             stats = e_percentiles(field()["E"][: scene.particles.n_visible])
         record = {"iteration": it + 1, "loss": loss, "seconds": time.monotonic() - t0, **stats, **parts}
         history.append(record)
-        converged = convergence.update([stats["E_p5"], stats["E_p50"], stats["E_p95"]])
-        save_checkpoint(ckpt_path, fingerprint, field, optimizer, convergence, history)
+        converged = convergence.update(_tracked(record))
+        save_checkpoint(ckpt_path, fingerprint, field, optimizer, history)
         reporter.progress("estimate", it + 1, total, loss=loss,
                           message=f"iteration {it + 1}: E median {stats['E_p50']:.3g} Pa",
                           data={k: record[k] for k in ("E_p5", "E_p50", "E_p95", "seconds")})
@@ -105,7 +108,7 @@ def simulate_and_render(dsim, mats: dict, scene: Scene, n_render: int) -> torch.
 
     p = scene.particles
     n = p.n_visible
-    velocity = torch.as_tensor(p.velocity, device=mats["E"].device)
+    velocity = torch.as_tensor(p.velocity, device=mats["log_E"].device)
     positions, covs = dsim(mats["log_E"], mats["nu"], mats["rho"], velocity, n_render - 1)
     rest_pos = torch.as_tensor(p.positions[:n], device=positions.device)
     rest_cov = torch.as_tensor(p.cov0[:n], device=covs.device)
@@ -129,6 +132,10 @@ def _clean_gradients(field) -> None:
             return
 
 
+def _tracked(record: dict) -> dict:
+    return {k: record[k] for k in ("E_p5", "E_p50", "E_p95")}
+
+
 def e_percentiles(E: torch.Tensor) -> dict:
     e = E.detach().float().cpu().numpy()
     p5, p50, p95 = np.percentile(e, [5, 50, 95])
@@ -137,7 +144,7 @@ def e_percentiles(E: torch.Tensor) -> dict:
 
 # --------------------------------------------------------------------------- set-up
 def prepare_scene(arrays: dict, sim: dict, est: dict, reporter: Reporter, device: str) -> Scene:
-    from .render import Camera, orbit_cameras
+    from .render import Camera
 
     all_positions = np.asarray(arrays["positions"], np.float32)
     n_all = len(all_positions)
@@ -154,13 +161,31 @@ def prepare_scene(arrays: dict, sim: dict, est: dict, reporter: Reporter, device
     opacity = 1.0 / (1.0 + np.exp(-np.asarray(arrays.get("opacity", np.full(n, 3.0)), np.float32)))
     camera = Camera.from_dict(est["camera"])
     n_render = est["frames_per_group"] * est["boost_groups"]
-    cameras = orbit_cameras(camera, n_render, float(est["orbit_degrees"])) if est["orbit_degrees"] else [camera] * n_render
+    degrees = float(est["orbit_degrees"])
+    pivot = all_positions.mean(axis=0)
+    cameras = orbit_about(camera, pivot, n_render, degrees) if degrees else [camera] * n_render
     dev = torch.device(device)
     return Scene(particles, torch.as_tensor(colors, device=dev), torch.as_tensor(opacity, device=dev), cameras,
                  torch.zeros(3, device=dev), all_positions, subset)
 
 
 SH_C0 = 0.28209479177387814
+
+
+def orbit_about(camera, pivot: np.ndarray, n: int, degrees: float) -> list:
+    """The artist's camera swung about the vertical axis through ``pivot``, over ``degrees`` in ``n`` steps."""
+    from .render import Camera
+
+    cams = []
+    for angle in np.radians(np.linspace(0.0, degrees, n)):
+        c, s = np.cos(angle), np.sin(angle)
+        rot = np.array([[c, -s, 0, 0], [s, c, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]])
+        to_pivot, back = np.eye(4), np.eye(4)
+        to_pivot[:3, 3], back[:3, 3] = -pivot, pivot
+        move = back @ rot @ to_pivot  # world -> world: the camera's pose is carried by this motion
+        cams.append(Camera(camera.viewmat @ np.linalg.inv(move), camera.K, camera.width, camera.height,
+                           camera.near, camera.far))
+    return cams
 
 
 def voxel_subsample(positions: np.ndarray, target: int) -> np.ndarray:
@@ -219,16 +244,16 @@ def estimate_fingerprint(job: protocol.Job) -> str:
     return h.hexdigest()[:32]
 
 
-def save_checkpoint(path: Path, fingerprint: str, field, optimizer, convergence, history: list) -> None:
+def save_checkpoint(path: Path, fingerprint: str, field, optimizer, history: list) -> None:
     state = {"fingerprint": fingerprint, "field": field.state_dict(), "optimizer": optimizer.state_dict(),
-             "convergence": convergence.state_dict(), "history": history}
+             "history": history}
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
     protocol.atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, fingerprint: str, field, optimizer, convergence, reporter: Reporter):
+def load_checkpoint(path: Path, fingerprint: str, field, optimizer, reporter: Reporter):
     """(history, first iteration to run). A checkpoint of other settings is ignored, not trusted."""
     if not path.exists():
         return [], 0
@@ -242,7 +267,6 @@ def load_checkpoint(path: Path, fingerprint: str, field, optimizer, convergence,
         return [], 0
     field.load_state_dict(state["field"])
     optimizer.load_state_dict(state["optimizer"])
-    convergence.load_state_dict(state["convergence"])
     history = list(state["history"])
     reporter.warning(f"Resuming from iteration {len(history) + 1}")
     return history, len(history)
