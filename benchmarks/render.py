@@ -188,7 +188,8 @@ def time_case(n: int, res_w: int, res_h: int, backend: str, device: str, repeats
     return {
         "n": n, "res": f"{res_w}x{res_h}", "backend": backend, "device": device,
         "fwd_s": round(min(fwd), 4), "fwd_bwd_s": round(min(fwd_bwd), 4),
-        "fwd_s_median": round(sorted(fwd)[len(fwd) // 2], 4), "fwd_bwd_s_median": round(sorted(fwd_bwd)[len(fwd_bwd) // 2], 4),
+        "fwd_s_median": round(sorted(fwd)[len(fwd) // 2], 4),
+        "fwd_bwd_s_median": round(sorted(fwd_bwd)[len(fwd_bwd) // 2], 4),
         "peak_mb": round(peak_mb, 1), "repeats": repeats, "tile_size": tile_size,
         "alpha_mean": round(float(out.alpha.detach().mean()), 3), "threads": torch.get_num_threads(),
     }

@@ -92,7 +92,8 @@ def _prepare(means, colors, sh, sh_degree, opacities, covars, quats, scales, bac
             raise RenderInputError(str(e)) from None
         sh_degree = full if sh_degree is None else int(sh_degree)
         if not 0 <= sh_degree <= min(full, MAX_DEGREE):
-            raise RenderInputError(f"sh_degree must be between 0 and {full} for {sh.shape[1]} SH bases, got {sh_degree}")
+            raise RenderInputError(
+                f"sh_degree must be between 0 and {full} for {sh.shape[1]} SH bases, got {sh_degree}")
 
     if covars is not None:
         if quats is not None or scales is not None:

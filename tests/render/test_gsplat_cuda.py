@@ -13,7 +13,8 @@ from backend.render import render_splats  # noqa: E402
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available(),
-    reason="needs a CUDA GPU: gsplat's rasteriser is CUDA-only (the CPU compositor is tested against the dense reference)",
+    reason="needs a CUDA GPU: gsplat's rasteriser is CUDA-only "
+    "(the CPU compositor is tested against the dense reference instead)",
 )
 
 

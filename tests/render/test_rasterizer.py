@@ -12,7 +12,10 @@ BG = (0.2, 0.5, 0.9)
 
 
 def _render(scene, cam, backend, shape="covars", **kw):
-    shape_args = {"covars": scene["covars"]} if shape == "covars" else {"quats": scene["quats"], "scales": scene["scales"]}
+    if shape == "covars":
+        shape_args = {"covars": scene["covars"]}
+    else:
+        shape_args = {"quats": scene["quats"], "scales": scene["scales"]}
     return render_splats(scene["means"], camera=cam, opacities=scene["opacities"], colors=scene.get("colors"),
                          background=BG, backend=backend, **shape_args, **kw)
 

@@ -73,7 +73,8 @@ def test_empty_and_invisible_scenes_give_background(camera_factory):
     assert torch.allclose(out.rgb, torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64).expand(12, 16, 3))
     behind = torch.tensor([[10.0, 0.0, 0.0]], dtype=torch.float64, requires_grad=True)
     out = render_splats(behind, camera=cam, opacities=torch.ones(1, dtype=torch.float64),
-                        colors=torch.ones(1, 3, dtype=torch.float64), covars=torch.eye(3, dtype=torch.float64)[None] * 0.01)
+                        colors=torch.ones(1, 3, dtype=torch.float64),
+                        covars=torch.eye(3, dtype=torch.float64)[None] * 0.01)
     assert out.alpha.max() == 0
     out.rgb.sum().backward()
     assert torch.equal(behind.grad, torch.zeros_like(behind))
