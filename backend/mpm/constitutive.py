@@ -134,11 +134,11 @@ def corotated_stress(F: wp.mat33, mu: float, lam: float) -> wp.mat33:
     """Fixed-corotated Kirchhoff stress 2 mu (F - R) F^T + lambda J (J - 1) I."""
     ident = wp.identity(n=3, dtype=float)
     J = wp.determinant(F)
-    if J > 0.0:
+    if J > 1.0e-3:
         b = F @ wp.transpose(F)
         return 2.0 * mu * (b - sym_sqrt(b)) + (lam * J * (J - 1.0)) * ident
-    # Inverted element: R must stay a proper rotation, which the SVD with a signed last singular
-    # value gives (the closed form would return the reflection).
+    # Inverted or crushed element: R must stay a proper rotation, which the SVD with a signed last
+    # singular value gives (the closed form would return the reflection, and loses precision).
     u = wp.mat33()
     s = wp.vec3()
     v = wp.mat33()

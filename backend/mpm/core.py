@@ -158,7 +158,7 @@ class SimCore:
                   outputs=[grid_mv], device=dev)
         wp.launch(kern.grid_update, self.n_nodes,
                   inputs=[grid_mv, self.fixed, self.has_fixed, self.g, self.bnd,
-                          wp.vec3(*map(float, body_dv)), float(damp), float(t), int(clear)],
+                          wp.vec3(*map(float, body_dv)), float(damp), float(self.grid.dx / dt), float(t), int(clear)],
                   outputs=[grid_v], device=dev)
         wp.launch(kern.g2p, self.n_particles,
                   inputs=[st_in.x, st_in.F, st_in.plastic, self.material, self.anchor, mu, lam, grid_v,

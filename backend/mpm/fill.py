@@ -1,10 +1,12 @@
 """Interior filling of a splat object (numpy, vectorised; no per-cell Python loops).
 
 The splats' opacity is splatted into a density grid (Gaussians dilated by half a cell so thin
-splats still register), thresholded into a surface mask, and every empty cell casts six
+splats still register), thresholded into a surface mask whose one-cell gaps are closed
+morphologically, and every empty cell casts six
 axis-aligned rays: along each ray the number of surface crossings (runs of occupied cells) is
 counted with cumulative sums. A cell is inside when the count is odd for at least `min_votes` of
-the six directions, which tolerates small holes in the surface.
+the six directions. The default 5 of 6 lets one ray escape through a hole (a scan without a
+bottom, say) while ragged open edges, where several rays see spurious crossings, stay empty.
 """
 
 from __future__ import annotations
@@ -26,29 +28,51 @@ def _activate(scales, opacities, scales_are_log, opacities_are_logits):
 
 def _density(pos, scales, rot, opac, lo, h, shape):
     """Sum over splats of opacity * exp(-d^T Sigma'^-1 d / 2) at the cell centres, with
-    Sigma' = R S^2 R^T + (h/2)^2 I, evaluated within a stencil of 1-3 cells around each splat."""
+    Sigma' = R S^2 R^T + (h/2)^2 I, evaluated within a stencil of 1-3 cells around each splat
+    (the grid keeps 3 empty cells around the splats, so the stencils never leave it)."""
     cov = (rot * scales[:, None, :] ** 2) @ np.transpose(rot, (0, 2, 1)) + (0.5 * h) ** 2 * np.eye(3)
-    prec = np.linalg.inv(cov)
+    prec = np.linalg.inv(cov).astype(np.float32)
     sigma_max = np.sqrt(np.linalg.eigvalsh(cov)[:, -1])
     radius = np.clip(np.ceil(3.0 * sigma_max / h - 0.5), 1, 3).astype(np.int64)
     cell = np.floor((pos - lo) / h).astype(np.int64)
+    to_centre = (lo + (cell + 0.5) * h - pos).astype(np.float32)     # splat -> its own cell centre
+    flat_cell = np.ravel_multi_index(tuple(cell.T), shape)
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
     dens = np.zeros(int(np.prod(shape)), dtype=np.float64)
-    dims = np.asarray(shape)
     for r in np.unique(radius):
         sel = np.nonzero(radius == r)[0]
         rng = np.arange(-r, r + 1)
-        offsets = np.stack(np.meshgrid(rng, rng, rng, indexing="ij"), -1).reshape(-1, 3)
-        chunk = max(1, _MAX_EVALS_PER_CHUNK // len(offsets))
+        off = np.stack(np.meshgrid(rng, rng, rng, indexing="ij"), -1).reshape(-1, 3)
+        off_d = (off * h).astype(np.float32)
+        off_flat = off @ strides
+        chunk = max(1, _MAX_EVALS_PER_CHUNK // len(off))
         for c0 in range(0, len(sel), chunk):
             idx = sel[c0:c0 + chunk]
-            cells = cell[idx, None, :] + offsets[None]                    # (B,K,3)
-            d = lo + (cells + 0.5) * h - pos[idx, None, :]
-            m = np.einsum("bki,bij,bkj->bk", d, prec[idx], d)
-            val = opac[idx, None] * np.exp(-0.5 * m)
-            ok = np.all((cells >= 0) & (cells < dims), axis=-1)
-            flat = np.ravel_multi_index(tuple(cells[ok].T), shape)
-            dens += np.bincount(flat, weights=val[ok], minlength=dens.size)
+            dx = to_centre[idx, 0, None] + off_d[None, :, 0]
+            dy = to_centre[idx, 1, None] + off_d[None, :, 1]
+            dz = to_centre[idx, 2, None] + off_d[None, :, 2]
+            p = prec[idx]
+            m = (p[:, 0, 0, None] * dx * dx + p[:, 1, 1, None] * dy * dy + p[:, 2, 2, None] * dz * dz
+                 + 2.0 * (p[:, 0, 1, None] * dx * dy + p[:, 0, 2, None] * dx * dz + p[:, 1, 2, None] * dy * dz))
+            val = opac[idx, None].astype(np.float32) * np.exp(-0.5 * m)
+            flat = (flat_cell[idx, None] + off_flat[None, :]).ravel()
+            dens += np.bincount(flat, weights=val.ravel(), minlength=dens.size)
     return dens.reshape(shape)
+
+
+def _dilate(mask: np.ndarray) -> np.ndarray:
+    """OR of a mask with its 6 face neighbours (cells beyond the border count as empty)."""
+    p = np.pad(mask, 1)
+    out = p.copy()
+    for axis in range(3):
+        out |= np.roll(p, 1, axis=axis) | np.roll(p, -1, axis=axis)
+    return out[1:-1, 1:-1, 1:-1]
+
+
+def _close(mask: np.ndarray) -> np.ndarray:
+    """Morphological closing (dilate, then erode): seals surface gaps one cell wide before the
+    parity test. The grid keeps 3 empty cells around the object, so the border never matters."""
+    return ~_dilate(~_dilate(mask))
 
 
 def _parity_votes(occ: np.ndarray) -> np.ndarray:
@@ -69,7 +93,7 @@ def _parity_votes(occ: np.ndarray) -> np.ndarray:
 
 
 def fill_interior(positions, scales, rotations, opacities, n_grid_fill: int = 128, max_particles: int = 200_000,
-                  density_threshold: float = 0.3, min_votes: int = 4, spacing: float | None = None,
+                  density_threshold: float = 0.3, min_votes: int = 5, spacing: float | None = None,
                   scales_are_log: bool = False, opacities_are_logits: bool = False, seed: int = 0):
     """Particles filling the interior of a closed splat surface.
 
@@ -106,12 +130,12 @@ def fill_interior(positions, scales, rotations, opacities, n_grid_fill: int = 12
 
     lo, hi = pos.min(axis=0), pos.max(axis=0)
     extent = max(float((hi - lo).max()), 1e-6)
-    h = extent / (int(n_grid_fill) - 4)
-    lo = lo - 2.0 * h
-    shape = tuple(int(np.ceil((hi - lo)[a] / h)) + 3 for a in range(3))
+    h = extent / (int(n_grid_fill) - 6)
+    lo = lo - 3.5 * h  # half a cell of slack so rounding never puts a splat closer than 3 cells
+    shape = tuple(int(np.ceil((hi - lo)[a] / h)) + 4 for a in range(3))  # 3+ empty cells each side
 
     dens = _density(pos, sc, rot, op, lo, h, shape)
-    occ = dens > density_threshold
+    occ = _close(dens > density_threshold)
     inside = (~occ) & (_parity_votes(occ) >= int(min_votes))
 
     if spacing is None:

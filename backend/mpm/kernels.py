@@ -107,11 +107,15 @@ def grid_update_impl(
     bnd: Boundaries,
     body_dv: wp.vec3,
     damp: float,
+    v_limit: float,
     t: float,
     clear: int,
     grid_v: wp.array(dtype=wp.vec3),
 ):
     """Node velocity = momentum / mass + body forces, then anchors and boundaries.
+
+    Speeds are capped at v_limit (one cell per substep): it never binds while the CFL bound
+    holds, and keeps material from jumping cells when max_substeps_per_frame cut the substeps.
     clear != 0 also zeroes grid_mv for the next substep (forward path only)."""
     idx = wp.tid()
     mv = grid_mv[idx]
@@ -125,6 +129,9 @@ def grid_update_impl(
         n = g.n
         pos = g.origin + g.dx * wp.vec3(float(idx // (n * n)), float((idx // n) % n), float(idx % n))
         vel = apply_boundaries(vel, pos, bnd, t)
+        speed = wp.length(vel)
+        if speed > v_limit:
+            vel = vel * (v_limit / speed)
     grid_v[idx] = vel
     if clear != 0:
         grid_mv[idx] = wp.vec4(0.0)
