@@ -17,7 +17,9 @@ above. (Where clear_refs is not allowed it falls back to the growth of getrusage
 which reads 0 when import-time peaks were higher.) Each case runs in a fresh subprocess.
 On CUDA it is torch.cuda.max_memory_allocated.
 
-The numbers are noisy: other processes share the 2 CPU cores.
+The numbers are noisy: other processes share the 2 CPU cores. Under that contention torch's
+2-thread runs can be many times slower than 1 thread (OpenMP threads spin at every op's
+barrier); OMP_WAIT_POLICY=PASSIVE in the environment brings them back to 1-thread speed.
 """
 
 from __future__ import annotations
@@ -192,6 +194,7 @@ def time_case(n: int, res_w: int, res_h: int, backend: str, device: str, repeats
         "fwd_bwd_s_median": round(sorted(fwd_bwd)[len(fwd_bwd) // 2], 4),
         "peak_mb": round(peak_mb, 1), "repeats": repeats, "tile_size": tile_size,
         "alpha_mean": round(float(out.alpha.detach().mean()), 3), "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
     }
 
 
