@@ -49,9 +49,9 @@ def _snapshot():
 @pytest.fixture
 def prefs(addon):
     p = bpy.context.preferences.addons[addon.__name__].preferences
-    saved = p.backend_python, p.device
+    saved = p.backend_python, p.device, p.svd_model
     yield p
-    p.backend_python, p.device = saved
+    p.backend_python, p.device, p.svd_model = saved
 
 
 OPS = ("convert_to_particles", "estimate_materials", "simulate_bake", "write_job")
@@ -168,17 +168,44 @@ def test_a_killed_backend_is_reported_and_the_scene_is_untouched(addon, clean_sc
     assert np.all(mats.read_attr(obj, "youngs_modulus") == np.float32(2e4))
 
 
-def test_a_diverged_simulation_says_what_to_change(addon, clean_scene):
+def test_a_missing_video_model_is_named_with_what_to_do(addon, clean_scene, prefs, tmp_path):
     mats = _mod(addon, "core.materials")
+    obj = _points_object("NeedsSVD", _cube())
+    bpy.ops.splat.convert_to_particles()
+    cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+    clean_scene.collection.objects.link(cam)
+    cam.location, cam.rotation_euler = (0.0, -1.0, 0.1), (1.5708, 0.0, 0.0)
+    clean_scene.camera = cam
+    bpy.context.view_layer.objects.active = obj
+    obj.splat_physics.prior = "svd"
+    prefs.svd_model = str(tmp_path / "no such model")
+    with pytest.raises(RuntimeError, match="Something the backend needs is missing.*point the add-on preferences"):
+        bpy.ops.splat.estimate_materials()
+    assert "no such model" in obj.splat_physics.last_message
+    assert mats.read_attr(obj, "youngs_modulus") is None
+
+
+def test_a_diverged_simulation_says_what_to_change_and_keeps_the_bake(addon, clean_scene):
+    s2j = _mod(addon, "core.scene_to_job")
+    bake = _mod(addon, "core.bake")
     obj = _points_object("Exploding", _cube())
     bpy.ops.splat.convert_to_particles()
     _small_sim(obj, clean_scene)
-    s = obj.splat_physics
-    s.youngs_modulus, s.substep_dt = 1e8, 0.01  # far above the stable step for this stiffness
+    assert bpy.ops.splat.simulate_bake() == {"FINISHED"}  # a first bake (shape keys: the file may stay unsaved)
+    record = bake.bake_record(obj)
+    keys = [k.name for k in obj.data.shape_keys.key_blocks]
+
+    # Blow up the solver state the next run resumes from (deformation gradients of 1e30), then extend the range.
+    ckpt = s2j.job_dir_for(obj, "simulate") / "out" / protocol.SIM_CHECKPOINT_FILE
+    state = protocol.load_npz(ckpt)
+    state["F"][:] = 1e30
+    protocol.atomic_save_npz(ckpt, **state)
+    clean_scene.frame_end = 5
     with pytest.raises(RuntimeError, match="became unstable.*Set Substep to 0"):
         bpy.ops.splat.simulate_bake()
+    s = obj.splat_physics
     assert s.last_level == "ERROR" and "Log: " in s.last_message
-    assert obj.data.shape_keys is None and mats.read_attr(obj, "youngs_modulus") is None
+    assert bake.bake_record(obj) == record and [k.name for k in obj.data.shape_keys.key_blocks] == keys
 
 
 def test_explain_failure_covers_every_exit_code(addon):
