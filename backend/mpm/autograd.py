@@ -7,7 +7,8 @@ the P2G weights), which PhysDreamer's solver drops.
 Memory: with checkpointing, the forward pass keeps only the particle state at segment starts
 (~100 bytes per particle each); backward re-runs one segment of `checkpoint_every` substeps on
 fresh buffers with one small tape per substep, so the live tape holds at most one segment of
-particle states and grids. With checkpoint_every=None every substep stays taped from the forward
+particle states and grids, and each taped grid covers only the node box around the particles
+(not the whole domain). With checkpoint_every=None every substep stays taped from the forward
 pass (memory grows with every substep; used to check the checkpointed path).
 
 Truncated BPTT: bptt_substeps=None backpropagates through the whole rollout (exact gradient);
@@ -193,12 +194,15 @@ class DifferentiableSim:
         ckpts: dict[int, State] = {}
         pos_out, cov_out = [], []
         self.core.reset_bad()
+        box, window = self.core.g_full, 4
         for s in range(n_frames * n_sub):
             if s in needed:
                 ckpts[s] = State.zeros(self.n, dev)
                 ckpts[s].assign(st)
+            if s % window == 0:
+                box = self.core.particle_box(st.x, window)
             self.core.substep(st, st, params.mu, params.lam, params.mass, self.vol, grid_mv, grid_v,
-                              s * plan.dt, plan.dt, s % n_sub, clear=True)
+                              s * plan.dt, plan.dt, s % n_sub, clear=True, g=box)
             if (s + 1) % n_sub == 0:
                 self._frame_check(s // n_sub, plan)
                 self.core.reset_bad()
@@ -208,26 +212,30 @@ class DifferentiableSim:
         return np.stack(pos_out), np.stack(cov_out), ckpts
 
     def _alloc(self, n_substeps: int) -> _Buffers:
-        dev, nn = self.device, self.core.n_nodes
+        dev = self.device
         return _Buffers(
             states=[State.zeros(self.n, dev, requires_grad=True) for _ in range(n_substeps + 1)],
-            grid_mv=[wp.zeros(nn, dtype=wp.vec4, device=dev, requires_grad=True) for _ in range(n_substeps)],
-            grid_v=[wp.zeros(nn, dtype=wp.vec3, device=dev, requires_grad=True) for _ in range(n_substeps)],
+            grid_mv=[], grid_v=[],
             cov=[wp.zeros(self.n, dtype=wp.mat33, device=dev, requires_grad=True) for _ in range(n_substeps)],
         )
 
     def _record(self, buf: _Buffers, params: _Params, plan: SubstepPlan, a: int, b: int,
                 check_frames: bool = False) -> None:
-        """Run substeps a..b-1 from buf.states[0], one tape per substep (covariance taped at frame ends)."""
-        buf.tapes = []
-        n_sub = plan.n
+        """Run substeps a..b-1 from buf.states[0], one tape per substep (covariance taped at frame ends).
+
+        Each substep gets fresh grid arrays covering only the node box around its particles."""
+        buf.tapes, buf.grid_mv, buf.grid_v = [], [], []
+        n_sub, dev = plan.n, self.device
         for k in range(b - a):
             s = a + k
-            buf.grid_mv[k].zero_()
+            box = self.core.particle_box(buf.states[k].x, 1)
+            nodes = self.core.box_nodes(box)
+            buf.grid_mv.append(wp.zeros(nodes, dtype=wp.vec4, device=dev, requires_grad=True))
+            buf.grid_v.append(wp.zeros(nodes, dtype=wp.vec3, device=dev, requires_grad=True))
             tape = wp.Tape()
             with tape:
                 self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
-                                  buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False)
+                                  buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box)
                 if (s + 1) % n_sub == 0:
                     wp.launch(covariance, self.n, inputs=[buf.states[k + 1].F, self.cov0], outputs=[buf.cov[k]],
                               device=self.device)
@@ -278,7 +286,7 @@ class DifferentiableSim:
             run.full.zero_grads()
             return run.full, a
         length = b - a
-        if self._segment is None or len(self._segment.grid_mv) < length:
+        if self._segment is None or len(self._segment.cov) < length:
             self._segment = self._alloc(length)
         buf = self._segment
         buf.zero_grads()

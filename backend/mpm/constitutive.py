@@ -4,8 +4,8 @@ Elastic stress avoids the SVD where it can, both for speed (warp's svd3 costs ~0
 one CPU core) and for gradients (the SVD adjoint divides by s_i^2 - s_j^2, which blows up at the
 rest state F = I where all singular values are equal):
 - fixed-corotated: tau = 2 mu (b - V) + lambda J (J - 1) I with b = F F^T and the left stretch
-  V = sqrt(b) = R F^T, computed in closed form from the invariants of b; its adjoint is the
-  Sylvester solution dV_ij = db_ij / (s_i + s_j) in the eigenbasis of b (no singularity).
+  V = sqrt(b) = R F^T, computed in closed form from the invariants of b; its adjoint solves the
+  Sylvester equation V X + X V = G, also in closed form (no eigenvectors, no singularity).
 - StVK-Hencky: tau = mu log(b) + (lambda / 2) tr(log b) I (= 2 mu log V + lambda log J I), with
   a divided-difference adjoint for the matrix logarithm.
 The plastic return mappings use the SVD (forward only; their gradients go through warp's SVD
@@ -46,18 +46,16 @@ class PlasticParams:
 
 
 @wp.func
-def sym_sqrt(b: wp.mat33) -> wp.mat33:
-    """Square root V of a symmetric positive semi-definite matrix b (the left stretch of F when b = F F^T).
+def sqrt_invariants(b: wp.mat33) -> wp.vec3:
+    """Invariants (i1, i2, i3) of V = sqrt(b) for a symmetric positive semi-definite b.
 
-    With the invariants I1, I2, I3 of b and i1, i2, i3 of V: i3 = sqrt(I3), i2 = (i1^2 - I1) / 2 and
-    i1 is the largest root of (x^2 - I1)^2 - 4 I2 - 8 i3 x = 0, found by Newton's method from the
-    upper bound sqrt(3 I1) (monotone: the quartic is convex there; the root is simple, its slope is
-    8 (s0 + s1)(s1 + s2)(s2 + s0)). Cayley-Hamilton then gives
-    V = ((i1^2 - i2) b - b^2 + i1 i3 I) / (i1 i2 - i3). No trigonometry, no eigenvectors.
+    With the invariants I1, I2, I3 of b: i3 = sqrt(I3), i2 = (i1^2 - I1) / 2, and i1 is the largest
+    root of (x^2 - I1)^2 - 4 I2 - 8 i3 x = 0, found by Newton's method from the upper bound
+    sqrt(3 I1) (monotone: the quartic is convex there; the root is simple, its slope is
+    8 (s0 + s1)(s1 + s2)(s2 + s0)). No trigonometry, no eigenvectors.
     """
-    b2 = b @ b
     I1 = wp.trace(b)
-    I2 = 0.5 * (I1 * I1 - wp.trace(b2))
+    I2 = 0.5 * (I1 * I1 - wp.trace(b @ b))
     i3 = wp.sqrt(wp.max(wp.determinant(b), 0.0))
     x = wp.sqrt(3.0 * wp.max(I1, 0.0))
     for _it in range(24):
@@ -68,27 +66,39 @@ def sym_sqrt(b: wp.mat33) -> wp.mat33:
         x = x - step
         if step <= 1.0e-7 * x:
             break
-    i2 = 0.5 * (x * x - I1)
-    denom = wp.max(x * i2 - i3, 1.0e-30)
-    return ((x * x - i2) * b - b2 + (x * i3) * wp.identity(n=3, dtype=float)) / denom
+    return wp.vec3(x, 0.5 * (x * x - I1), i3)
+
+
+@wp.func
+def sym_sqrt(b: wp.mat33) -> wp.mat33:
+    """Square root V of a symmetric positive semi-definite matrix b (the left stretch of F when
+    b = F F^T), by Cayley-Hamilton: V = ((i1^2 - i2) b - b^2 + i1 i3 I) / (i1 i2 - i3)."""
+    inv = sqrt_invariants(b)
+    i1 = inv[0]
+    i2 = inv[1]
+    i3 = inv[2]
+    denom = wp.max(i1 * i2 - i3, 1.0e-30)
+    return ((i1 * i1 - i2) * b - b @ b + (i1 * i3) * wp.identity(n=3, dtype=float)) / denom
 
 
 @wp.func_grad(sym_sqrt)
 def adj_sym_sqrt(b: wp.mat33, adj_ret: wp.mat33):
-    q = wp.mat33()
-    d = wp.vec3()
-    wp.eig3(0.5 * (b + wp.transpose(b)), q, d)
-    s0 = wp.sqrt(wp.max(d[0], 0.0))
-    s1 = wp.sqrt(wp.max(d[1], 0.0))
-    s2 = wp.sqrt(wp.max(d[2], 0.0))
-    a = wp.transpose(q) @ (0.5 * (adj_ret + wp.transpose(adj_ret))) @ q
-    tiny = 1.0e-12
-    g = wp.mat33(
-        a[0, 0] / wp.max(2.0 * s0, tiny), a[0, 1] / wp.max(s0 + s1, tiny), a[0, 2] / wp.max(s0 + s2, tiny),
-        a[1, 0] / wp.max(s1 + s0, tiny), a[1, 1] / wp.max(2.0 * s1, tiny), a[1, 2] / wp.max(s1 + s2, tiny),
-        a[2, 0] / wp.max(s2 + s0, tiny), a[2, 1] / wp.max(s2 + s1, tiny), a[2, 2] / wp.max(2.0 * s2, tiny),
-    )
-    wp.adjoint[b] += q @ g @ wp.transpose(q)
+    # dV solves V dV + dV V = db, so adj_b solves V X + X V = G = sym(adj_V). In V's eigenbasis
+    # X_ij = G_ij / (a_i + a_j), and for eigenvalues x, y of V
+    # 1 / (x + y) = (x^2 - x y + y^2 - i1 x + i1 y + i2) / (2 (i1 y^2 + i3)),
+    # which gives X = (V^2 G - V G V + G V^2 - i1 V G + i1 G V + i2 G) (2 (i1 V^2 + i3 I))^-1.
+    inv = sqrt_invariants(b)
+    i1 = inv[0]
+    i2 = inv[1]
+    i3 = inv[2]
+    ident = wp.identity(n=3, dtype=float)
+    v = ((i1 * i1 - i2) * b - b @ b + (i1 * i3) * ident) / wp.max(i1 * i2 - i3, 1.0e-30)
+    g = 0.5 * (adj_ret + wp.transpose(adj_ret))
+    vg = v @ g
+    gv = g @ v
+    y = v @ vg - vg @ v + gv @ v - i1 * vg + i1 * gv + i2 * g
+    x = y @ wp.inverse(2.0 * (i1 * (v @ v) + i3 * ident))
+    wp.adjoint[b] += 0.5 * (x + wp.transpose(x))
 
 
 @wp.func

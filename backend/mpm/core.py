@@ -15,7 +15,7 @@ from .grid import GridMapping
 from . import kernels as taped
 from . import kernels_forward as untaped
 from .kernels import GridInfo
-from .kernels_forward import anchor_node_mass
+from .kernels_forward import anchor_node_mass, cell_bounds
 
 NO_BAD_SUBSTEP = 2**31 - 1
 _initialised = False
@@ -25,7 +25,10 @@ def init_warp(device: str) -> str:
     """Initialise warp once and check the device exists; returns the device name."""
     global _initialised
     if not _initialised:
-        wp.config.quiet = True
+        # Warp logs module loads to stdout at INFO; the backend's stdout carries JSON progress.
+        warning = getattr(wp, "LOG_WARNING", 30)
+        if getattr(wp.config, "log_level", warning) < warning:
+            wp.config.log_level = warning
         wp.init()
         _initialised = True
     name = str(device)
@@ -98,14 +101,8 @@ class SimCore:
         self.device = device
         self.n_particles = int(material_id.shape[0])
         self.n_nodes = grid.n ** 3
-        g = GridInfo()
-        g.origin = wp.vec3(*map(float, grid.origin))
-        g.dx = float(grid.dx)
-        g.inv_dx = float(1.0 / grid.dx)
-        g.n = int(grid.n)
-        g.x_lo = wp.vec3(*map(float, grid.origin + grid.dx))
-        g.x_hi = wp.vec3(*map(float, grid.origin + (grid.n - 2) * grid.dx))
-        self.g = g
+        self.g_full = self.grid_info((0, 0, 0), (grid.n, grid.n, grid.n))
+        self._bounds = wp.zeros(6, dtype=wp.int32, device=device)
         self.bnd = build_boundaries(config, grid.domain_min, grid.domain_max, device)
         self.pokes = build_pokes(config, device)
         pl = config.plasticity
@@ -121,13 +118,54 @@ class SimCore:
         self.fixed = wp.zeros(self.n_nodes if self.has_fixed else 1, dtype=wp.int32, device=device)
         self.bad = wp.array([NO_BAD_SUBSTEP], dtype=wp.int32, device=device)
 
+    def grid_info(self, lo, dims) -> GridInfo:
+        """A fresh GridInfo for the node box lo .. lo + dims - 1 (a new struct each time, since a
+        tape keeps references to the structs it was launched with)."""
+        grid = self.grid
+        g = GridInfo()
+        g.origin = wp.vec3(*map(float, grid.origin))
+        g.dx = float(grid.dx)
+        g.inv_dx = float(1.0 / grid.dx)
+        g.n = int(grid.n)
+        g.x_lo = wp.vec3(*map(float, grid.origin + grid.dx))
+        g.x_hi = wp.vec3(*map(float, grid.origin + (grid.n - 2) * grid.dx))
+        g.box_lo = wp.vec3i(*map(int, lo))
+        g.box_dims = wp.vec3i(*map(int, dims))
+        return g
+
+    @staticmethod
+    def box_nodes(g: GridInfo) -> int:
+        return int(g.box_dims[0]) * int(g.box_dims[1]) * int(g.box_dims[2])
+
+    def particle_box(self, x: wp.array, window: int) -> GridInfo:
+        """Node box holding every particle stencil for the next `window` substeps.
+
+        A stencil spans cells c - 1 .. c + 2 of the particle's cell c, and grid speeds are capped
+        at one cell per substep, so `window` substeps move a particle at most window - 1 cells
+        before its last P2G; one more cell of slack on each side absorbs rounding.
+        """
+        n = self.grid.n
+        if self.device == "cpu":
+            # numpy on the shared buffer: a serial atomic min/max kernel would be slower on one core
+            cells = np.floor((x.numpy() - self.grid.origin) / self.grid.dx)
+            b = np.clip(np.concatenate([cells.min(axis=0), cells.max(axis=0)]), 0, n - 1).astype(np.int64)
+        else:
+            self._bounds.assign(np.array([n, n, n, -1, -1, -1], dtype=np.int32))
+            wp.launch(cell_bounds, self.n_particles, inputs=[x, self.g_full, self._bounds], device=self.device)
+            b = self._bounds.numpy().astype(np.int64)
+        lo = np.maximum(b[:3] - window - 1, 0)
+        hi = np.minimum(b[3:] + window + 2, n - 1)
+        lo = np.minimum(lo, n - 3)
+        dims = np.maximum(hi - lo + 1, 3)
+        return self.grid_info(lo, dims)
+
     def set_fixed_nodes(self, x: wp.array, mass: wp.array) -> None:
         """Fix the grid nodes where anchored particles hold more than half of the mass."""
         if not self.has_fixed:
             return
         total = wp.zeros(self.n_nodes, dtype=float, device=self.device)
         anchored = wp.zeros(self.n_nodes, dtype=float, device=self.device)
-        wp.launch(anchor_node_mass, self.n_particles, inputs=[x, mass, self.anchor, self.g, total, anchored],
+        wp.launch(anchor_node_mass, self.n_particles, inputs=[x, mass, self.anchor, self.g_full, total, anchored],
                   device=self.device)
         fixed = (anchored.numpy() > 0.5 * total.numpy()) & (total.numpy() > 0)
         self.fixed = wp.array(fixed.astype(np.int32), dtype=wp.int32, device=self.device)
@@ -141,26 +179,28 @@ class SimCore:
 
     def substep(self, st_in: State, st_out: State, mu: wp.array, lam: wp.array, mass: wp.array,
                 vol: wp.array, grid_mv: wp.array, grid_v: wp.array, t: float, dt: float,
-                k: int, clear: bool) -> None:
+                k: int, clear: bool, g: GridInfo | None = None) -> None:
         """Advance st_in by dt (seconds) into st_out (may be the same object when clear=True).
 
         t: simulation time at the start of the substep; k: substep index reported on divergence.
-        grid_mv must be zero on entry; with clear=True grid_update leaves it zeroed again and the
-        forward-only kernels run (no tape may record them).
+        g: node box (default: the whole grid); grid_mv / grid_v hold at least its node count and
+        grid_mv must be zero there on entry. With clear=True grid_update leaves it zeroed again and
+        the forward-only kernels run (no tape may record them).
         """
         dev = self.device
+        g = self.g_full if g is None else g
         kern = untaped if clear else taped
         body_dv = body_acceleration(self.config, t) * dt
         damp = math.exp(-self.config.damping * dt)
         wp.launch(kern.p2g, self.n_particles,
                   inputs=[st_in.x, st_in.v, st_in.C, st_in.F, st_in.plastic, self.material, mu, lam, mass, vol,
-                          self.g, self.pp, self.pokes, float(t), float(dt)],
+                          g, self.pp, self.pokes, float(t), float(dt)],
                   outputs=[grid_mv], device=dev)
-        wp.launch(kern.grid_update, self.n_nodes,
-                  inputs=[grid_mv, self.fixed, self.has_fixed, self.g, self.bnd,
+        wp.launch(kern.grid_update, self.box_nodes(g),
+                  inputs=[grid_mv, self.fixed, self.has_fixed, g, self.bnd,
                           wp.vec3(*map(float, body_dv)), float(damp), float(self.grid.dx / dt), float(t), int(clear)],
                   outputs=[grid_v], device=dev)
         wp.launch(kern.g2p, self.n_particles,
                   inputs=[st_in.x, st_in.F, st_in.plastic, self.material, self.anchor, mu, lam, grid_v,
-                          self.g, self.pp, float(dt), int(k)],
+                          g, self.pp, float(dt), int(k)],
                   outputs=[st_out.x, st_out.v, st_out.C, st_out.F, st_out.plastic, self.bad], device=dev)

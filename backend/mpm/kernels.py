@@ -19,7 +19,11 @@ from .constitutive import PlasticParams, kirchhoff_stress, return_mapping
 
 @wp.struct
 class GridInfo:
-    """Node (i, j, k) sits at origin + (i, j, k) * dx. x_lo/x_hi: particle clamp box (metres)."""
+    """Node (i, j, k) sits at origin + (i, j, k) * dx, 0 <= i, j, k < n. x_lo/x_hi: particle clamp
+    box (metres). Grid arrays hold only the box of nodes box_lo .. box_lo + box_dims - 1, laid
+    out as ((i - lo_i) * dims_j + (j - lo_j)) * dims_k + (k - lo_k); the box covers every stencil
+    of the particles (see SimCore.particle_box), so work and taped memory scale with the object,
+    not with the domain."""
 
     origin: wp.vec3
     dx: float
@@ -27,17 +31,20 @@ class GridInfo:
     n: int
     x_lo: wp.vec3
     x_hi: wp.vec3
+    box_lo: wp.vec3i
+    box_dims: wp.vec3i
 
 
 @wp.func(inline=True)
 def stencil_base(x: wp.vec3, g: GridInfo):
-    """Lower stencil node (clamped so the 3x3x3 stencil is always inside) and fractional offset."""
+    """Lower stencil node in box coordinates (clamped so the 3x3x3 stencil is always inside the
+    box) and the fractional offset of x from it in cells."""
     xg = (x - g.origin) * g.inv_dx
-    bx = wp.clamp(int(xg[0] - 0.5), 0, g.n - 3)
-    by = wp.clamp(int(xg[1] - 0.5), 0, g.n - 3)
-    bz = wp.clamp(int(xg[2] - 0.5), 0, g.n - 3)
+    bx = wp.clamp(int(xg[0] - 0.5), g.box_lo[0], g.box_lo[0] + g.box_dims[0] - 3)
+    by = wp.clamp(int(xg[1] - 0.5), g.box_lo[1], g.box_lo[1] + g.box_dims[1] - 3)
+    bz = wp.clamp(int(xg[2] - 0.5), g.box_lo[2], g.box_lo[2] + g.box_dims[2] - 3)
     fx = xg - wp.vec3(float(bx), float(by), float(bz))
-    return bx, by, bz, fx
+    return bx - g.box_lo[0], by - g.box_lo[1], bz - g.box_lo[2], fx
 
 
 @wp.func(inline=True)
@@ -87,11 +94,12 @@ def p2g_impl(
     a1 = g.dx * wp.vec3(affine[0, 1], affine[1, 1], affine[2, 1])
     a2 = g.dx * wp.vec3(affine[0, 2], affine[1, 2], affine[2, 2])
     origin_mom = m * vp - fx[0] * a0 - fx[1] * a1 - fx[2] * a2
-    n = g.n
+    ny = g.box_dims[1]
+    nz = g.box_dims[2]
     for i in range(3):
         for j in range(3):
             wij = w[i, 0] * w[j, 1]
-            row = ((bx + i) * n + by + j) * n + bz
+            row = ((bx + i) * ny + by + j) * nz + bz
             r = origin_mom + float(i) * a0 + float(j) * a1
             for k in range(3):
                 weight = wij * w[k, 2]
@@ -112,7 +120,8 @@ def grid_update_impl(
     clear: int,
     grid_v: wp.array(dtype=wp.vec3),
 ):
-    """Node velocity = momentum / mass + body forces, then anchors and boundaries.
+    """Node velocity = momentum / mass + body forces, then anchors (fixed: full-grid node mask)
+    and boundaries; one thread per node of the box.
 
     Speeds are capped at v_limit (one cell per substep): it never binds while the CFL bound
     holds, and keeps material from jumping cells when max_substeps_per_frame cut the substeps.
@@ -123,11 +132,15 @@ def grid_update_impl(
     vel = wp.vec3(0.0)
     if m > 0.0:
         vel = (wp.vec3(mv[0], mv[1], mv[2]) / m + body_dv) * damp
+        ny = g.box_dims[1]
+        nz = g.box_dims[2]
+        i = g.box_lo[0] + idx // (ny * nz)
+        j = g.box_lo[1] + (idx // nz) % ny
+        k = g.box_lo[2] + idx % nz
         if has_fixed != 0:
-            if fixed[idx] != 0:
+            if fixed[(i * g.n + j) * g.n + k] != 0:
                 vel = wp.vec3(0.0)
-        n = g.n
-        pos = g.origin + g.dx * wp.vec3(float(idx // (n * n)), float((idx // n) % n), float(idx % n))
+        pos = g.origin + g.dx * wp.vec3(float(i), float(j), float(k))
         vel = apply_boundaries(vel, pos, bnd, t)
         speed = wp.length(vel)
         if speed > v_limit:
@@ -169,10 +182,11 @@ def g2p_impl(
     s0 = wp.vec3(0.0)
     s1 = wp.vec3(0.0)
     s2 = wp.vec3(0.0)
-    n = g.n
+    ny = g.box_dims[1]
+    nz = g.box_dims[2]
     for i in range(3):
         for j in range(3):
-            row = ((bx + i) * n + by + j) * n + bz
+            row = ((bx + i) * ny + by + j) * nz + bz
             r0 = w[0, 2] * grid_v[row]
             r1 = w[1, 2] * grid_v[row + 1]
             r2 = w[2, 2] * grid_v[row + 2]

@@ -33,16 +33,29 @@ def anchor_node_mass(
     total: wp.array(dtype=float),
     anchored: wp.array(dtype=float),
 ):
-    """Per-node particle mass, all particles and anchored ones (to pick the fixed nodes)."""
+    """Per-node particle mass, all particles and anchored ones (to pick the fixed nodes); g spans
+    the whole grid here."""
     p = wp.tid()
     bx, by, bz, fx = stencil_base(x[p], g)
     w = bspline_weights(fx)
-    n = g.n
+    ny = g.box_dims[1]
+    nz = g.box_dims[2]
     for i in range(3):
         for j in range(3):
             for k in range(3):
-                idx = ((bx + i) * n + by + j) * n + bz + k
+                idx = ((bx + i) * ny + by + j) * nz + bz + k
                 wm = w[i, 0] * w[j, 1] * w[k, 2] * mass[p]
                 wp.atomic_add(total, idx, wm)
                 if anchor[p] != 0:
                     wp.atomic_add(anchored, idx, wm)
+
+
+@wp.kernel
+def cell_bounds(x: wp.array(dtype=wp.vec3), g: GridInfo, out: wp.array(dtype=wp.int32)):
+    """out[0:3] = min and out[3:6] = max grid cell index of the particles, per axis."""
+    p = wp.tid()
+    xg = (x[p] - g.origin) * g.inv_dx
+    for a in range(3):
+        c = wp.clamp(int(wp.floor(xg[a])), 0, g.n - 1)
+        wp.atomic_min(out, a, c)
+        wp.atomic_max(out, 3 + a, c)

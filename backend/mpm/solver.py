@@ -18,6 +18,8 @@ from .splats import FrameOutput, SplatOutputs
 
 log = logging.getLogger(__name__)
 
+_STATE_SHAPES = {"x": (3,), "v": (3,), "C": (3, 3), "F": (3, 3), "plastic": ()}
+
 
 def max_wave_speed(E: np.ndarray, nu: np.ndarray, rho: np.ndarray, material_id: np.ndarray) -> float:
     """Largest P-wave speed (m/s), counting snow at its maximum hardening."""
@@ -32,34 +34,73 @@ class MPMSolver:
     Frame f (0-based, counted by `.frame`) ends at time (f + 1) / fps. The substep count is
     re-planned after every frame from the CFL bound with the current maximum speed (unless
     config.substep_dt is set).
+
+    Internally the particles are kept sorted by grid cell (re-sorted every `sort_every` frames;
+    None disables it) so P2G / G2P touch memory in order; every input and output uses the
+    caller's particle order. Grid work covers only the node box around the particles, refreshed
+    every `box_every` substeps (default 4 on CPU, 8 on CUDA: one small device read each time).
     """
 
-    def __init__(self, particles: ParticleState, config: SimConfig | None = None, device: str = "cpu"):
+    def __init__(self, particles: ParticleState, config: SimConfig | None = None, device: str = "cpu",
+                 sort_every: int | None = 16, box_every: int | None = None):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
         ps = particles
         self.n = ps.n
+        self.sort_every = sort_every
+        self.box_every = max(1, int(box_every)) if box_every else (8 if str(device).startswith("cuda") else 4)
         self.grid = GridMapping.build(self.config, ps.positions)
         vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
         self.volume = vol
         mu, lam = lame(ps.E, ps.nu)
-        dev = self.device
-        f32 = np.float32
-        self.mu = wp.array(mu.astype(f32), dtype=float, device=dev)
-        self.lam = wp.array(lam.astype(f32), dtype=float, device=dev)
-        self.mass = wp.array((ps.rho * vol).astype(f32), dtype=float, device=dev)
-        self.vol = wp.array(vol.astype(f32), dtype=float, device=dev)
         self.c_max = max_wave_speed(ps.E, ps.nu, ps.rho, ps.material_id)
+        # Per-particle constants in the caller's order; device copies follow the sorted order.
+        self._constants = {
+            "mu": mu.astype(np.float32), "lam": lam.astype(np.float32),
+            "mass": (ps.rho * vol).astype(np.float32), "vol": vol.astype(np.float32),
+            "material": ps.material_id.astype(np.int32), "anchor": ps.anchor.astype(np.int32),
+            "A0": rest_shape_matrices(ps.cov0, vol),
+        }
+        dev = self.device
+        self.mu, self.lam, self.mass, self.vol = (wp.zeros(self.n, dtype=float, device=dev) for _ in range(4))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, dev)
-        self.state = State.from_numpy(initial_state(ps.positions, ps.velocity, ps.material_id), dev)
+        self.splats = SplatOutputs(self._constants["A0"], dev)
+        self.state = State.zeros(self.n, dev)
+        self._order = np.arange(self.n)
+        self._load(initial_state(ps.positions, ps.velocity, ps.material_id), self._sorted_order(ps.positions))
         self.core.set_fixed_nodes(self.state.x, self.mass)
         self.grid_mv = wp.zeros(self.core.n_nodes, dtype=wp.vec4, device=dev)
         self.grid_v = wp.zeros(self.core.n_nodes, dtype=wp.vec3, device=dev)
         self._speed = wp.zeros(1, dtype=float, device=dev)
-        self.splats = SplatOutputs(rest_shape_matrices(ps.cov0, vol), dev)
         self.frame = 0
         self._plan = self._make_plan(float(np.linalg.norm(ps.velocity, axis=1).max()))
+
+    # -- particle order ---------------------------------------------------------------------
+    def _sorted_order(self, positions: np.ndarray) -> np.ndarray:
+        """Particle indices sorted by the flat index of their grid cell (stable)."""
+        if self.sort_every is None:
+            return np.arange(self.n)
+        g = self.grid
+        cell = np.clip(np.floor((positions - g.origin) / g.dx).astype(np.int64), 0, g.n - 1)
+        return np.argsort((cell[:, 0] * g.n + cell[:, 1]) * g.n + cell[:, 2], kind="stable")
+
+    def _load(self, state: dict, order: np.ndarray) -> None:
+        """Upload a state given in the caller's order, stored in `order` (current slot -> index)."""
+        self._order = np.asarray(order)
+        for key in _STATE_SHAPES:
+            getattr(self.state, key).assign(np.ascontiguousarray(state[key][self._order], dtype=np.float32))
+        c = self._constants
+        for name in ("mu", "lam", "mass", "vol"):
+            getattr(self, name).assign(c[name][self._order])
+        self.core.material.assign(c["material"][self._order])
+        self.core.anchor.assign(c["anchor"][self._order])
+        self.splats.A0.assign(c["A0"][self._order])
+
+    def _unsort(self, arr: np.ndarray) -> np.ndarray:
+        out = np.empty_like(arr)
+        out[self._order] = arr
+        return out
 
     # -- substep planning -------------------------------------------------------------------
     def _make_plan(self, v_max: float) -> SubstepPlan:
@@ -85,13 +126,19 @@ class MPMSolver:
     # -- stepping ---------------------------------------------------------------------------
     def step_frame(self, outputs: bool = True) -> FrameOutput:
         """Advance one frame. outputs=False returns positions only (skips the splat SVDs)."""
+        if self.sort_every and self.frame > 0 and self.frame % self.sort_every == 0:
+            state = self.get_state()
+            self._load(state, self._sorted_order(state["x"]))
         plan = self._plan
         core, st = self.core, self.state
         core.reset_bad()
         t0 = self.time
+        box = core.g_full
         for k in range(plan.n):
+            if k % self.box_every == 0:
+                box = core.particle_box(st.x, self.box_every)
             core.substep(st, st, self.mu, self.lam, self.mass, self.vol, self.grid_mv, self.grid_v,
-                         t0 + k * plan.dt, plan.dt, k, clear=True)
+                         t0 + k * plan.dt, plan.dt, k, clear=True, g=box)
         bad = core.first_bad_substep()
         if bad is not None:
             self._diverged(bad, plan)
@@ -103,10 +150,13 @@ class MPMSolver:
         self.frame += 1
         if self.config.substep_dt is None:
             self._plan = self._make_plan(v_max)
-        positions = st.x.numpy().copy()
+        positions = self._unsort(st.x.numpy())
         if not outputs:
             return FrameOutput(frame=self.frame - 1, time=self.time, positions=positions)
-        return self.splats.compute(st.F, self.frame - 1, self.time, positions)
+        out = self.splats.compute(st.F, self.frame - 1, self.time, positions)
+        for name in ("rotations", "scales", "cov", "polar_R", "A"):
+            setattr(out, name, self._unsort(getattr(out, name)))
+        return out
 
     def _diverged(self, substep: int, plan: SubstepPlan) -> None:
         # The grid may hold garbage now; clear it so a set_state() resume starts clean.
@@ -120,22 +170,25 @@ class MPMSolver:
 
     # -- checkpoints ------------------------------------------------------------------------
     def get_state(self) -> dict:
-        """Numpy copy of the particle state plus the frame index (for checkpoints / resume)."""
-        d = self.state.numpy()
+        """Numpy copy of the particle state (caller's order), the frame index and the internal
+        particle order (so a resume is bit-identical)."""
+        d = {key: self._unsort(getattr(self.state, key).numpy()) for key in _STATE_SHAPES}
         d["frame"] = np.array(self.frame, dtype=np.int64)
+        d["order"] = self._order.copy()
         return d
 
     def set_state(self, d: dict) -> None:
         """Restore a state written by get_state()."""
-        for key, shape in (("x", (self.n, 3)), ("v", (self.n, 3)), ("C", (self.n, 3, 3)), ("F", (self.n, 3, 3)),
-                           ("plastic", (self.n,))):
+        for key, tail in _STATE_SHAPES.items():
             if key not in d:
                 raise ValueError(f"state is missing {key!r}")
             arr = np.asarray(d[key])
-            if arr.shape != shape or not np.isfinite(arr).all():
-                raise ValueError(f"state[{key!r}]: expected finite array of shape {shape}, got {arr.shape}")
-        fresh = State.from_numpy(d, self.device)
-        self.state.assign(fresh)
+            if arr.shape != (self.n, *tail) or not np.isfinite(arr).all():
+                raise ValueError(f"state[{key!r}]: expected finite array of shape {(self.n, *tail)}, got {arr.shape}")
+        order = np.asarray(d["order"]) if "order" in d else self._sorted_order(np.asarray(d["x"]))
+        if order.shape != (self.n,) or not np.array_equal(np.sort(order), np.arange(self.n)):
+            raise ValueError("state['order'] is not a permutation of the particles")
+        self._load(d, order)
         self.frame = int(d.get("frame", self.frame))
         self.grid_mv.zero_()
         if self.config.substep_dt is None:

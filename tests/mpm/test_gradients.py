@@ -48,7 +48,7 @@ def test_gradients_match_finite_differences(scene, checkpoint_every):
     pos, params, weights, rng = scene
     _, grads, sim = loss_and_grads(pos, params, weights, checkpoint_every)
     if checkpoint_every is not None:  # the live tape never held more than one segment
-        assert len(sim._segment.grid_mv) <= checkpoint_every
+        assert len(sim._segment.cov) <= checkpoint_every
     for name, h in STEPS.items():
         direction = 1.0 + 0.5 * rng.standard_normal(params[name].shape)  # mostly one sign: a strong signal
         plus, minus = dict(params), dict(params)

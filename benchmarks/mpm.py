@@ -1,0 +1,194 @@
+"""MPM solver benchmarks: forward throughput and gradient cost. Prints one JSON object per line.
+
+    .venv/bin/python benchmarks/mpm.py            # full run (a few minutes on 2 cores)
+    .venv/bin/python benchmarks/mpm.py --quick    # tiny smoke run
+
+Forward: a fixed-corotated jelly block falling under gravity inside walls onto a ground plane,
+warp CPU (or --device cuda). particle_substeps_per_s uses wall time; *_cpu uses this process's
+CPU time, which is steadier on a machine shared with other jobs (warp CPU kernels run on one
+thread). Each figure is the best of several repetitions.
+
+Gradient: N particles, one frame of 32 substeps, loss on the final positions, backward to
+per-particle log E / nu / rho / v0, with and without checkpointing. Each case runs in its own
+subprocess so its peak RSS (VmHWM) is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def emit(**record) -> None:
+    print(json.dumps(record), flush=True)
+
+
+SUBSTEPS = 20  # per timed frame
+
+
+def jelly_block(n_target: int, n_grid: int, order: str = "sorted"):
+    """Lattice block of about n_target particles (8 per cell) in a 1 m domain."""
+    dx = 1.0 / (n_grid - 6)
+    sp = dx / 2
+    side = max(2, round(n_target ** (1 / 3)))
+    lo = np.array([0.5 - side * sp / 2, 0.5 - side * sp / 2, 0.3])
+    axes = [np.arange(lo[a] + sp / 2, lo[a] + side * sp, sp)[:side] for a in range(3)]
+    pos = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3).astype(np.float32)
+    if order == "random":
+        pos = pos[np.random.default_rng(0).permutation(len(pos))]
+    return pos, sp ** 3
+
+
+def peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def make_solver(n_target: int, n_grid: int, device: str, order: str = "sorted", sort_every: int | None = 16):
+    from backend.mpm import Boundary, Ground, MPMSolver, ParticleState, SimConfig
+
+    pos, vol = jelly_block(n_target, n_grid, order)
+    cfg = SimConfig(n_grid=n_grid, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (SUBSTEPS * 1e-4),
+                    substep_dt=1e-4, walls=Boundary("slip"), ground=Ground(0.05, "frictional", 0.3))
+    sim = MPMSolver(ParticleState(pos, E=1e5, nu=0.3, rho=1000.0, volume=vol), cfg, device=device,
+                    sort_every=sort_every)
+    sim.step_frame(outputs=False)  # warm-up (compile / caches)
+    return sim
+
+
+def time_frame(sim) -> tuple[float, float]:
+    import warp as wp
+
+    wp.synchronize()
+    t0, c0 = time.perf_counter(), time.process_time()
+    sim.step_frame(outputs=False)
+    wp.synchronize()
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def report(label: str, sim, wall: list, cpu: list, **extra) -> None:
+    work = sim.n * sim.n_substeps_per_frame
+    emit(case=label, device=sim.device, n=sim.n, n_grid=sim.grid.n, substeps=sim.n_substeps_per_frame,
+         particle_substeps_per_s=work / min(wall), particle_substeps_per_s_cpu=work / max(min(cpu), 1e-9),
+         ms_per_substep=1e3 * min(wall) / sim.n_substeps_per_frame, **extra)
+
+
+def forward_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
+    sim = make_solver(n_target, n_grid, device)
+    times = [time_frame(sim) for _ in range(reps)]
+    t0 = time.perf_counter()
+    sim.step_frame(outputs=True)
+    report("forward", sim, [t[0] for t in times], [t[1] for t in times],
+           frame_with_splat_outputs_s=time.perf_counter() - t0)
+
+
+def ab_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
+    """A/B in one run, frames interleaved: particles in random order (as splats arrive) simulated
+    as given (A) or kept sorted by grid cell (B)."""
+    sims = {"A_unsorted": make_solver(n_target, n_grid, device, "random", None),
+            "B_cell_sorted": make_solver(n_target, n_grid, device, "random", 16)}
+    times = {k: [] for k in sims}
+    for _ in range(reps):
+        for k, sim in sims.items():
+            times[k].append(time_frame(sim))
+    for k, sim in sims.items():
+        report("ab_" + k, sim, [t[0] for t in times[k]], [t[1] for t in times[k]])
+
+
+def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: int | None, device: str) -> None:
+    import torch
+
+    from backend.mpm import DifferentiableSim, SimConfig
+
+    pos, vol = jelly_block(n_target, n_grid)
+    n = len(pos)
+    cfg = SimConfig(n_grid=n_grid, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (substeps * 1e-4),
+                    substep_dt=1e-4)
+    sim = DifferentiableSim(pos, config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol)
+    rng = np.random.default_rng(0)
+    weights = torch.from_numpy(rng.standard_normal((1, n, 3)).astype(np.float32))
+
+    def params():
+        return [torch.full((n,), np.log(1e5), requires_grad=True), torch.full((n,), 0.3, requires_grad=True),
+                torch.full((n,), 1000.0, requires_grad=True), torch.zeros((n, 3), requires_grad=True)]
+
+    # warm-up on a tiny copy (loads the kernels) so the peak RSS below is this run's own
+    tiny = DifferentiableSim(pos[:8], config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol)
+    P, C = tiny(torch.tensor(np.log(1e5)), torch.tensor(0.3), torch.tensor(1000.0), torch.zeros(3), 1)
+    base = peak_rss_mb()
+    p = params()
+    t0 = time.perf_counter()
+    P, C = sim(*p, 1)
+    t_fwd = time.perf_counter() - t0
+    loss = (P * weights).sum() + C.sum()
+    t0 = time.perf_counter()
+    loss.backward()
+    t_bwd = time.perf_counter() - t0
+    ok = all(torch.isfinite(t.grad).all().item() for t in p)
+    emit(case="gradient", device=device, n=n, n_grid=n_grid, substeps=substeps,
+         checkpoint_every=checkpoint_every, forward_ms_per_substep=1e3 * t_fwd / substeps,
+         backward_ms_per_substep=1e3 * t_bwd / substeps, backward_over_forward=t_bwd / t_fwd,
+         peak_rss_mb=peak_rss_mb(), peak_rss_growth_mb=peak_rss_mb() - base,
+         growth_mb_per_substep=(peak_rss_mb() - base) / substeps,
+         grads_finite=ok)
+
+
+def run_subprocess(args: list[str]) -> None:
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True)
+    for line in out.stdout.splitlines():
+        if line.startswith("{"):
+            print(line, flush=True)
+    if out.returncode != 0:
+        emit(case="error", args=args, stderr=out.stderr[-2000:])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="tiny smoke run")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--grad-case", nargs=4, metavar=("N", "NGRID", "SUBSTEPS", "CKPT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    import warp as wp
+
+    from backend.mpm.core import init_warp
+    init_warp(args.device)  # keeps warp's INFO logging off stdout
+
+    if args.grad_case:
+        n, ng, ss, ck = args.grad_case
+        gradient_case(int(n), int(ng), int(ss), None if ck == "none" else int(ck), args.device)
+        return
+    emit(case="info", note="machine shared with other jobs: wall-time figures are noisy; *_cpu is steadier",
+         cpu_count=os.cpu_count(), warp=wp.config.version)
+    if args.quick:
+        forward_case(2000, 32, args.device, reps=2)
+        run_subprocess(["--grad-case", "1000", "16", "8", "4", "--device", args.device])
+        return
+    for n, ng in ((10_000, 64), (50_000, 64), (200_000, 64), (50_000, 100)):
+        forward_case(n, ng, args.device, reps=5 if n < 200_000 else 3)
+    ab_case(50_000, 64, args.device, reps=5)
+    for ck in ("none", "8"):
+        run_subprocess(["--grad-case", "10000", "64", "32", ck, "--device", args.device])
+
+
+if __name__ == "__main__":
+    main()
