@@ -269,3 +269,35 @@ def test_resaving_an_unchanged_scene_keeps_the_file_for_resume(addon, blob, tmp_
     job, arrays = s2j.build_job(bpy.context, blob, "simulate")
     s2j.write_job_folder(folder, job, arrays)
     assert protocol.load_npz(folder / protocol.SCENE_FILE)["youngs_modulus"][0] == np.float32(2e5)
+
+
+def test_override_selected_points_and_write_a_job_for_a_farm(addon, blob, tmp_path, monkeypatch):
+    import tempfile
+
+    mats = _mod(addon, "core.materials")
+    s2j = _mod(addon, "core.scene_to_job")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # an unsaved file writes its jobs to the temp dir
+    bpy.ops.splat.convert_to_particles()
+    for v in blob.data.vertices:
+        v.select = v.index % 3 == 0
+    assert bpy.ops.splat.override_materials(youngs_modulus=7e5, poisson_ratio=0.2, density=300.0) == {"FINISHED"}
+    chosen = np.arange(len(blob.data.vertices)) % 3 == 0
+    E = mats.read_attr(blob, "youngs_modulus")
+    assert np.all(E[chosen] == np.float32(7e5)) and np.all(E[~chosen] == np.float32(blob.splat_physics.youngs_modulus))
+    assert np.all(mats.read_attr(blob, "density")[chosen] == np.float32(300.0))
+    assert np.array_equal(mats.read_attr(blob, mats.LOCK_ATTR).astype(bool), chosen)
+
+    ids = np.arange(len(blob.data.vertices), dtype=np.int32) % 2  # per-point constitutive model
+    attr = blob.data.attributes.new("material_id", "INT", "POINT")
+    attr.data.foreach_set("value", ids)
+    assert bpy.ops.splat.write_job(command="simulate") == {"FINISHED"}
+    folder = s2j.job_dir_for(blob, "simulate")
+    assert folder.is_relative_to(tmp_path)
+    arrays = protocol.load_npz(protocol.read_job(folder).scene_path)
+    assert np.array_equal(arrays["material_id"], ids)
+    assert np.array_equal(arrays["material_lock"].astype(bool), chosen)
+    assert np.allclose(arrays["youngs_modulus"], E)
+    assert blob.splat_physics.last_message.startswith("Job written")
+
+    assert bpy.ops.splat.clear_material_locks() == {"FINISHED"}
+    assert mats.read_attr(blob, mats.LOCK_ATTR) is None
