@@ -280,19 +280,23 @@ def estimate_settings(context, obj, check_prior: bool = True, **overrides) -> di
         "tolerance_decades": float(s.tolerance_decades),
     }
     est.update(overrides)
-    if not check_prior:
-        pass
-    elif est["prior"] == "modelscope" and not str(est["prompt"]).strip():
+    if check_prior:
+        _check_prior_inputs(est)
+    if est.get("camera") is None:
+        est["camera"] = camera_settings(context.scene)
+    return est
+
+
+def _check_prior_inputs(est: dict) -> None:
+    """What the chosen prior needs from the artist (a prompt, a video), said before anything runs."""
+    if est["prior"] == "modelscope" and not str(est["prompt"]).strip():
         raise SetupError("The text-to-video prior needs a prompt describing the motion "
                          "(e.g. 'a tulip swaying gently in the wind')")
-    elif est["prior"] in ("reference", "analytic"):
+    if est["prior"] in ("reference", "analytic"):
         ref = str(est["reference_video"])
         if not ref or not os.path.exists(ref):
             raise SetupError(f"The {est['prior']} prior needs a reference video; "
                              + ("choose one in the panel" if not ref else f"'{ref}' does not exist"))
-    if est.get("camera") is None:
-        est["camera"] = camera_settings(context.scene)
-    return est
 
 
 # ---------------------------------------------------------------------------- job

@@ -94,6 +94,25 @@ def test_no_backend_configured_says_how_to_set_one_up(addon, clean_scene, prefs,
     assert not s2j.job_dir_for(obj, "simulate").exists() and not s2j.job_dir_for(obj, "estimate").exists()
 
 
+@pytest.mark.parametrize("prior, camera, expected", [
+    ("svd", False, "needs an active camera"),
+    ("modelscope", True, "needs a prompt describing the motion"),
+    ("reference", True, "needs a reference video; choose one in the panel"),
+])
+def test_estimate_inputs_the_prior_needs_are_asked_for(addon, clean_scene, prior, camera, expected):
+    s2j = _mod(addon, "core.scene_to_job")
+    obj = _points_object(f"Prior {prior}", _cube())
+    bpy.ops.splat.convert_to_particles()
+    if camera:
+        cam = bpy.data.objects.new("Cam", bpy.data.cameras.new("Cam"))
+        clean_scene.collection.objects.link(cam)
+        clean_scene.camera = cam
+    obj.splat_physics.prior = prior
+    with pytest.raises(RuntimeError, match=expected):
+        bpy.ops.splat.estimate_materials()
+    assert not s2j.job_dir_for(obj, "estimate").exists()
+
+
 def test_a_missing_interpreter_is_reported_and_materials_stay(addon, clean_scene, prefs):
     mats = _mod(addon, "core.materials")
     obj = _points_object("LostPython", _cube())
