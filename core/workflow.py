@@ -126,6 +126,7 @@ def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJ
                     raise SetupError(f"'{name}' was deleted or renamed while the {kind} ran; nothing was applied")
                 result.message = apply_result(target, job_dir, result)
                 set_status(target, "INFO", result.message, result.log_path)
+                _undo_push(f"Splat {kind}")
                 return
             except (SetupError, materials.MaterialsError, protocol.JobError, OSError, ValueError) as exc:
                 # The run finished but its output cannot be used: report it as a failure, change nothing.
@@ -145,6 +146,16 @@ def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJ
     if not active.done_called:
         set_status(obj, "INFO", f"{kind.capitalize()} started", job_dir / RUN_LOG)
     return active
+
+
+def _undo_push(message: str) -> None:
+    """Results arrive from a timer, outside any operator: give them their own undo step in the UI."""
+    if bpy.app.background:
+        return
+    try:
+        bpy.ops.ed.undo_push(message=message)
+    except RuntimeError:  # no window context (e.g. called from a script)
+        pass
 
 
 def start_estimate(context, obj, **estimate_opts) -> jobs.ActiveJob:
