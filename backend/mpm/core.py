@@ -103,6 +103,7 @@ class SimCore:
         self.n_nodes = grid.n ** 3
         self.g_full = self.grid_info((0, 0, 0), (grid.n, grid.n, grid.n))
         self._bounds = wp.zeros(6, dtype=wp.int32, device=device)
+        self._gravity = tuple(float(a) for a in config.gravity)
         self.bnd = build_boundaries(config, grid.domain_min, grid.domain_max, device)
         self.pokes = build_pokes(config, device)
         pl = config.plasticity
@@ -190,7 +191,8 @@ class SimCore:
         dev = self.device
         g = self.g_full if g is None else g
         kern = untaped if clear else taped
-        body_dv = body_acceleration(self.config, t) * dt
+        acc = body_acceleration(self.config, t) if self.config.winds else self._gravity
+        body_dv = (float(acc[0] * dt), float(acc[1] * dt), float(acc[2] * dt))
         damp = math.exp(-self.config.damping * dt)
         wp.launch(kern.p2g, self.n_particles,
                   inputs=[st_in.x, st_in.v, st_in.C, st_in.F, st_in.plastic, self.material, mu, lam, mass, vol,
@@ -198,7 +200,7 @@ class SimCore:
                   outputs=[grid_mv], device=dev)
         wp.launch(kern.grid_update, self.box_nodes(g),
                   inputs=[grid_mv, self.fixed, self.has_fixed, g, self.bnd,
-                          wp.vec3(*map(float, body_dv)), float(damp), float(self.grid.dx / dt), float(t), int(clear)],
+                          wp.vec3(*body_dv), float(damp), float(self.grid.dx / dt), float(t), int(clear)],
                   outputs=[grid_v], device=dev)
         wp.launch(kern.g2p, self.n_particles,
                   inputs=[st_in.x, st_in.F, st_in.plastic, self.material, self.anchor, mu, lam, grid_v,
