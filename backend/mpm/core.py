@@ -148,8 +148,12 @@ class SimCore:
         n = self.grid.n
         if self.device == "cpu":
             # numpy on the shared buffer: a serial atomic min/max kernel would be slower on one core
-            cells = np.floor((x.numpy() - self.grid.origin) / self.grid.dx)
-            b = np.clip(np.concatenate([cells.min(axis=0), cells.max(axis=0)]), 0, n - 1).astype(np.int64)
+            xs = x.numpy()
+            # per-column 1-D reductions (numpy's axis-0 reduce of an (N, 3) array is ~10x slower);
+            # floor is monotonic, so the extreme cells are the cells of the extreme coordinates
+            ends = np.array([xs[:, a].min() for a in range(3)] + [xs[:, a].max() for a in range(3)], np.float64)
+            cells = np.floor((ends - np.tile(self.grid.origin, 2)) / self.grid.dx)
+            b = np.clip(np.nan_to_num(cells, nan=0.0), 0, n - 1).astype(np.int64)
         else:
             self._bounds.assign(np.array([n, n, n, -1, -1, -1], dtype=np.int32))
             wp.launch(cell_bounds, self.n_particles, inputs=[x, self.g_full, self._bounds], device=self.device)
