@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from .protocol import ExitCode, JobError
 
 
 def main(argv: list[str] | None = None) -> int:
+    # On small shared machines OpenMP threads that spin while waiting make torch many times slower;
+    # passive waiting costs nothing when the machine is idle. Must be set before torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     parser = argparse.ArgumentParser(prog="python -m backend", description="Splat Physics backend")
     sub = parser.add_subparsers(dest="command", required=True)
 

@@ -11,9 +11,7 @@ ends the loop early.
 
 from __future__ import annotations
 
-import hashlib
 import io
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,11 @@ from .jobctl import CancelToken, Reporter, log
 from .particles import SceneParticles, build_particles
 from .simulate import sim_config
 from .supervision import Supervision, check_inputs, make_supervision
+
+
+# Adam steps on the field's raw parameters. A global or per-particle value maps one-to-one to log E;
+# a triplane's planes and head move every particle at once, so a step must be far smaller.
+DEFAULT_LEARNING_RATES = {"global": 0.1, "per_particle": 0.1, "kan_triplane": 0.005, "mlp_triplane": 0.005}
 
 
 @dataclass
@@ -52,13 +55,15 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
     scene = prepare_scene(scene_arrays, sim, est, reporter, device)
     supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
     token.check()
-    field = make_material_field(est, scene.particles, device)
+    field = make_material_field(est, scene.particles, device, reporter)
     dsim = make_differentiable_sim(scene.particles, sim, est, device)
-    optimizer = torch.optim.Adam(field.parameters(), lr=float(est["learning_rate"]))
+    base_lr = float(est["learning_rate"] or DEFAULT_LEARNING_RATES[est["field"]])
+    optimizer = torch.optim.Adam(field.parameters(), lr=base_lr)
     convergence = ConvergenceMonitor(window=3, tolerance_decades=float(est["tolerance_decades"]))
     out = job.output_dir
     ckpt_path = out / protocol.ESTIMATE_CHECKPOINT_FILE
-    fingerprint = estimate_fingerprint(job)
+    fingerprint = protocol.arrays_fingerprint(scene_arrays, [job.simulation, {k: v for k, v in est.items()
+                                                                          if k not in ("iterations", "tolerance_decades")}])
     history, start = load_checkpoint(ckpt_path, fingerprint, field, optimizer, reporter)
     for h in history:  # the convergence test sees the resumed iterations again
         convergence.update(_tracked(h))
@@ -68,6 +73,8 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
     for it in range(start, total):
         token.check()
         t0 = time.monotonic()
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(base_lr, it, total)
         loss, parts = iteration(field, dsim, scene, supervision, optimizer, it, total, n_render)
         with torch.no_grad():
             stats = e_percentiles(field()["E"][: scene.particles.n_visible])
@@ -130,6 +137,13 @@ def _clean_gradients(field) -> None:
             for q in field.parameters():
                 q.grad = None
             return
+
+
+def cosine_lr(base: float, it: int, total: int, floor: float = 0.1) -> float:
+    """Cosine decay to floor*base over the run: big steps while far off, no momentum overshoot at the end.
+    A function of the iteration alone, so a resumed run continues on the same schedule."""
+    frac = it / max(total - 1, 1)
+    return base * (floor + (1.0 - floor) * 0.5 * (1.0 + np.cos(np.pi * frac)))
 
 
 def _tracked(record: dict) -> dict:
@@ -214,14 +228,21 @@ def subsample_arrays(arrays: dict, subset: np.ndarray, n_all: int) -> dict:
     return out
 
 
-def make_material_field(est: dict, p: SceneParticles, device: str):
+def make_material_field(est: dict, p: SceneParticles, device: str, reporter: Reporter | None = None):
     from .field import make_field
 
+    lo, hi = est["E_range"]
+    outside = int(np.count_nonzero((p.E < lo) | (p.E > hi)))
+    if outside and reporter:
+        reporter.warning(f"{outside} points start with E outside the estimation range [{lo:g}, {hi:g}] Pa; "
+                         "they start at the nearest bound (widen estimate.E_range to allow more)")
     rho_range = None
     if est["estimate_density"]:
         rho_range = (float(np.min(p.rho)) / 10.0, float(np.max(p.rho)) * 10.0)
     positions = torch.as_tensor(p.positions, device=device)
-    init = {"E": torch.as_tensor(p.E, device=device), "nu": torch.as_tensor(p.nu, device=device),
+    # A start on the range's edge saturates the field's sigmoid (no gradient): start just inside it.
+    start_E = np.clip(p.E, lo * 1.05, hi / 1.05)
+    init = {"E": torch.as_tensor(start_E, device=device), "nu": torch.as_tensor(p.nu, device=device),
             "rho": torch.as_tensor(p.rho, device=device)}
     lock = torch.as_tensor(p.lock, device=device) if p.lock.any() else None
     return make_field(est["field"], positions, E_range=tuple(est["E_range"]), nu_range=tuple(est["nu_range"]),
@@ -236,14 +257,6 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
 
 
 # --------------------------------------------------------------------------- checkpoints
-def estimate_fingerprint(job: protocol.Job) -> str:
-    h = hashlib.sha256()
-    settings = {k: v for k, v in job.estimate.items() if k not in ("iterations", "tolerance_decades")}
-    h.update(json.dumps([job.simulation, settings], sort_keys=True).encode())
-    h.update(job.scene_path.read_bytes())
-    return h.hexdigest()[:32]
-
-
 def save_checkpoint(path: Path, fingerprint: str, field, optimizer, history: list) -> None:
     state = {"fingerprint": fingerprint, "field": field.state_dict(), "optimizer": optimizer.state_dict(),
              "history": history}

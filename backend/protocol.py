@@ -24,6 +24,7 @@ Layout of a job folder (all paths in ``job.json`` are relative to it)::
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
 import math
 import os
@@ -274,7 +275,7 @@ ESTIMATE_DEFAULTS: dict[str, Any] = {
     "estimate_density": False,
     "iterations": 30,
     "tolerance_decades": 1.0,
-    "learning_rate": 0.05,
+    "learning_rate": None,  # None = the field's own default (triplanes need far smaller steps)
     "frames_per_group": 8,  # T
     "boost_groups": 1,  # M (frame boosting)
     "cfg_scale": 100.0,
@@ -496,7 +497,7 @@ def _check_estimate(e: dict, folder: Path) -> None:
             raise BadJob(f"reference video not found: {path}")
     _number(sec, "iterations", e["iterations"], 1, 100000, integer=True)
     _number(sec, "tolerance_decades", e["tolerance_decades"], 1e-6, 10)
-    _number(sec, "learning_rate", e["learning_rate"], 1e-8, 10)
+    _number(sec, "learning_rate", e["learning_rate"], 1e-8, 10, allow_none=True)
     _number(sec, "frames_per_group", e["frames_per_group"], 1, 1000, integer=True)
     _number(sec, "boost_groups", e["boost_groups"], 1, 100, integer=True)
     _number(sec, "cfg_scale", e["cfg_scale"], 0.0, 1000)
@@ -649,6 +650,17 @@ def write_job(folder: str | os.PathLike, job: dict, scene: Mapping[str, np.ndarr
         atomic_save_npz(folder / job.get("scene", SCENE_FILE), **scene)
     atomic_write_json(folder / JOB_FILE, job)
     return folder
+
+
+def arrays_fingerprint(arrays: Mapping[str, np.ndarray], settings: Any = None) -> str:
+    """A hash of array contents (names, dtypes, shapes, bytes) and settings: equal for equal inputs,
+    whatever the container file's timestamps. Resume checks use it."""
+    h = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode())
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()[:32]
 
 
 def iter_frame_files(out_dir: str | os.PathLike) -> Iterable[Path]:

@@ -7,8 +7,6 @@ rest state at t = 0 (the scene's first frame), so the bake starts where the obje
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from pathlib import Path
 
@@ -34,8 +32,8 @@ def run_simulate(job: protocol.Job, scene: dict, reporter: Reporter, token: Canc
     out = job.output_dir
     frames_dir = out / protocol.FRAMES_DIR
     frames_dir.mkdir(parents=True, exist_ok=True)
-    fingerprint = job_fingerprint(sim, job.scene_path)
-    first = resume_point(out, solver, fingerprint, reporter)
+    fingerprint = protocol.arrays_fingerprint(scene, {k: v for k, v in sim.items() if k not in _FINGERPRINT_SKIP})
+    first = resume_point(out, solver, fingerprint, reporter, sim["frame_start"])
     n_frames, frame_start = sim["n_frames"], sim["frame_start"]
     reporter.stage("simulate", f"Simulating {n_frames} frames of {particles.n_total} particles "
                    f"({solver.n_substeps_per_frame} substeps per frame)",
@@ -80,14 +78,7 @@ def sim_config(sim: dict):
         raise protocol.BadJob(f"{protocol.JOB_FILE}: {exc}") from None
 
 
-def job_fingerprint(sim: dict, scene_path: Path) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({k: v for k, v in sim.items() if k not in _FINGERPRINT_SKIP}, sort_keys=True).encode())
-    h.update(Path(scene_path).read_bytes())
-    return h.hexdigest()[:32]
-
-
-def resume_point(out: Path, solver, fingerprint: str, reporter: Reporter) -> int:
+def resume_point(out: Path, solver, fingerprint: str, reporter: Reporter, frame_start: int) -> int:
     """Index of the first frame still to simulate; restores the solver when a matching checkpoint exists."""
     path = out / protocol.SIM_CHECKPOINT_FILE
     if not path.exists():
@@ -102,7 +93,7 @@ def resume_point(out: Path, solver, fingerprint: str, reporter: Reporter) -> int
         return 0
     k = int(state.pop("frame_index"))
     solver.set_state(state)
-    reporter.warning(f"Resuming from frame {k + 1} (earlier frames are already baked)")
+    reporter.warning(f"Resuming from frame {frame_start + k + 1} (earlier frames are already simulated)")
     return k + 1
 
 
