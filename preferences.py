@@ -73,11 +73,4 @@ class SPLAT_AP_preferences(bpy.types.AddonPreferences):
 classes = (SPLAT_AP_preferences,)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

@@ -28,13 +28,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
+
+from .io.atomic import TEMP_MARKER, atomic_path
 
 SCHEMA_VERSION = 1
 
@@ -594,22 +595,13 @@ def _finite(value: Any) -> Any:
 
 # ---------------------------------------------------------------------------- atomic writes
 def _atomic(path: str | os.PathLike, write: Callable[[Any], None], mode: str) -> Path:
-    """Write through a temporary file in the same folder, then rename over the target."""
+    """Write through a hidden temp file in the same folder, then rename over the target (io.atomic)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
     return path
 
 
@@ -633,7 +625,7 @@ def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 def remove_temp_files(folder: str | os.PathLike) -> int:
     """Delete leftovers of atomic writes interrupted by a kill. Returns how many were removed."""
     count = 0
-    for p in Path(folder).rglob(".*.tmp"):
+    for p in Path(folder).rglob(f".*{TEMP_MARKER}*"):
         try:
             p.unlink()
             count += 1

@@ -191,9 +191,11 @@ class SplatRoleSettings(bpy.types.PropertyGroup):
 classes = (SplatPhysicsSettings, SplatRoleSettings)
 
 
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+
+
 def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+    _register_classes()
     bpy.types.Object.splat_physics = PointerProperty(type=SplatPhysicsSettings)
     bpy.types.Object.splat_role = PointerProperty(type=SplatRoleSettings)
 
@@ -201,5 +203,4 @@ def register():
 def unregister():
     del bpy.types.Object.splat_role
     del bpy.types.Object.splat_physics
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    _unregister_classes()

@@ -154,12 +154,10 @@ def _redraw(context):
 classes = (SPLAT_OT_check_backend, SPLAT_OT_install_backend, SPLAT_OT_monitor_job, SPLAT_OT_cancel_job)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
+_register_classes, _unregister_classes = bpy.utils.register_classes_factory(classes)
+register = _register_classes
 
 
 def unregister():
-    jobs.cancel_all()
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+    jobs.cancel_all()  # a backend must not outlive the add-on that follows it
+    _unregister_classes()

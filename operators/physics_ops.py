@@ -242,6 +242,16 @@ def _follow(op, context, kind: str, obj) -> set:
     return {"FINISHED"}
 
 
+def _start_flow(op, context, start, kind):
+    """Start a backend flow on the selected splat object and follow it (modal in the UI, blocking headless)."""
+    obj = splat_object(context)
+    try:
+        start(context, obj)
+    except SetupError as exc:
+        return _fail(op, obj, exc)
+    return _follow(op, context, kind, obj)
+
+
 class SPLAT_OT_estimate_materials(_SplatOperator, bpy.types.Operator):
     """Estimate per-point stiffness, Poisson ratio and density with the chosen video prior.
     Runs in the background; the previous materials stay until the new ones are ready"""
@@ -251,12 +261,7 @@ class SPLAT_OT_estimate_materials(_SplatOperator, bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        obj = splat_object(context)
-        try:
-            workflow.start_estimate(context, obj)
-        except SetupError as exc:
-            return _fail(self, obj, exc)
-        return _follow(self, context, workflow.ESTIMATE, obj)
+        return _start_flow(self, context, workflow.start_estimate, workflow.ESTIMATE)
 
 
 class SPLAT_OT_preview_motion(_SplatOperator, bpy.types.Operator):
@@ -266,12 +271,7 @@ class SPLAT_OT_preview_motion(_SplatOperator, bpy.types.Operator):
     bl_label = "Preview Motion"
 
     def execute(self, context):
-        obj = splat_object(context)
-        try:
-            workflow.start_preview(context, obj)
-        except SetupError as exc:
-            return _fail(self, obj, exc)
-        return _follow(self, context, workflow.PREVIEW, obj)
+        return _start_flow(self, context, workflow.start_preview, workflow.PREVIEW)
 
 
 class SPLAT_OT_simulate_bake(_SplatOperator, bpy.types.Operator):
@@ -283,12 +283,7 @@ class SPLAT_OT_simulate_bake(_SplatOperator, bpy.types.Operator):
     bl_options = {"REGISTER", "UNDO"}
 
     def execute(self, context):
-        obj = splat_object(context)
-        try:
-            workflow.start_simulate(context, obj)
-        except SetupError as exc:
-            return _fail(self, obj, exc)
-        return _follow(self, context, workflow.SIMULATE, obj)
+        return _start_flow(self, context, workflow.start_simulate, workflow.SIMULATE)
 
 
 class SPLAT_OT_free_bake(_SplatOperator, bpy.types.Operator):
@@ -337,11 +332,4 @@ classes = (
 )
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

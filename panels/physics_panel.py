@@ -288,11 +288,4 @@ classes = (SPLAT_PT_physics, SPLAT_PT_domain, SPLAT_PT_material, SPLAT_PT_forces
            SPLAT_PT_estimate, SPLAT_PT_bake)
 
 
-def register():
-    for cls in classes:
-        bpy.utils.register_class(cls)
-
-
-def unregister():
-    for cls in reversed(classes):
-        bpy.utils.unregister_class(cls)
+register, unregister = bpy.utils.register_classes_factory(classes)

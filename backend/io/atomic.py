@@ -12,7 +12,9 @@ import os
 import uuid
 from typing import Iterator
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "TEMP_MARKER"]
+
+TEMP_MARKER = ".tmp-"  # in every temp name, so leftovers of a killed process can be found and removed
 
 
 def _temp_name(path: str) -> str:
@@ -20,7 +22,7 @@ def _temp_name(path: str) -> str:
     stem, ext = os.path.splitext(base)
     # Keep the extension: writers such as ffmpeg pick the container from it. The leading
     # dot hides the temp file from folder scans (e.g. PNG frame sequences).
-    return os.path.join(folder, f".{stem}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
+    return os.path.join(folder, f".{stem}{TEMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}{ext}")
 
 
 @contextlib.contextmanager

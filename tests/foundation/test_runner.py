@@ -37,7 +37,7 @@ def _wait_for(runner, predicate, timeout=240):
 
 
 def _no_partial_files(out_dir):
-    leftovers = [p for p in out_dir.rglob("*") if p.name.endswith(".tmp")]
+    leftovers = [p for p in out_dir.rglob("*") if protocol.TEMP_MARKER in p.name]
     assert not leftovers, leftovers
     for f in protocol.iter_frame_files(out_dir):  # every frame file present is complete
         protocol.check_arrays(protocol.load_npz(f), protocol.FRAME_ARRAYS, f.name)
