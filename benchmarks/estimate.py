@@ -1,0 +1,280 @@
+"""Estimation speed and memory, split by stage. Prints one JSON object per line.
+
+    python benchmarks/estimate.py            # N=5k particles, 64x64, 8 frames: tiny SVD, tiny ModelScope, reference
+    python benchmarks/estimate.py --quick    # N=500, 4 frames
+    python benchmarks/estimate.py --svd-xt DIR   # the CUDA case from a local SVD-xt folder instead of the hub cache
+
+One iteration is the backend's own (backend.estimate.iteration) cut into stages with detach()
+boundaries, so each stage's forward and backward are timed on their own:
+
+    field()  ->| DifferentiableSim |->  simulate_and_render's frames |->  Supervision.loss (MDS)
+    field_s     sim_s                    render_s                        prior_s
+
+each *_s is that stage's forward + backward; iteration_s also holds the regulariser, gradient
+clipping and the Adam step (counted in field_s). The scene is a jittered cube of N splats on the
+ground, poked sideways (as in the estimation tests), seen by a 64x64 camera; the field is
+kan_triplane. The priors are the tiny randomly initialised SVD / ModelScope pipelines of
+backend/prior/tiny.py, saved to disk and loaded through load_prior exactly like real weights, so the
+prior figures measure the pipeline's overhead, not a real UNet's cost; "reference" is the
+L2 + SSIM loss against a clip.
+
+Each case runs in a fresh subprocess after one warm-up iteration; the figures are those of the
+fastest of the timed iterations. peak_mb is the growth of the resident set over the timed
+iterations (VmHWM reset through /proc/self/clear_refs; getrusage's ru_maxrss growth where that is
+not allowed), so it includes what torch's allocator caches; on CUDA it is
+torch.cuda.max_memory_allocated. The machine is shared: the times are noisy, and under contention
+torch's OpenMP threads spin (prior and render figures several times too high); running with
+OMP_WAIT_POLICY=PASSIVE in the environment avoids most of that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from backend import protocol  # noqa: E402
+from backend.estimate import (make_differentiable_sim, make_material_field, prepare_scene,  # noqa: E402
+                              simulate_and_render)
+from backend.jobctl import Reporter  # noqa: E402
+from backend.supervision import make_supervision  # noqa: E402
+
+PROMPT = "a jelly cube wobbling"
+
+
+# --------------------------------------------------------------------------- the scene
+def cube_scene(n: int, size: float = 0.1, E: float = 5e3, seed: int = 0) -> dict:
+    """scene.npz arrays: n splats jittered through a cube standing on z=0, its bottom layer anchored."""
+    rng = np.random.default_rng(seed)
+    pos = (rng.random((n, 3), dtype=np.float32) - 0.5) * size + np.float32([0, 0, size / 2])
+    spacing = size / n ** (1 / 3)
+    colours = np.where(pos[:, 2:3] > size / 2, [1.2, -0.2, -1.0], [-1.0, 0.4, 1.2]).astype(np.float32)
+    return {"positions": pos, "youngs_modulus": np.full(n, E, np.float32),
+            "poisson_ratio": np.full(n, 0.3, np.float32), "density": np.full(n, 500.0, np.float32),
+            "scale": np.full((n, 3), np.log(0.7 * spacing), np.float32),
+            "rotation": np.tile(np.float32([1, 0, 0, 0]), (n, 1)), "f_dc": colours,
+            "opacity": np.full(n, 3.0, np.float32), "anchor": (pos[:, 2] < 0.015).astype(np.uint8)}
+
+
+def job_sections(kind: str, model: str, res: int, frames: int, reference: str = "") -> tuple[dict, dict]:
+    from backend.render.camera import Camera, intrinsics_from_fov, look_at
+
+    camera = Camera(look_at([0.28, -0.3, 0.16], [0, 0, 0.05]), intrinsics_from_fov(res, res, 38), res, res)
+    sim = {"n_grid": 32, "fps": 96.0, "n_frames": frames, "gravity": [0.0, 0.0, 0.0],
+           "domain_min": [-0.2, -0.2, -0.05], "domain_max": [0.2, 0.2, 0.35],
+           "pokes": [{"center": [0.0, 0.0, 0.1], "radius": 0.09, "direction": [1.0, 1.0, 0.0],
+                      "strength": 60.0, "start": 0.0, "end": 0.04}]}
+    est = {"prior": kind, "model": model, "prompt": PROMPT if kind == "modelscope" else "", "loss": "mds",
+           "field": "kan_triplane", "frames_per_group": frames, "boost_groups": 1, "camera": camera.to_dict(),
+           "reference_video": reference, "E_range": [1.0e2, 1.0e7], "iterations": 30}
+    job = protocol.default_job("estimate", simulation=sim, estimate=est)
+    return job["simulation"], job["estimate"]
+
+
+# --------------------------------------------------------------------------- memory
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+class PeakMemory:
+    """Peak growth of the resident set (or of CUDA allocations) from start() to peak_mb()."""
+
+    def __init__(self, device: str):
+        self.cuda = device.startswith("cuda")
+
+    def start(self) -> None:
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
+            self.hwm = True
+            self.base = _status_kb("VmRSS")
+        except OSError:
+            self.hwm = False
+            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+    def peak_mb(self) -> float:
+        if self.cuda:
+            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
+        peak = _status_kb("VmHWM") if self.hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return (peak - self.base) / 1024.0  # KiB
+
+
+# --------------------------------------------------------------------------- one split iteration
+def _sync(device: str):
+    if not device.startswith("cuda"):
+        return lambda: None
+    import warp as wp
+
+    def sync():
+        wp.synchronize()
+        torch.cuda.synchronize()
+    return sync
+
+
+def split_iteration(field, dsim, scene, supervision, optimizer, it: int, total: int, n_render: int, device: str) -> dict:
+    """backend.estimate.iteration with a detach() boundary between stages; seconds per stage (fwd + bwd)."""
+    sync = _sync(device)
+    clock = {}
+
+    def lap(name, t0):
+        sync()
+        now = time.perf_counter()
+        clock[name] = clock.get(name, 0.0) + now - t0
+        return now
+
+    sync()
+    t = time.perf_counter()
+    t_start = t
+    optimizer.zero_grad(set_to_none=True)
+    mats = field()
+    reg = field.regularizer()
+    t = lap("field", t)
+
+    leaf = {k: mats[k].detach().requires_grad_(mats[k].requires_grad) for k in ("log_E", "nu", "rho")}
+    velocity = torch.as_tensor(scene.particles.velocity, device=leaf["log_E"].device)
+    positions, covs = dsim(leaf["log_E"], leaf["nu"], leaf["rho"], velocity, n_render - 1)
+    t = lap("sim", t)
+
+    pos_in, cov_in = positions.detach().requires_grad_(), covs.detach().requires_grad_()
+    video = simulate_and_render(lambda *_: (pos_in, cov_in), leaf, scene, n_render)
+    t = lap("render", t)
+
+    video_in = video.detach().requires_grad_()
+    loss, _ = supervision.loss(video_in, it, total)
+    loss.backward()
+    t = lap("prior", t)
+
+    video.backward(_grad(video_in))
+    t = lap("render", t)
+
+    torch.autograd.backward([positions, covs], [_grad(pos_in), _grad(cov_in)])
+    t = lap("sim", t)
+
+    outs = [mats[k] for k in leaf if mats[k].requires_grad]
+    grads = [_grad(leaf[k]) for k in leaf if mats[k].requires_grad]
+    if reg.requires_grad:
+        outs, grads = outs + [reg], grads + [torch.ones_like(reg)]
+    torch.autograd.backward(outs, grads)
+    torch.nn.utils.clip_grad_norm_(field.parameters(), 1.0)
+    optimizer.step()
+    t = lap("field", t)
+    return {**{f"{k}_s": v for k, v in clock.items()}, "iteration_s": t - t_start, "loss": float(loss.detach())}
+
+
+def _grad(x: torch.Tensor) -> torch.Tensor:
+    return x.grad if x.grad is not None else torch.zeros_like(x)
+
+
+# --------------------------------------------------------------------------- one case (own process)
+def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, device: str, repeats: int) -> dict:
+    torch.manual_seed(0)
+    model = "" if model == "-" else model
+    quiet = Reporter(open(os.devnull, "w"))
+    arrays = cube_scene(n)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        sim, est = job_sections(kind, model, res, frames)
+        scene = prepare_scene(arrays, sim, est, quiet, device)
+        field = make_material_field(est, scene.particles, device, quiet)
+        dsim = make_differentiable_sim(scene.particles, sim, est, device)
+        if kind == "reference":  # the clip of the starting material: the loss's cost does not depend on its content
+            from backend.io.video import write_frames_png
+
+            with torch.no_grad():
+                clip = simulate_and_render(dsim, field(), scene, frames)
+            write_frames_png((clip.clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255).astype(np.uint8),
+                             Path(folder) / "ref")
+            est["reference_video"] = str(Path(folder) / "ref")
+        supervision = make_supervision(est, Path(folder), device, frames, scene, quiet)
+        optimizer = torch.optim.Adam(field.parameters(), lr=0.005)
+        setup_s = time.perf_counter() - t0
+        split_iteration(field, dsim, scene, supervision, optimizer, 0, repeats + 1, frames, device)  # warm-up
+        memory = PeakMemory(device)
+        memory.start()
+        runs = [split_iteration(field, dsim, scene, supervision, optimizer, i + 1, repeats + 1, frames, device)
+                for i in range(repeats)]
+        peak_mb = memory.peak_mb()
+    best = min(runs, key=lambda r: r["iteration_s"])
+    line = {"case": case, "n": scene.particles.n_visible, "res": res, "frames": frames}
+    line.update({k: round(best[k], 4) for k in ("sim_s", "render_s", "prior_s", "field_s", "iteration_s")})
+    line.update(peak_mb=round(peak_mb, 1), device=device, setup_s=round(setup_s, 2), repeats=repeats,
+                iteration_s_median=round(float(np.median([r["iteration_s"] for r in runs])), 4),
+                threads=torch.get_num_threads(), loss=best["loss"])
+    return line
+
+
+def _isolated(args: list[str], case: str, threads: int | None) -> None:
+    extra = ["--threads", str(threads)] if threads else []
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), *extra, "--case", *args],
+                          capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        print(json.dumps({"case": case, "error": tail}), flush=True)
+    else:
+        print(lines[-1], flush=True)
+
+
+def _svd_xt_line(model: str | None, threads: int | None) -> None:
+    if not torch.cuda.is_available():
+        print(json.dumps({"case": "svd-xt-cuda", "skipped": "no CUDA device"}), flush=True)
+        return
+    from backend.prior import DEFAULT_MODELS, check_model
+
+    model = model or DEFAULT_MODELS["svd"]
+    ok, message = check_model("svd", model)
+    if not ok:
+        print(json.dumps({"case": "svd-xt-cuda", "skipped": message}), flush=True)
+        return
+    _isolated(["svd-xt-cuda", "svd", model, "5000", "256", "25", "cuda", "2"], "svd-xt-cuda", threads)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="N=500 particles, 4 frames")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--svd-xt", default=None, help="local SVD-xt folder or hub id for the CUDA case")
+    ap.add_argument("--case", nargs=8, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.case:
+        case, kind, model, n, res, frames, device, repeats = a.case
+        print(json.dumps(run_case(case, kind, model, int(n), int(res), int(frames), device, int(repeats))))
+        return
+    from backend.prior.tiny import save_tiny_modelscope, save_tiny_svd
+
+    n, frames, repeats = (500, 4, 1) if a.quick else (5000, 8, 2)
+    with tempfile.TemporaryDirectory() as models:
+        tiny = {"svd": save_tiny_svd(os.path.join(models, "svd")),
+                "modelscope": save_tiny_modelscope(os.path.join(models, "modelscope")), "reference": ""}
+        for kind in ("svd", "modelscope", "reference"):
+            case = f"tiny-{kind}" if kind != "reference" else "reference"
+            _isolated([case, kind, tiny[kind] or "-", str(n), "64", str(frames), "cpu", str(repeats)], case, a.threads)
+    _svd_xt_line(a.svd_xt, a.threads)
+
+
+if __name__ == "__main__":
+    main()
