@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ FPS = 96
 FULL = {"estimate_size": (128, 72), "max_particles": 3000, "iterations": 24, "bake_frames": 96, "gif_frames": 12}
 QUICK = {"estimate_size": (96, 54), "max_particles": 800, "iterations": 3, "bake_frames": 16, "gif_frames": 2}
 ESTIMATE_COMMON = {"frames_per_group": 8, "boost_groups": 2, "field": "kan_triplane", "tolerance_decades": 0.01,
-                   "learning_rate": 0.01, "E_range": [1.0e2, 1.0e7]}
+                   "learning_rate": 0.008, "E_range": [1.0e2, 1.0e7]}
 N_GRID = 24
 DOMAIN = ((-0.2, -0.2, -0.01), (0.2, 0.2, 0.43))  # around the plant, 24 cells of ~18 mm on its longest side
 ANCHORED = ("pot", "soil")
@@ -131,7 +132,7 @@ def setup_particles(bpy, obj, info: dict):
 
     boxes = [info["regions"][r] for r in ANCHORED]
     a_lo = Vector([min(b["bbox_min"][i] for b in boxes) - 0.005 for i in range(3)])
-    a_hi = Vector([max(b["bbox_max"][i] for b in boxes) + 0.002 for i in range(3)])
+    a_hi = Vector([max(b["bbox_max"][i] for b in boxes) + 0.0005 for i in range(3)])
     anchor = core("interactions").add_interaction(context, "ANCHOR", target=obj, location=(a_lo + a_hi) / 2, size=1.0)
     anchor.scale = (a_hi - a_lo) / 2
     anchor.name = "Anchor (pot and soil)"
@@ -312,8 +313,23 @@ def render_frame(bpy, frame: int, path: Path) -> Path:
     scene = bpy.context.scene
     scene.frame_set(frame)
     scene.render.filepath = str(path)
-    bpy.ops.render.render(write_still=True)
+    with quiet_stdout():
+        bpy.ops.render.render(write_still=True)
     return path
+
+
+@contextmanager
+def quiet_stdout():
+    """Cycles prints a status line per step to the process's stdout: keep the demo's output readable."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    with open(os.devnull, "wb") as null:
+        os.dup2(null.fileno(), 1)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def render_preview(bpy, out: Path, n_frames: int, n_gif: int) -> Path:
