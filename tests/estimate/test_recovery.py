@@ -34,7 +34,7 @@ def truth_block(tmp_path_factory):
 @pytest.mark.parametrize("start", [E_TRUE * 10, E_TRUE / 10], ids=["from_10x", "from_tenth"])
 def test_reference_fitting_recovers_global_E(truth_block, start, tmp_path):
     root, scene = truth_block
-    sim, est = es.settings(reference_video=str(root / "truth" / "out" / "preview_frames"))
+    sim, est = es.settings(iterations=24, reference_video=str(root / "truth" / "out" / "preview_frames"))
     E, history = _estimate(tmp_path, scene, start, sim, est)
     assert abs(np.median(E) / E_TRUE - 1) < 0.25, np.median(E)
     assert history[-1].loss < history[0].loss
@@ -44,7 +44,7 @@ def test_reference_fitting_recovers_global_E(truth_block, start, tmp_path):
 def test_sds_with_an_analytic_prior_recovers_global_E(truth_block, start, tmp_path):
     """The analytic prior's data distribution is the single truth clip: SDS-T must lead back to E*."""
     root, scene = truth_block
-    sim, est = es.settings(prior="analytic", loss="sds_t", reference_video=str(root / "truth" / "out" / "preview_frames"))
+    sim, est = es.settings(prior="analytic", loss="sds_t", iterations=24, reference_video=str(root / "truth" / "out" / "preview_frames"))
     E, _ = _estimate(tmp_path, scene, start, sim, est)
     assert abs(np.median(E) / E_TRUE - 1) < 0.25, np.median(E)
 
@@ -53,7 +53,7 @@ def test_reference_fitting_recovers_two_regions_with_the_kan_field(tmp_path):
     """A soft and a stiff tower (a decade apart) on one anchored base; the KAN triplane separates them."""
     soft, stiff = 2.0e3, 2.0e4
     scene = es.twin_towers(soft, stiff)
-    sim, est = es.settings(field="kan_triplane", iterations=20)
+    sim, est = es.settings(field="kan_triplane", iterations=20, poke=es.TOWERS_POKE)
     es.make_truth(tmp_path, scene, sim, est)
     E, _ = _estimate(tmp_path, scene, np.sqrt(soft * stiff), sim, est)
     left = scene["positions"][:, 0] < 0
