@@ -30,6 +30,7 @@ from .supervision import Supervision, check_inputs, make_supervision
 
 # Adam steps on the field's raw parameters. A global or per-particle value maps one-to-one to log E;
 # a triplane's planes and head move every particle at once, so a step must be far smaller.
+MAX_STALLED = 3  # iterations in a row without a finite gradient before the run is declared diverged
 DEFAULT_LEARNING_RATES = {"global": 0.1, "per_particle": 0.1, "kan_triplane": 0.005, "mlp_triplane": 0.005}
 
 
@@ -66,10 +67,12 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
                                                                           if k not in ("iterations", "tolerance_decades")}])
     history, start = load_checkpoint(ckpt_path, fingerprint, field, optimizer, reporter)
     for h in history:  # the convergence test sees the resumed iterations again
-        convergence.update(_tracked(h))
+        if h.get("learned", True):
+            convergence.update(_tracked(h))
     total = int(est["iterations"])
     converged, reason = False, "reached the iteration limit"
     reporter.stage("estimate", f"Estimating materials with the {est['prior']} prior ({total} iterations at most)")
+    stalled = 0
     for it in range(start, total):
         token.check()
         t0 = time.monotonic()
@@ -80,7 +83,13 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
             stats = e_percentiles(field()["E"][: scene.particles.n_visible])
         record = {"iteration": it + 1, "loss": loss, "seconds": time.monotonic() - t0, **stats, **parts}
         history.append(record)
-        converged = convergence.update(_tracked(record))
+        stalled = 0 if record["learned"] else stalled + 1
+        if stalled >= MAX_STALLED:
+            raise protocol.Diverged(
+                f"the simulation gave no usable gradient for {MAX_STALLED} iterations in a row (E median "
+                f"{stats['E_p50']:.3g} Pa); try a smaller learning rate, a finer grid or a narrower E range")
+        # An iteration that changed nothing must not count as "stable" for the convergence test.
+        converged = convergence.update(_tracked(record)) if record["learned"] else False
         save_checkpoint(ckpt_path, fingerprint, field, optimizer, history)
         reporter.progress("estimate", it + 1, total, loss=loss,
                           message=f"iteration {it + 1}: E median {stats['E_p50']:.3g} Pa",
@@ -101,11 +110,13 @@ def iteration(field, dsim, scene: Scene, supervision: Supervision, optimizer, it
     loss, parts = supervision.loss(video, it, total)
     reg = field.regularizer()
     (loss + reg).backward()
-    _clean_gradients(field)
-    torch.nn.utils.clip_grad_norm_(field.parameters(), 1.0)
-    optimizer.step()
+    learned = _clean_gradients(field)
+    if learned:
+        torch.nn.utils.clip_grad_norm_(field.parameters(), 1.0)
+        optimizer.step()
     parts = {k: float(v) for k, v in parts.items()}
     parts["regularizer"] = float(reg.detach())
+    parts["learned"] = learned
     return float(loss.detach()), parts
 
 
@@ -129,14 +140,20 @@ def simulate_and_render(dsim, mats: dict, scene: Scene, n_render: int) -> torch.
     return torch.stack(frames)
 
 
-def _clean_gradients(field) -> None:
-    """A NaN gradient (a degenerate frame) must not poison the field: skip that step's update."""
+def _clean_gradients(field) -> bool:
+    """Zero the non-finite entries of the gradients (a degenerate frame must not poison the field).
+    Returns False when no finite gradient was left, i.e. this iteration taught nothing."""
+    finite = False
     for p in field.parameters():
-        if p.grad is not None and not torch.isfinite(p.grad).all():
-            log.warning("non-finite gradient: this iteration's update is skipped")
-            for q in field.parameters():
-                q.grad = None
-            return
+        if p.grad is None:
+            continue
+        ok = torch.isfinite(p.grad)
+        if not bool(ok.all()):
+            p.grad = torch.where(ok, p.grad, torch.zeros_like(p.grad))
+        finite = finite or bool((ok & (p.grad != 0)).any())
+    if not finite:
+        log.warning("no finite gradient this iteration: the field is unchanged")
+    return finite
 
 
 def cosine_lr(base: float, it: int, total: int, floor: float = 0.1) -> float:

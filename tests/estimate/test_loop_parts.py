@@ -1,0 +1,50 @@
+"""The estimation loop's small parts, each against a known answer."""
+
+import numpy as np
+import torch
+
+from backend import estimate
+from backend.render.camera import Camera, intrinsics_from_fov, look_at
+
+
+def _field():
+    from backend.field import make_field
+
+    return make_field("global", torch.rand(20, 3), init={"E": torch.full((20,), 1e4)})
+
+
+def test_non_finite_gradient_entries_are_zeroed_and_the_rest_kept():
+    field = _field()
+    p = next(field.parameters())
+    p.grad = torch.full_like(p, float("nan"))
+    assert estimate._clean_gradients(field) is False  # nothing finite: the iteration taught nothing
+    assert torch.all(p.grad == 0)
+    p.grad = torch.ones_like(p)
+    assert estimate._clean_gradients(field) is True
+
+
+def test_cosine_learning_rate_starts_at_the_base_and_ends_at_the_floor():
+    assert estimate.cosine_lr(0.1, 0, 20) == 0.1
+    assert abs(estimate.cosine_lr(0.1, 19, 20) - 0.01) < 1e-12
+    lrs = [estimate.cosine_lr(0.1, i, 20) for i in range(20)]
+    assert all(a >= b for a, b in zip(lrs, lrs[1:]))
+
+
+def test_voxel_subsample_keeps_about_the_target_and_spreads_over_the_object():
+    pts = np.random.default_rng(0).random((20000, 3)).astype(np.float32)
+    idx = estimate.voxel_subsample(pts, 1000)
+    assert 800 <= len(idx) <= 1000 and len(set(idx)) == len(idx)
+    sub = pts[idx]
+    assert np.all(sub.min(0) < 0.1) and np.all(sub.max(0) > 0.9)
+
+
+def test_orbit_keeps_the_distance_to_the_pivot_and_turns_by_the_angle():
+    cam = Camera(look_at([1.0, 0.0, 0.5], [0, 0, 0]), intrinsics_from_fov(32, 32, 40), 32, 32)
+    pivot = np.zeros(3)
+    cams = estimate.orbit_about(cam, pivot, 5, 90.0)
+    centres = [np.linalg.inv(c.viewmat)[:3, 3] for c in cams]
+    assert np.allclose([np.linalg.norm(c - pivot) for c in centres], np.linalg.norm(centres[0]))
+    assert np.allclose(centres[-1], [0.0, 1.0, 0.5], atol=1e-9)
+    # the pivot stays where it was in every image
+    px = np.array([np.asarray(c.project(pivot[None]), dtype=float).reshape(-1)[:2] for c in cams])
+    assert np.allclose(px, px[0], atol=1e-6)
