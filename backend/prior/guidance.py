@@ -129,6 +129,16 @@ class VideoPrior:
         """Cache the conditioning once per run (no-op for unconditioned priors)."""
 
     # -- shared ---------------------------------------------------------------------------------
+    @property
+    def unet_dtype(self):
+        """Dtype of the latent priors' UNet (they run it in fp16 on CUDA)."""
+        return next(self.unet.parameters()).dtype
+
+    @property
+    def vae_dtype(self):
+        """The VAE may stay fp32 while the UNet is fp16 (see loader._vae_dtype)."""
+        return next(self.vae.parameters()).dtype
+
     def t_bounds(self, step: int, total_steps: int) -> tuple[float, float]:
         """[low, high] at this step; the high end moves linearly to `anneal_to` over the run."""
         lo, hi = self.t_range

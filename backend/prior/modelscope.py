@@ -35,14 +35,6 @@ class ModelScopePrior(VideoPrior):
         self.prompt = None
         self.text_embeds = None  # (2, L, D): [negative, positive]
 
-    @property
-    def unet_dtype(self):
-        return next(self.unet.parameters()).dtype
-
-    @property
-    def vae_dtype(self):
-        return next(self.vae.parameters()).dtype
-
     @torch.no_grad()
     def _embed(self, text: str) -> torch.Tensor:
         ids = self.tokenizer(text, padding="max_length", max_length=self.tokenizer.model_max_length,

@@ -63,14 +63,6 @@ class SVDPrior(VideoPrior):
         self._cond_latents = {}
         self._cond_generator = None
 
-    @property
-    def unet_dtype(self):
-        return next(self.unet.parameters()).dtype
-
-    @property
-    def vae_dtype(self):
-        return next(self.vae.parameters()).dtype
-
     # -- conditioning ---------------------------------------------------------------------------
     @torch.no_grad()
     def prepare(self, cond_image=None, prompt=None, negative_prompt=None, generator=None):
