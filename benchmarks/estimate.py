@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ from backend.estimate import (make_differentiable_sim, make_material_field, prep
                               simulate_and_render)
 from backend.jobctl import Reporter  # noqa: E402
 from backend.supervision import make_supervision  # noqa: E402
+from peak_memory import PeakMemory  # noqa: E402
 
 PROMPT = "a jelly cube wobbling"
 
@@ -80,45 +80,6 @@ def job_sections(kind: str, model: str, res: int, frames: int, reference: str = 
            "reference_video": reference, "E_range": [1.0e2, 1.0e7], "iterations": 30}
     job = protocol.default_job("estimate", simulation=sim, estimate=est)
     return job["simulation"], job["estimate"]
-
-
-# --------------------------------------------------------------------------- memory
-def _status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-class PeakMemory:
-    """Peak growth of the resident set (or of CUDA allocations) from start() to peak_mb()."""
-
-    def __init__(self, device: str):
-        self.cuda = device.startswith("cuda")
-
-    def start(self) -> None:
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-            self.base = torch.cuda.memory_allocated()
-            return
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # VmHWM := VmRSS (Linux >= 4.0)
-            self.hwm = True
-            self.base = _status_kb("VmRSS")
-        except OSError:
-            self.hwm = False
-            self.base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-
-    def peak_mb(self) -> float:
-        if self.cuda:
-            return (torch.cuda.max_memory_allocated() - self.base) / 2**20
-        peak = _status_kb("VmHWM") if self.hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return (peak - self.base) / 1024.0  # KiB
 
 
 # --------------------------------------------------------------------------- one split iteration

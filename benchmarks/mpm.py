@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from peak_memory import status_kb
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
@@ -49,19 +51,13 @@ def jelly_block(n_target: int, n_grid: int, order: str = "sorted"):
 
 
 def peak_rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    kb = status_kb("VmHWM")
+    return float("nan") if kb is None else kb / 1024.0
 
 
 def rss_mb() -> float:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS"):
-                return int(line.split()[1]) / 1024.0
-    return float("nan")
+    kb = status_kb("VmRSS")
+    return float("nan") if kb is None else kb / 1024.0
 
 
 def make_solver(n_target: int, n_grid: int, device: str, order: str = "sorted", sort_every: int | None = 16):

@@ -28,7 +28,6 @@ import argparse
 import json
 import math
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -40,6 +39,7 @@ import torch  # noqa: E402
 from backend.render import orbit_cameras, render_splats  # noqa: E402
 from backend.render.projection import project_gaussians  # noqa: E402
 from backend.render.tiles import bin_gaussians, tiles_to_image  # noqa: E402
+from peak_memory import PeakMemory  # noqa: E402
 
 
 def make_scene(n: int, seed: int = 0, device: str = "cpu", dtype=torch.float32):
@@ -128,26 +128,6 @@ def _loss(out, weights):
     return (out.rgb * weights[0]).sum() + (out.alpha * weights[1]).sum() + (out.depth * weights[2]).sum()
 
 
-def _proc_status_kb(field: str) -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
-        return True
-    except OSError:
-        return False
-
-
 def time_case(n: int, res_w: int, res_h: int, backend: str, device: str, repeats: int, tile_size: int = 16) -> dict:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     scene = make_scene(n, device=device)
@@ -155,10 +135,7 @@ def time_case(n: int, res_w: int, res_h: int, backend: str, device: str, repeats
     g = torch.Generator().manual_seed(1)
     weights = [torch.rand(res_h, res_w, c, generator=g).to(device) for c in (3, 1, 1)]
     params = {k: v.clone().requires_grad_() for k, v in scene.items()}
-    hwm_reset = _reset_peak_rss()
-    rss0 = _proc_status_kb("VmRSS") if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
+    memory = PeakMemory(device).start()
 
     def render(p):
         return render_splats(p["means"], camera=cam, opacities=p["opacities"], colors=p["colors"],
@@ -182,11 +159,7 @@ def time_case(n: int, res_w: int, res_h: int, backend: str, device: str, repeats
         if i:
             fwd.append(t1 - t0)
             fwd_bwd.append(t3 - t2)
-    if device == "cuda":
-        peak_mb = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = _proc_status_kb("VmHWM") if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak_mb = (peak - rss0) / 1024.0  # both in KiB
+    peak_mb = memory.peak_mb()
     return {
         "n": n, "res": f"{res_w}x{res_h}", "backend": backend, "device": device,
         "fwd_s": round(min(fwd), 4), "fwd_bwd_s": round(min(fwd_bwd), 4),
