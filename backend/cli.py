@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__, protocol
+from . import protocol
 from .jobctl import CancelToken, Reporter, log, setup_logging
 from .protocol import ExitCode, JobError
 

@@ -6,7 +6,6 @@ reference-fitting, with the very same particles, camera, frame count and rendere
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from . import protocol

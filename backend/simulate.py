@@ -15,7 +15,7 @@ import numpy as np
 from . import protocol
 from .device import warp_device
 from .jobctl import CancelToken, Reporter, log
-from .particles import SceneParticles, build_particles
+from .particles import build_particles
 
 # Settings of the job that change the result; n_frames is left out so a longer rerun extends a bake.
 _FINGERPRINT_SKIP = {"n_frames", "frame_start"}
@@ -100,5 +100,3 @@ def resume_point(out: Path, solver, fingerprint: str, reporter: Reporter, frame_
 def write_frame(frames_dir: Path, frame: int, arrays: dict) -> None:
     protocol.atomic_save_npz(frames_dir / protocol.frame_file_name(frame), **arrays)
 
-
-__all__ = ["run_simulate", "SceneParticles"]

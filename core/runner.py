@@ -14,7 +14,6 @@ import os
 import queue
 import signal
 import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -255,11 +254,6 @@ def run_backend(python: str, args: Sequence[str], **kwargs) -> RunResult:
     timeout = kwargs.pop("timeout", None)
     on_event = kwargs.pop("on_event", None)
     return JobRunner(python, args, **kwargs).start().wait(timeout=timeout, on_event=on_event)
-
-
-def default_python() -> str:
-    """A best guess for the backend interpreter when none is configured: the one running us if it has torch."""
-    return sys.executable
 
 
 def read_result(out_dir: str | os.PathLike) -> dict | None:

@@ -1,6 +1,5 @@
 """Backend operators: check, install, and the modal monitor that keeps a run going without blocking the UI."""
 
-import json
 import os
 import sys
 from pathlib import Path
