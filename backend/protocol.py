@@ -171,6 +171,8 @@ FIELDS = ("kan_triplane", "mlp_triplane", "per_particle", "global")
 LOSSES = ("mds", "sds_t")
 BOUNDARY_KINDS = ("sticky", "slip", "frictional")
 DEVICES = ("auto", "cpu", "cuda")
+FILL_AUTO = "auto"  # fill the interior only when the object is a closed-ish shell (backend/fill.py)
+FILL_MODES = (FILL_AUTO, True, False)
 
 
 def check_arrays(arrays: Mapping[str, np.ndarray], specs: Mapping[str, ArraySpec], what: str) -> int:
@@ -255,7 +257,7 @@ SIMULATION_DEFAULTS: dict[str, Any] = {
     "material_model": "fixed_corotated",
     "walls": {"kind": "slip", "friction": 0.3},
     "ground": None,  # {"height": z, "kind": ..., "friction": ...}
-    "fill": {"enabled": False, "max_particles": 200000, "resolution": 0},
+    "fill": {"enabled": "auto", "max_particles": 200000, "resolution": 0},  # enabled: FILL_MODES
     "pokes": [],  # {"center", "radius", "direction", "strength" (m/s^2), "start", "end" (s)}
     "winds": [],  # {"direction", "strength" (m/s^2), "gust_frequency" (Hz), "gust_amplitude", "start", "end"}
     "colliders": [],  # {"times", "centers", "half_extents", "kind", "friction"}
@@ -467,7 +469,11 @@ def _check_simulation(s: dict) -> None:
     fill = s["fill"]
     if not isinstance(fill, dict):
         raise BadJob(f"{JOB_FILE}: simulation.fill must be an object")
+    enabled = fill.get("enabled", FILL_AUTO)
+    if not (isinstance(enabled, bool) or enabled == FILL_AUTO):  # not `in FILL_MODES`: 1 == True in Python
+        raise BadJob(f'{JOB_FILE}: simulation.fill.enabled must be "auto", true or false; got {enabled!r}')
     _number(sec, "fill.max_particles", fill.get("max_particles", 0), 0, 1e8, integer=True)
+    _number(sec, "fill.resolution", fill.get("resolution", 0), 0, 1024, integer=True)
 
 
 def _window(sec: str, where: str, d: dict) -> None:

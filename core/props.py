@@ -55,6 +55,15 @@ _BAKE_ITEMS = [
 ]
 
 
+# The panel's fill modes and the job's simulation.fill.enabled values (protocol.FILL_MODES).
+FILL_MODE_ITEMS = [
+    ("AUTO", "Auto", "Fill the interior when the object is a closed (or nearly closed) shell"),
+    ("ON", "On", "Always fill whatever the surface encloses, even an open one"),
+    ("OFF", "Off", "Never fill: simulate the splats as they are"),
+]
+FILL_MODE_TO_JOB = {"AUTO": protocol.FILL_AUTO, "ON": True, "OFF": False}
+
+
 def _refresh_readout(self, context):
     # Deferred import: scene_to_job imports this module.
     from . import scene_to_job
@@ -91,8 +100,8 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     particles_per_cell: FloatProperty(name="Particles per cell", default=0.0)
     occupied_cells: IntProperty(name="Occupied cells", default=0)
 
-    fill_enabled: BoolProperty(
-        name="Fill interior", default=False, update=_refresh_readout,
+    fill_mode: EnumProperty(
+        name="Fill interior", items=FILL_MODE_ITEMS, default="AUTO", update=_refresh_readout,
         description="Add particles inside closed shells so a hollow splat surface behaves like a solid",
     )
     fill_max_particles: IntProperty(name="Max fill particles", default=200000, min=0, max=10_000_000)
@@ -101,6 +110,7 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
         description="Cells along the object's longest side used to find the interior; 0 = twice the grid resolution",
     )
     fill_preview_count: IntProperty(name="Fill particles", default=-1, description="-1: not estimated yet")
+    fill_preview_note: StringProperty(name="Fill", default="", description="What the fill found, in words")
 
     material_model: EnumProperty(name="Material", items=_MODEL_ITEMS, default="fixed_corotated")
     youngs_modulus: FloatProperty(
