@@ -24,6 +24,7 @@ from .convergence import ConvergenceMonitor
 from .device import warp_device
 from .jobctl import CancelToken, Reporter, log
 from .particles import SceneParticles, build_particles
+from .sampling import estimation_sampling, sampling_simulation
 from .simulate import sim_config
 from .supervision import Supervision, check_inputs, make_supervision
 
@@ -55,9 +56,11 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
     reporter.stage("load", "Preparing particles, camera and supervision")
     scene = prepare_scene(scene_arrays, sim, est, reporter, device)
     supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
+    sampling = estimation_sampling(est, sim, job.folder, supervision.model_fps)
+    reporter.stage("load", f"Sampling the motion at {sampling.describe()}", data={"sample_fps": sampling.fps})
     token.check()
     field = make_material_field(est, scene.particles, device, reporter)
-    dsim = make_differentiable_sim(scene.particles, sim, est, device)
+    dsim = make_differentiable_sim(scene.particles, sampling_simulation(sim, sampling), est, device)
     base_lr = float(est["learning_rate"] or DEFAULT_LEARNING_RATES[est["field"]])
     optimizer = torch.optim.Adam(field.parameters(), lr=base_lr)
     convergence = ConvergenceMonitor(window=3, tolerance_decades=float(est["tolerance_decades"]))
@@ -121,7 +124,7 @@ def iteration(field, dsim, scene: Scene, supervision: Supervision, optimizer, it
 
 
 def simulate_and_render(dsim, mats: dict, scene: Scene, n_render: int) -> torch.Tensor:
-    """(n_render, 3, H, W): the rest frame, then n_render - 1 simulated frames."""
+    """(n_render, 3, H, W): the rest frame, then n_render - 1 simulated frames, 1 / dsim.config.fps apart."""
     from .render import render_splats
 
     p = scene.particles
@@ -325,10 +328,10 @@ def write_outputs(job, scene: Scene, field, dsim, history, converged, reason, re
     protocol.atomic_save_npz(out / protocol.MATERIALS_FILE, **arrays)
     with torch.no_grad():
         video = simulate_and_render(dsim, field(), scene, n_render)
-    write_preview(video, out / protocol.PREVIEW_FILE, fps=job.simulation["fps"])
+    write_preview(video, out / protocol.PREVIEW_FILE, fps=dsim.config.fps)  # the frames' own rate
     write_loss_plot(history, out / protocol.LOSS_PLOT_FILE)
     summary = {"settings": {"simulation": job.simulation, "estimate": job.estimate}, "history": history,
-               "converged": converged, "stop_reason": reason, "iterations": len(history),
+               "converged": converged, "stop_reason": reason, "iterations": len(history), "sample_fps": dsim.config.fps,
                "seconds": float(sum(h["seconds"] for h in history)), **e_percentiles(torch.as_tensor(arrays["youngs_modulus"]))}
     protocol.atomic_write_json(out / protocol.SUMMARY_FILE, summary)
     return {"command": "estimate", "materials": protocol.MATERIALS_FILE, "summary": protocol.SUMMARY_FILE,

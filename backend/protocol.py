@@ -273,6 +273,7 @@ ESTIMATE_DEFAULTS: dict[str, Any] = {
     "prompt": "",
     "negative_prompt": "",
     "reference_video": "",  # file or folder (relative to the job folder, or absolute)
+    "reference_fps": None,  # the clip's frame rate; None = read it from the clip (a frame folder needs it)
     "loss": "mds",
     "field": "kan_triplane",
     "estimate_density": False,
@@ -502,6 +503,7 @@ def _check_estimate(e: dict, folder: Path) -> None:
         path = Path(ref) if Path(ref).is_absolute() else folder / ref
         if not path.exists():
             raise BadJob(f"reference video not found: {path}")
+    _number(sec, "reference_fps", e["reference_fps"], 1e-3, 1e4, allow_none=True)
     _number(sec, "iterations", e["iterations"], 1, 100000, integer=True)
     _number(sec, "tolerance_decades", e["tolerance_decades"], 1e-6, 10)
     _number(sec, "learning_rate", e["learning_rate"], 1e-8, 10, allow_none=True)

@@ -136,6 +136,11 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     prior: EnumProperty(name="Prior", items=_PRIOR_ITEMS, default="svd")
     prompt: StringProperty(name="Prompt", description="What the motion looks like, e.g. 'a flower swaying in the wind'")
     reference_video: StringProperty(name="Video", subtype="FILE_PATH", description="Video file or folder of frames")
+    reference_fps: FloatProperty(
+        name="Video frame rate", default=0.0, min=0.0, max=10000.0,
+        description="Frames per second of the reference video; 0 = read it from the file (a folder of frames "
+                    "needs it). The motion is compared at the video's own frame times, whatever the scene's rate",
+    )
     iterations: IntProperty(name="Iterations", default=30, min=1, max=100000)
     tolerance_decades: FloatProperty(
         name="Tolerance", default=1.0, min=1e-6, max=10.0,

@@ -258,6 +258,7 @@ def estimate_settings(context, obj, check_prior: bool = True, **overrides) -> di
         "model": model,
         "prompt": s.prompt,
         "reference_video": bpy.path.abspath(s.reference_video) if s.reference_video else "",
+        "reference_fps": float(s.reference_fps) if s.reference_fps > 0 else None,
         "field": s.field,
         "estimate_density": bool(s.estimate_density),
         "iterations": int(s.iterations),

@@ -248,6 +248,7 @@ class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
             layout.prop(s, "prompt")
         else:
             layout.prop(s, "reference_video")
+            layout.prop(s, "reference_fps")
         layout.prop(s, "iterations")
         layout.prop(s, "tolerance_decades")
         layout.prop(s, "field")
