@@ -23,18 +23,16 @@ _LOAD_ONLY = {"attention_slicing", "vae_checkpointing", "variant", "cond_image",
 
 
 def validate_options(kind: str, opts: dict) -> None:
-    """Cheap checks of a prior's settings (no torch import): raises PriorConfigError."""
+    """Cheap checks of the options a caller passes (no torch import): raises PriorConfigError.
+
+    A job's settings were validated by the job schema (protocol) already; the prompt of a text model
+    is checked where it is used (ModelScopePrior.prepare)."""
     if kind not in KIND_OPTIONS:
         raise PriorConfigError(f"unknown video prior {kind!r}; choose 'svd' (image-to-video) or 'modelscope' "
                                f"(text-to-video)")
     unknown = set(opts) - COMMON_OPTIONS - KIND_OPTIONS[kind]
     if unknown:
         raise PriorConfigError(f"options {sorted(unknown)} do not apply to the {kind} prior")
-    if kind == "modelscope":
-        prompt = opts.get("prompt")
-        if prompt is None or not str(prompt).strip():
-            raise PriorConfigError("the text-to-video prior needs a prompt describing the motion, "
-                                   "e.g. 'a red flower swaying in the wind'")
     res = opts.get("resolution")
     if res is not None:
         try:
