@@ -13,10 +13,11 @@ Layout of a job folder (all paths in ``job.json`` are relative to it)::
     job.json            command + settings (this schema)
     scene.npz           particle arrays, world space (SCENE_ARRAYS)
     CANCEL              created by the add-on to ask for a stop at the next safe point
+    backend.lock        the PID and host of the run working on the folder (one run at a time)
     out/                results, each written atomically
         materials.npz   per-particle materials (MATERIAL_ARRAYS)
         frames/frame_000001.npz   one simulated frame each (FRAME_ARRAYS)
-        checkpoint.npz / estimate_ckpt.pt   resume state
+        sim_checkpoint.npz / estimate_checkpoint.npz   resume state: plain arrays + JSON, no pickles
         summary.json    settings, history, timing
         result.json     written last: what the run produced (its presence means success)
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import io
 import json
 import math
 import os
@@ -35,7 +37,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .io.atomic import TEMP_MARKER, atomic_path
+from .io.atomic import TEMP_MARKER, atomic_path, remove_own_temps
 from .schema import REQUIRED, Choice, Flag, ListOf, Number, Rule, Section, SettingError, Text, Vector, bounds_text
 
 SCHEMA_VERSION = 1
@@ -45,12 +47,13 @@ JOB_FILE = "job.json"
 SCENE_FILE = "scene.npz"
 CANCEL_FILE = "CANCEL"
 OUT_DIR = "out"
+LOCK_FILE = "backend.lock"  # held by the run working on the folder: {"pid", "host", "started"}
 MATERIALS_FILE = "materials.npz"
 FRAMES_DIR = "frames"
 SUMMARY_FILE = "summary.json"
 RESULT_FILE = "result.json"
 SIM_CHECKPOINT_FILE = "sim_checkpoint.npz"
-ESTIMATE_CHECKPOINT_FILE = "estimate_checkpoint.pt"
+ESTIMATE_CHECKPOINT_FILE = "estimate_checkpoint.npz"  # arrays + JSON (backend.statefile), never a pickle
 PREVIEW_FILE = "preview.mp4"
 PREVIEW_FRAMES_DIR = "preview_frames"  # lossless PNGs of the preview (usable as a reference video)
 LOSS_PLOT_FILE = "loss.png"
@@ -111,51 +114,7 @@ class Diverged(JobError):
     exit_code = ExitCode.DIVERGED
 
 
-# ---------------------------------------------------------------------------- array layouts
-@dataclass(frozen=True)
-class ArraySpec:
-    """Shape with -1 for N (the particle count) and None for "any length"."""
-
-    shape: tuple
-    kind: str  # numpy dtype kind accepted: "f" float, "i" int, "b" bool-ish (bool/uint8)
-    required: bool
-    finite: bool = True
-    doc: str = ""
-
-
-N = -1
-# scene.npz, written by the add-on. N = number of points of the Blender object.
-SCENE_ARRAYS: dict[str, ArraySpec] = {
-    "positions": ArraySpec((N, 3), "f", True, doc="world-space centres, metres"),
-    "f_dc": ArraySpec((N, 3), "f", False, doc="SH DC colour coefficients"),
-    "f_rest": ArraySpec((N, None), "f", False, doc="higher SH, channel-major as in 3DGS PLY"),
-    "opacity": ArraySpec((N,), "f", False, doc="opacity logit"),
-    "scale": ArraySpec((N, 3), "f", False, doc="log scale, metres"),
-    "rotation": ArraySpec((N, 4), "f", False, doc="unit quaternion, w first"),
-    "youngs_modulus": ArraySpec((N,), "f", False, doc="Pa; the current or painted values"),
-    "poisson_ratio": ArraySpec((N,), "f", False, doc="dimensionless"),
-    "density": ArraySpec((N,), "f", False, doc="kg/m^3"),
-    "anchor": ArraySpec((N,), "b", False, doc="1 = fixed in place"),
-    "material_lock": ArraySpec((N,), "b", False, doc="1 = estimation keeps the given E, nu, rho"),
-    "material_id": ArraySpec((N,), "i", False, doc="constitutive model per point (MATERIAL_MODELS)"),
-    "initial_velocity": ArraySpec((N, 3), "f", False, doc="m/s"),
-}
-
-# out/materials.npz
-MATERIAL_ARRAYS: dict[str, ArraySpec] = {
-    "youngs_modulus": ArraySpec((N,), "f", True, doc="Pa"),
-    "poisson_ratio": ArraySpec((N,), "f", True),
-    "density": ArraySpec((N,), "f", True, doc="kg/m^3"),
-}
-
-# out/frames/frame_XXXXXX.npz. Only the object's N points; interior fill particles are omitted.
-FRAME_ARRAYS: dict[str, ArraySpec] = {
-    "positions": ArraySpec((N, 3), "f", True, doc="world-space centres"),
-    "rotations": ArraySpec((N, 4), "f", True, doc="wxyz: principal axes of the deformed covariance"),
-    "scales": ArraySpec((N, 3), "f", True, doc="linear metres along those axes (A = R diag(s))"),
-    "time": ArraySpec((), "f", True, doc="seconds since the simulation start"),
-}
-
+# ---------------------------------------------------------------------------- enumerations
 MATERIAL_MODELS = (
     "fixed_corotated",
     "neo_hookean",
@@ -172,7 +131,66 @@ FIELDS = ("kan_triplane", "mlp_triplane", "per_particle", "global")
 LOSSES = ("mds", "sds_t")
 BOUNDARY_KINDS = ("sticky", "slip", "frictional")
 DEVICES = ("auto", "cpu", "cuda")
+BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # the Blender side's caches
 
+
+# ---------------------------------------------------------------------------- array layouts
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape with -1 for N (the particle count) and None for "any length"."""
+
+    shape: tuple
+    kind: str  # numpy dtype kind accepted: "f" float, "i" int, "b" bool-ish (bool/uint8)
+    required: bool
+    finite: bool = True
+    doc: str = ""
+    bounds: tuple | None = None  # (lo, hi) every value must lie in; ends are inclusive unless open_bounds
+    open_bounds: bool = False
+
+
+N = -1
+NU_LIMITS = (-1.0, 0.5)  # Poisson ratio of a stable isotropic solid (open interval), scene and estimate alike
+# Splat inputs beyond these are not a real object: exp(log scale) squared or exp(-logit) would overflow float32.
+POSITION_LIMIT = 1.0e6  # metres from the world origin
+LOG_SCALE_LIMITS = (-30.0, 10.0)  # natural log of metres: 1e-13 m .. 22 km
+OPACITY_LOGIT_LIMIT = 80.0
+SH_LIMIT = 100.0  # spherical-harmonic colour coefficients
+SPEED_LIMIT = 1.0e4  # m/s
+# scene.npz, written by the add-on. N = number of points of the Blender object.
+SCENE_ARRAYS: dict[str, ArraySpec] = {
+    "positions": ArraySpec((N, 3), "f", True, doc="world-space centres, metres",
+                           bounds=(-POSITION_LIMIT, POSITION_LIMIT)),
+    "f_dc": ArraySpec((N, 3), "f", False, doc="SH DC colour coefficients", bounds=(-SH_LIMIT, SH_LIMIT)),
+    "f_rest": ArraySpec((N, None), "f", False, doc="higher SH, channel-major as in 3DGS PLY",
+                        bounds=(-SH_LIMIT, SH_LIMIT)),
+    "opacity": ArraySpec((N,), "f", False, doc="opacity logit", bounds=(-OPACITY_LOGIT_LIMIT, OPACITY_LOGIT_LIMIT)),
+    "scale": ArraySpec((N, 3), "f", False, doc="log scale, metres", bounds=LOG_SCALE_LIMITS),
+    "rotation": ArraySpec((N, 4), "f", False, doc="unit quaternion, w first"),
+    "youngs_modulus": ArraySpec((N,), "f", False, doc="Pa; the current or painted values", bounds=(0.0, math.inf),
+                                open_bounds=True),
+    "poisson_ratio": ArraySpec((N,), "f", False, doc="dimensionless", bounds=NU_LIMITS, open_bounds=True),
+    "density": ArraySpec((N,), "f", False, doc="kg/m^3", bounds=(0.0, math.inf), open_bounds=True),
+    "anchor": ArraySpec((N,), "b", False, doc="1 = fixed in place"),
+    "material_lock": ArraySpec((N,), "b", False, doc="1 = estimation keeps the given E, nu, rho"),
+    "material_id": ArraySpec((N,), "i", False, doc="constitutive model per point (MATERIAL_MODELS)",
+                             bounds=(0, len(MATERIAL_MODELS) - 1)),
+    "initial_velocity": ArraySpec((N, 3), "f", False, doc="m/s", bounds=(-SPEED_LIMIT, SPEED_LIMIT)),
+}
+
+# out/materials.npz
+MATERIAL_ARRAYS: dict[str, ArraySpec] = {
+    "youngs_modulus": ArraySpec((N,), "f", True, doc="Pa"),
+    "poisson_ratio": ArraySpec((N,), "f", True),
+    "density": ArraySpec((N,), "f", True, doc="kg/m^3"),
+}
+
+# out/frames/frame_XXXXXX.npz. Only the object's N points; interior fill particles are omitted.
+FRAME_ARRAYS: dict[str, ArraySpec] = {
+    "positions": ArraySpec((N, 3), "f", True, doc="world-space centres"),
+    "rotations": ArraySpec((N, 4), "f", True, doc="wxyz: principal axes of the deformed covariance"),
+    "scales": ArraySpec((N, 3), "f", True, doc="linear metres along those axes (A = R diag(s))"),
+    "time": ArraySpec((), "f", True, doc="seconds since the simulation start"),
+}
 
 def check_arrays(arrays: Mapping[str, np.ndarray], specs: Mapping[str, ArraySpec], what: str) -> int:
     """Validate arrays against their specs; return N. Raises BadJob naming the array and the problem."""
@@ -202,7 +220,23 @@ def check_arrays(arrays: Mapping[str, np.ndarray], specs: Mapping[str, ArraySpec
         if spec.finite and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             bad = int(np.count_nonzero(~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1))) if a.ndim else 1
             raise BadJob(f"{what}: array '{name}' has NaN or infinite values ({bad} of {a.shape[0] if a.ndim else 1} rows)")
+        if spec.bounds is not None and a.size:
+            _check_bounds(a, name, spec, what)
     return int(n or 0)
+
+
+def _check_bounds(a: np.ndarray, name: str, spec: ArraySpec, what: str) -> None:
+    """Name the first point with a value out of bounds, and the value."""
+    lo, hi = spec.bounds
+    bad = (a <= lo) | (a >= hi) if spec.open_bounds else (a < lo) | (a > hi)
+    if not bad.any():
+        return
+    rows = bad.reshape(len(a), -1).any(axis=1)
+    i = int(np.argmax(rows))
+    value = a[i].reshape(-1)[np.argmax(bad[i].reshape(-1))]
+    raise BadJob(f"{what}: '{name}' ({spec.doc}) of point {i} is {value:g}, outside "
+                 f"{bounds_text(lo, hi, spec.open_bounds, spec.open_bounds)}"
+                 f"{f' ({int(rows.sum())} points in all)' if rows.sum() > 1 else ''}")
 
 
 _KIND_NAMES = {"f": "a float type", "i": "an integer type", "b": "bool or uint8"}
@@ -228,17 +262,21 @@ def validate_scene(arrays: Mapping[str, np.ndarray]) -> int:
     n = check_arrays(arrays, SCENE_ARRAYS, SCENE_FILE)
     if n == 0:
         raise BadJob(f"{SCENE_FILE}: the object has no points")
-    for name, lo, hi in (("youngs_modulus", 0.0, None), ("density", 0.0, None), ("poisson_ratio", *NU_LIMITS)):
-        if name in arrays:
-            a = np.asarray(arrays[name])
-            if np.any(a <= lo) or (hi is not None and np.any(a >= hi)):
-                bound = f"in ({lo}, {hi})" if hi is not None else f"> {lo}"
-                raise BadJob(f"{SCENE_FILE}: '{name}' must be {bound}; got range [{a.min():g}, {a.max():g}]")
-    if "material_id" in arrays:
-        ids = np.asarray(arrays["material_id"])
-        if ids.size and (ids.min() < 0 or ids.max() >= len(MATERIAL_MODELS)):
-            raise BadJob(f"{SCENE_FILE}: 'material_id' must be in 0..{len(MATERIAL_MODELS) - 1}")
     return n
+
+
+def check_scene_fits(job: "Job", arrays: Mapping[str, np.ndarray]) -> None:
+    """The object must start inside the simulation domain the job gives (the solver's grid covers only it)."""
+    lo, hi = job.simulation["domain_min"], job.simulation["domain_max"]
+    if lo is None:
+        return
+    pos = np.asarray(arrays["positions"], np.float64)
+    outside = ((pos < np.asarray(lo)) | (pos > np.asarray(hi))).any(axis=1)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise BadJob(f"{int(outside.sum())} of {len(pos)} points lie outside the simulation domain "
+                     f"{lo} .. {hi} (the first is point {i} at {pos[i].round(4).tolist()}); enlarge the domain "
+                     "(simulation.domain_min / domain_max) or move the object into it")
 
 
 # ---------------------------------------------------------------------------- job schema
@@ -248,9 +286,9 @@ def validate_scene(arrays: Mapping[str, np.ndarray]) -> int:
 # read_job, before anything heavy loads; the simulator, the fields and the priors trust it.
 N_GRID_MAX = 512  # grid nodes per axis; 512^3 nodes already need about 10 GB of grid memory
 N_GRID_MIN = 12  # the solver keeps 3 cells of padding on each side, so a smaller grid has no room inside
-NU_LIMITS = (-1.0, 0.5)  # Poisson ratio of a stable isotropic solid (open interval), scene and estimate alike
 MAX_FRAME = 1048574  # Blender's largest frame number
 MAX_NESTING = 64  # job.json deeper than this is refused before it can exhaust the parser's stack
+MAX_JOB_BYTES = 64 << 20  # a job.json larger than this is not a job (settings are a few kB)
 CAMERA_KEYS = ("viewmat", "K", "width", "height")
 
 
@@ -432,6 +470,8 @@ def read_job(folder: str | os.PathLike) -> Job:
         raise BadJob(f"job folder not found: {folder}")
     path = folder / JOB_FILE
     try:
+        if path.stat().st_size > MAX_JOB_BYTES:
+            raise BadJob(f"{JOB_FILE} is {path.stat().st_size >> 20} MB; a job is a few kB, so this is not one")
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BadJob(f"no {JOB_FILE} in {folder}") from None
@@ -524,27 +564,46 @@ def _check_prior_needs(e: dict, folder: Path) -> None:
 def input_path(folder: Path, value: str) -> Path:
     """A file the user names as input (reference clip, model folder): relative to the job folder, or absolute.
     Inputs are only ever read."""
+    if "\x00" in value:
+        raise BadJob(f"{JOB_FILE}: the path {value!r:.80} holds a NUL character")
     p = Path(value).expanduser()
     return p if p.is_absolute() else folder / p
 
 
 def confined_path(folder: Path, value: str, key: str) -> Path:
     """A path of job.json that must stay inside the job folder: relative, no '..', no symlink leading out."""
-    if not value:
-        raise BadJob(f"{JOB_FILE}: '{key}' must be a non-empty path")
+    if not value or "\x00" in value:
+        raise BadJob(f"{JOB_FILE}: '{key}' must be a non-empty path without NUL characters")
     p = Path(value)
-    if p.is_absolute() or p.drive or ".." in p.parts:
-        raise BadJob(f"{JOB_FILE}: '{key}' = {value!r} must be a path inside the job folder "
+    if p.is_absolute() or p.drive or ".." in p.parts or "\\" in value:
+        raise BadJob(f"{JOB_FILE}: '{key}' = {value!r:.200} must be a path inside the job folder "
                      "(relative, without '..')")
-    root = folder.resolve()
     target = folder / p
-    if not _is_within(target.resolve(), root):
-        raise BadJob(f"{JOB_FILE}: '{key}' = {value!r} leads outside the job folder through a symbolic link")
+    try:
+        for i in range(1, len(p.parts) + 1):
+            if (folder / Path(*p.parts[:i])).is_symlink():
+                raise BadJob(f"{JOB_FILE}: '{key}' = {value!r}: {Path(*p.parts[:i])} in the job folder is a "
+                             "symbolic link; the backend reads and writes only real files inside the job folder")
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise BadJob(f"{JOB_FILE}: '{key}' = {value!r:.80} is not a usable path ({exc.strerror})") from None
     return target
 
 
-def _is_within(path: Path, root: Path) -> bool:
-    return path == root or root in path.parents
+def check_output_tree(output_dir: Path) -> None:
+    """Nothing in the output folder may be a symbolic link: a write or cleanup through one would reach outside
+    the job folder (a job folder from elsewhere is untrusted)."""
+    if output_dir.is_symlink():
+        raise BadJob(f"the output folder {output_dir} is a symbolic link; the backend writes only inside the job folder")
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise BadJob(f"the output folder {output_dir} is a file, not a folder")
+    for root, dirs, files in os.walk(output_dir):  # does not descend into linked folders
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                link = Path(root, name)
+                raise BadJob(f"{link} is a symbolic link; the backend writes only inside the job folder. "
+                             "Remove it (or the whole output folder) and run again")
 
 
 # ---------------------------------------------------------------------------- progress events
@@ -631,20 +690,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """np.savez to a temp file then rename; the target keeps its exact name (no '.npz' appended)."""
-    return _atomic(path, lambda f: np.savez(f, **arrays), "wb")
+    """np.savez to a temp file then rename; the target keeps its exact name (no '.npz' appended).
+
+    The archive is built in memory first: np.savez leaves its zip writer open when a write fails (a full
+    disk), and the writer's destructor then fails again with a traceback on stderr."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return _atomic(path, lambda f: f.write(buffer.getbuffer()), "wb")
 
 
-def remove_temp_files(folder: str | os.PathLike) -> int:
-    """Delete leftovers of atomic writes interrupted by a kill. Returns how many were removed."""
-    count = 0
-    for p in Path(folder).rglob(f".*{TEMP_MARKER}*"):
-        try:
-            p.unlink()
-            count += 1
-        except OSError:
-            pass
-    return count
+def remove_temp_files(output_dir: str | os.PathLike) -> int:
+    """Delete leftovers of our atomic writes interrupted by a kill: only our own temp names (io.atomic), only
+    in the folders the backend writes (the output folder and its frame folders). Returns how many."""
+    out = Path(output_dir)
+    return sum(remove_own_temps(d) for d in (out, out / FRAMES_DIR, out / PREVIEW_FRAMES_DIR))
 
 
 def write_job(folder: str | os.PathLike, job: dict, scene: Mapping[str, np.ndarray] | None = None) -> Path:

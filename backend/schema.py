@@ -75,10 +75,16 @@ class Number(Spec):
     hi_open: bool = False
 
     def _check(self, value: Any, key: str) -> Any:
-        if not _is_number(value) or (self.integer and not float(value).is_integer()):
-            raise SettingError(key, f"must be {'an integer' if self.integer else 'a number'}; got {value!r}")
-        if not math.isfinite(value):
+        if not _is_number(value):
+            raise SettingError(key, f"must be {'an integer' if self.integer else 'a number'}; got {_short(value)}")
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an integer beyond any float
+            raise SettingError(key, f"is far too large; got {_short(value)}") from None
+        if not finite:
             raise SettingError(key, f"must be finite; got {value!r}")
+        if self.integer and not float(value).is_integer():
+            raise SettingError(key, f"must be an integer; got {value!r}")
         below = self.lo is not None and (value < self.lo or (self.lo_open and value == self.lo))
         above = self.hi is not None and (value > self.hi or (self.hi_open and value == self.hi))
         if below or above:
