@@ -49,7 +49,7 @@ def validate_options(kind: str, opts: dict) -> None:
 def _variant(folder: str, dtype_is_half: bool) -> str | None:
     """Use the fp16 weight files when those are the only ones present (or when loading fp16 and both are)."""
     names = os.listdir(folder)
-    weights = [n for n in names if n.endswith((".safetensors", ".bin", ".index.json"))]
+    weights = [n for n in names if n.endswith((".safetensors", ".safetensors.index.json"))]
     has_full = any(".fp16." not in n for n in weights)
     has_half = any(".fp16." in n for n in weights)
     if has_half and (not has_full or dtype_is_half):
@@ -128,8 +128,9 @@ def _vae_dtype(folder, dtype):
 
 
 # low_cpu_mem_usage needs `accelerate`, which is not a dependency; diffusers falls back (noisily) without it.
-_DIFFUSERS = dict(local_files_only=True, low_cpu_mem_usage=False)
-_TRANSFORMERS = dict(local_files_only=True)
+# use_safetensors: weights are read only from .safetensors files; a .bin file is a pickle that can run code.
+_DIFFUSERS = dict(local_files_only=True, low_cpu_mem_usage=False, use_safetensors=True)
+_TRANSFORMERS = dict(local_files_only=True, use_safetensors=True)
 
 
 def _load_svd(folder, device, dtype, pick, opts):
