@@ -118,7 +118,7 @@ def explain(exc: BaseException, doing: str) -> JobError | None:
         return None
     if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc):
         return MissingResource(f"Out of memory while {doing}. Use fewer points (estimate.max_particles), a coarser "
-                               "grid (simulation.n_grid) or a device with more memory")
+                               "grid (simulation.n_grid, simulation.fill.resolution) or a machine with more memory")
     if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
         return MissingResource(f"The disk is full (while {doing}{_on(exc)}). Free some space and run the job "
                                "again; it resumes where it stopped")

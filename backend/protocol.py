@@ -285,6 +285,7 @@ def check_scene_fits(job: "Job", arrays: Mapping[str, np.ndarray]) -> None:
 # a default. Unknown keys are refused (typos must not pass silently). The job is validated once, in
 # read_job, before anything heavy loads; the simulator, the fields and the priors trust it.
 N_GRID_MAX = 512  # grid nodes per axis; 512^3 nodes already need about 10 GB of grid memory
+FILL_RESOLUTION_MAX = 2 * N_GRID_MAX  # density-grid cells along the longest axis of the interior fill
 N_GRID_MIN = 12  # the solver keeps 3 cells of padding on each side, so a smaller grid has no room inside
 MAX_FRAME = 1048574  # Blender's largest frame number
 MAX_NESTING = 64  # job.json deeper than this is refused before it can exhaust the parser's stack
@@ -334,6 +335,11 @@ def _range_rule(name: str, lo: float, hi: float, lo_open: bool = True, hi_open: 
     return rule
 
 
+def _fill_rule(d: dict, key: str) -> None:
+    if 0 < d["resolution"] < 8:
+        raise SettingError(f"{key}.resolution", f"= {d['resolution']} must be 0 (automatic) or at least 8")
+
+
 def _near_far_rule(d: dict, key: str) -> None:
     if d["far"] <= d["near"]:
         raise SettingError(f"{key}.far", f"= {d['far']!r} must exceed near = {d['near']!r}")
@@ -361,7 +367,8 @@ SIMULATION = Section(doc="the simulation (bake and estimation alike)", rules=(_d
         "friction": Number(0.5, lo=0.0, hi=10.0)}),
     "fill": Section(doc="interior fill of hollow splat shells", fields={
         "enabled": Flag(False), "max_particles": Number(200000, lo=0, hi=1e8, integer=True),
-        "resolution": Number(0, lo=0, hi=4096, integer=True, doc="voxels per axis; 0 = twice n_grid")}),
+        "resolution": Number(0, lo=0, hi=FILL_RESOLUTION_MAX, integer=True, doc="voxels per axis; 0 = twice n_grid")},
+        rules=(_fill_rule,)),
     "pokes": ListOf(doc="pushes on the particles inside a sphere", item=Section(rules=(_window_rule,), fields={
         "center": Vector(REQUIRED, doc="m, world"), "radius": Number(REQUIRED, lo=0.0, lo_open=True, doc="m"),
         "direction": Vector(REQUIRED, nonzero=True), "strength": Number(REQUIRED, lo=0.0, doc="m/s^2"),

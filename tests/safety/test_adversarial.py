@@ -24,32 +24,13 @@ import pytest
 
 from backend import protocol
 from backend.protocol import ExitCode
-from support.jobs import REPO, cube_points, run_cli, simulate_job
+from support.hostile import pickle_bytes, pickled_npz
+from support.jobs import REPO, run_cli, simulate_job
 
 DECOYS = {"holiday.jpg": b"\xff\xd8\xff\xe0 not really a jpeg", "client/brief.txt": b"the client's brief\n"}
 
 
 # ----------------------------------------------------------------------------- helpers
-class Payload:
-    """Unpickling this creates the sentinel file: proof that code from data ran."""
-
-    def __init__(self, sentinel: Path):
-        self.sentinel = str(sentinel)
-
-    def __reduce__(self):
-        return (open, (self.sentinel, "w"))
-
-
-def pickle_bytes(sentinel: Path) -> bytes:
-    return pickle.dumps(Payload(sentinel))
-
-
-def pickled_npz(path: Path, sentinel: Path) -> None:
-    """A real .npz whose array is an object array: np.load(allow_pickle=True) would run the payload."""
-    with open(path, "wb") as f:
-        np.savez(f, positions=np.array([Payload(sentinel)], dtype=object))
-
-
 def snapshot(root: Path, skip: Path | None = None) -> dict:
     """Every file, folder and link under root (optionally leaving out one folder the run may write)."""
     out = {}
@@ -330,6 +311,25 @@ def test_resume_files_from_elsewhere_never_run_and_a_stale_lock_is_taken_over(wo
     assert len(list((out / "frames").glob("frame_*.npz"))) == 4
 
 
+def test_out_of_memory_is_a_missing_resource(world):
+    """A real allocation failure (the process's address space capped, as a farm's memory limit does)."""
+    resource = pytest.importorskip("resource")
+    job = world / "job"
+    edit(job, "simulation", fill={"enabled": True, "resolution": 1024, "max_particles": 1000})
+    cap = 3 << 30
+
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    before = snapshot(world, skip=job / "out")
+    proc = subprocess.run([sys.executable, "-m", "backend", "run", str(job)], capture_output=True, text=True,
+                          cwd=REPO, preexec_fn=limit, timeout=300)
+    errors = [protocol.Event.from_json(line) for line in proc.stdout.splitlines() if '"error"' in line]
+    assert proc.returncode == ExitCode.MISSING_RESOURCE, proc.stderr[-2000:]
+    assert "Out of memory while fill" in errors[0].message and "Traceback" not in proc.stderr
+    assert snapshot(world, skip=job / "out") == before and not (job / protocol.LOCK_FILE).exists()
+
+
 def _mount_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True)
     return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
@@ -383,3 +383,23 @@ def test_hostile_reference_video_and_model_folder(world, tmp_path):
     (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle_bytes(sentinel))
     edit(job, "estimate", prior="svd", model=str(model))
     expect(world, job, ExitCode.MISSING_RESOURCE, "pickles that can run code", sentinel, runs=True)
+
+
+def test_crafted_estimate_checkpoint_never_runs(world):
+    """A pickle planted as the estimation checkpoint: the estimate ignores it (saying so), never executes it,
+    and replaces it with its own arrays-and-JSON checkpoint."""
+    from backend.io.video import write_frames_png
+    from support import estimate_scenes as es
+
+    job, sentinel = world / "job", world.parent / "PWNED"
+    sim, est = es.settings(frames=2, groups=1, iterations=1)
+    write_frames_png(np.zeros((2, est["camera"]["height"], est["camera"]["width"], 3), np.uint8),
+                     world / "elsewhere" / "ref")
+    est["reference_video"] = "../elsewhere/ref"  # an input the user names may lie outside: it is only read
+    protocol.write_job(job, protocol.default_job("estimate", simulation=sim, estimate=est),
+                       es.block_scene(5e3, n_side=3))
+    (job / "out").mkdir()
+    pickled_npz(job / "out" / protocol.ESTIMATE_CHECKPOINT_FILE, sentinel)
+    expect(world, job, ExitCode.OK, "Not resuming from estimate_checkpoint.npz: it is unreadable", sentinel,
+           runs=True)
+    assert protocol.load_npz(job / "out" / protocol.ESTIMATE_CHECKPOINT_FILE)  # ours now, and pickle-free
