@@ -117,6 +117,8 @@ def add_fill(p: SceneParticles, scene: dict, fill: dict, sim: dict, reporter: Re
     The fill comes from the scene's own arrays (fill_scene), exactly as the add-on's preview counts it."""
     from scipy.spatial import cKDTree
 
+    if reporter:  # a stage of its own: a fill that runs out of memory is reported as the fill's
+        reporter.stage("fill", "Looking for a hollow interior to fill")
     extra, info = fill_scene(scene, fill, int(sim.get("n_grid", 64)))
     if reporter:
         reporter.stage("fill", describe_fill(info), data={k: info[k] for k in ("n_fill", "shape", "closed_fraction",
