@@ -12,9 +12,12 @@ the six directions. The default 5 of 6 lets one ray escape through a hole (a sca
 bottom, say) while ragged open edges, where several rays see spurious crossings, stay empty.
 
 Detection ("auto", the default): a capture is filled only when it is a closed-ish shell. Most of
-its interior cells must be enclosed along all six directions (a bowl or a cup lets every cavity
-cell see out through its opening, so none is), and the interior must be more than a sliver of the
-object (a solid point cloud has next to no empty inside cells and is left as it is).
+its interior cells must be enclosed: either sealed off from the outside (a flood fill from the grid's
+border through empty cells, after closing one-cell gaps, cannot reach them: a closed sphere, a donut)
+or seen as inside along all six directions (a shell with a moderate hole: only the rays through the
+hole escape). A bowl or a cup is neither: every cavity cell sees out through its opening. The
+interior must also be more than a sliver of the object: a solid point cloud has next to no empty
+inside cells and is left as it is.
 """
 
 from __future__ import annotations
@@ -157,9 +160,11 @@ def fill_interior(positions, scales, rotations, opacities, n_grid_fill: int = 12
     occ = _close(dens > density_threshold)
     votes = _parity_votes(occ)
     inside = (~occ) & (votes >= int(min_votes))
-    shape_class, closed, hollow = classify_shape(inside, votes, occ)
+    shape_class, closed, hollow, outside = classify_shape(inside, votes, occ)
     if auto and shape_class != "shell":
         inside = np.zeros_like(inside)
+    elif outside is not None:  # a sealed shell: what the outside reaches is not inside, whatever rays say
+        inside &= ~outside
 
     if spacing is None:
         cells = np.argwhere(inside)
@@ -193,14 +198,55 @@ def fill_interior(positions, scales, rotations, opacities, n_grid_fill: int = 12
     return fill, info
 
 
-def classify_shape(inside: np.ndarray, votes: np.ndarray, occ: np.ndarray) -> tuple[str, float, float]:
-    """("shell" | "open" | "solid", closed fraction, hollow fraction) of a surface grid (see the module doc)."""
+def _spread_along(free: np.ndarray, reached: np.ndarray, axis: int) -> np.ndarray:
+    """Every free cell in a run (along ``axis``) of free cells that holds a reached cell is reached."""
+    f = np.moveaxis(free, axis, -1)
+    shape = f.shape
+    f = f.reshape(-1, shape[-1])
+    r = np.moveaxis(reached, axis, -1).reshape(-1, shape[-1])
+    prev = np.zeros_like(f)
+    prev[:, 1:] = f[:, :-1]
+    run = np.cumsum((f & ~prev).ravel()).reshape(f.shape) * f  # run id per free cell, 0 elsewhere
+    hit = np.zeros(int(run.max()) + 1, bool)
+    hit[run[r & f]] = True
+    hit[0] = False
+    return np.moveaxis((hit[run] & f).reshape(shape), -1, axis)
+
+
+def _outside(occ: np.ndarray) -> np.ndarray:
+    """Empty cells connected to the grid's border (flood fill along runs, sweeping the three axes until
+    nothing changes), with one-cell gaps in the surface sealed so a leak needs a real hole."""
+    sealed = _dilate(occ)
+    free = ~sealed
+    reached = np.zeros_like(free)
+    for axis in range(3):
+        ends = [slice(None)] * 3
+        for end in (0, -1):
+            ends[axis] = end
+            reached[tuple(ends)] = free[tuple(ends)]
+    count = -1
+    while int(reached.sum()) != count:
+        count = int(reached.sum())
+        for axis in range(3):
+            reached = _spread_along(free, reached, axis)
+    return _dilate(reached) & ~occ  # back over the sealing layer
+
+
+def classify_shape(inside: np.ndarray, votes: np.ndarray, occ: np.ndarray):
+    """("shell" | "open" | "solid", closed fraction, hollow fraction, outside) of a surface grid (see the
+    module doc). outside: the cells the flood fill reached when that is what found the shell closed, else None."""
     n_inside = int(inside.sum())
-    closed = float((inside & (votes == 6)).sum()) / n_inside if n_inside else 0.0
+    closed, outside = 0.0, None
+    if n_inside:
+        reached = _outside(occ)
+        sealed_off = int((inside & ~reached).sum())
+        seen_inside = int((inside & (votes == 6)).sum())
+        closed = max(sealed_off, seen_inside) / n_inside
+        outside = reached if sealed_off >= max(seen_inside, 1) else None
     hollow = n_inside / max(n_inside + int(occ.sum()), 1)
     if closed < CLOSED_FRACTION:
-        return ("solid" if hollow < HOLLOW_FRACTION else "open"), closed, hollow
-    return ("shell" if hollow >= HOLLOW_FRACTION else "solid"), closed, hollow
+        return ("solid" if hollow < HOLLOW_FRACTION else "open"), closed, hollow, outside
+    return ("shell" if hollow >= HOLLOW_FRACTION else "solid"), closed, hollow, outside
 
 
 def fill_mode(fill: Mapping[str, Any] | None) -> str | bool:

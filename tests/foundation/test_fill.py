@@ -104,6 +104,18 @@ def test_auto_fills_a_closed_shell_and_its_nearly_closed_variant():
     assert len(forced) == len(extra)  # a shell is filled the same whether detected or forced
 
 
+def test_auto_fills_a_donut_sealed_off_from_the_outside():
+    """Rays grazing a thin tube miscount, but the tube's inside is unreachable from outside: a shell."""
+    rng = np.random.default_rng(2)
+    u, v = rng.uniform(0, 2 * np.pi, (2, 30000))
+    big, small = 0.04, 0.02
+    pos = np.c_[(big + small * np.cos(v)) * np.cos(u), (big + small * np.cos(v)) * np.sin(u), small * np.sin(v)]
+    extra, info = fill_scene(_scene(pos, scale=0.0015), {"enabled": "auto"}, n_grid=16)
+    assert info["shape"] == "shell" and len(extra) > 0
+    ring = np.hypot(np.hypot(extra[:, 0], extra[:, 1]) - big, extra[:, 2])  # distance from the tube's axis
+    assert ring.max() < small
+
+
 def test_auto_leaves_open_surfaces_and_solids_alone():
     rng = np.random.default_rng(3)
     shell = sphere_shell(20000)[0]
