@@ -261,6 +261,11 @@ SIMULATION_DEFAULTS: dict[str, Any] = {
     "colliders": [],  # {"times", "centers", "half_extents", "kind", "friction"}
     "plasticity": {},
     "damping": 0.0,
+    # Refuse (exit 2) a job whose stable step needs more substeps per frame than this.
+    "max_substeps_per_frame": 10000,
+    # The captured shape as the equilibrium under gravity (backend/mpm/rest.py). enabled None = on when
+    # gravity is on; tolerance: drift left / object size; max_substeps: over all of its solves.
+    "rest_state": {"enabled": None, "tolerance": 1.0e-3, "max_iterations": 4, "max_substeps": 200000},
 }
 
 CAMERA_KEYS = ("viewmat", "K", "width", "height")
@@ -468,6 +473,16 @@ def _check_simulation(s: dict) -> None:
     if not isinstance(fill, dict):
         raise BadJob(f"{JOB_FILE}: simulation.fill must be an object")
     _number(sec, "fill.max_particles", fill.get("max_particles", 0), 0, 1e8, integer=True)
+    _number(sec, "max_substeps_per_frame", s["max_substeps_per_frame"], 1, 1e7, integer=True)
+    rest = s["rest_state"]
+    if not isinstance(rest, dict) or set(rest) - set(SIMULATION_DEFAULTS["rest_state"]):
+        raise BadJob(f"{JOB_FILE}: simulation.rest_state must be an object with keys "
+                     f"{', '.join(SIMULATION_DEFAULTS['rest_state'])}")
+    if rest.get("enabled") not in (None, True, False):
+        raise BadJob(f"{JOB_FILE}: simulation.rest_state.enabled must be true, false or null (on with gravity)")
+    _number(sec, "rest_state.tolerance", rest.get("tolerance", 1e-3), 1e-7, 0.5)
+    _number(sec, "rest_state.max_iterations", rest.get("max_iterations", 4), 1, 100, integer=True)
+    _number(sec, "rest_state.max_substeps", rest.get("max_substeps", 200000), 1, 1e9, integer=True)
 
 
 def _window(sec: str, where: str, d: dict) -> None:
