@@ -24,7 +24,7 @@ from .device import warp_device
 from .jobctl import CancelToken, Reporter, log
 from .particles import SceneParticles, build_particles
 from .sampling import estimation_sampling, sampling_simulation
-from .simulate import sim_config
+from .simulate import rest_state, sim_config
 from .statefile import StateRejected, load_state, save_state
 from .supervision import Supervision, check_inputs, make_supervision
 
@@ -60,7 +60,7 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
     reporter.stage("load", f"Sampling the motion at {sampling.describe()}", data={"sample_fps": sampling.fps})
     token.check()
     field = make_material_field(est, scene.particles, device, reporter)
-    dsim = make_differentiable_sim(scene.particles, sampling_simulation(sim, sampling), est, device)
+    dsim = make_differentiable_sim(scene.particles, sampling_simulation(sim, sampling), est, device, reporter)
     base_lr = float(est["learning_rate"] or DEFAULT_LEARNING_RATES[est["field"]])
     optimizer = torch.optim.Adam(field.parameters(), lr=base_lr)
     convergence = ConvergenceMonitor(window=3, tolerance_decades=float(est["tolerance_decades"]))
@@ -269,11 +269,15 @@ def make_material_field(est: dict, p: SceneParticles, device: str, reporter: Rep
                       rho_range=rho_range, init=init, lock=lock).to(device)
 
 
-def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str):
+def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str, reporter: Reporter | None = None):
+    """The rollout starts from the same rest state under gravity as a bake (solved once with the starting
+    materials, then a constant initial condition)."""
     from .mpm import DifferentiableSim
 
-    return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, sim_config(sim), device=warp_device(device),
-                             bptt_substeps=est["bptt_substeps"])
+    config = sim_config(sim)
+    rest = rest_state(p, sim, config, reporter or Reporter(), device)
+    return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, config, device=warp_device(device),
+                             bptt_substeps=est["bptt_substeps"], F0=None if rest is None else rest.F)
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -393,6 +393,13 @@ SIMULATION = Section(doc="the simulation (bake and estimation alike)", rules=(_d
         "cohesion": Number(0.0, lo=0.0), "snow_theta_c": Number(2.5e-2, lo=0.0, hi=0.99),
         "snow_theta_s": Number(7.5e-3, lo=0.0), "snow_hardening": Number(10.0, lo=0.0)}),
     "damping": Number(0.0, lo=0.0, hi=1e4, doc="grid velocity damping rate, 1/s"),
+    "max_substeps_per_frame": Number(10000, lo=1, hi=1e7, integer=True,
+                                     doc="refuse (exit 2) a job whose stable step needs more substeps per frame"),
+    "rest_state": Section(doc="the captured shape as the equilibrium under gravity (backend/mpm/rest.py)", fields={
+        "enabled": Flag(None, optional=True, doc="null = on when gravity is on"),
+        "tolerance": Number(1.0e-3, lo=1e-7, hi=0.5, doc="drift left / object size"),
+        "max_iterations": Number(4, lo=1, hi=100, integer=True),
+        "max_substeps": Number(200000, lo=1, hi=1e9, integer=True, doc="over all of its solves")}),
 })
 
 ESTIMATE = Section(doc="material estimation", rules=(

@@ -28,7 +28,7 @@ import warp as wp
 from .config import SimConfig
 from .core import SimCore, State, init_warp, initial_state
 from .errors import SimulationDiverged
-from .grid import GridMapping, SubstepPlan, plan_substeps
+from .grid import GridMapping, SubstepPlan, displaced, plan_substeps
 from .kernels import covariance, material_from_params
 from .particles import ParticleState, rest_shape_matrices
 from .solver import max_wave_speed
@@ -80,6 +80,10 @@ class DifferentiableSim:
     positions (N,3) m, material_id, anchor, cov0 (N,3,3) m^2 or None, volume (N,) m^3 or None:
     as in ParticleState. bptt_substeps: None (exact) or K (truncated window per frame).
     checkpoint_every: substeps per recomputed segment, or None to keep the full tape.
+    The rollout runs domain-local (metres from the grid's first node, `grid.origin` in world);
+    outputs are world positions, or domain-local with local_outputs=True (float32 cannot hold
+    millimetres a kilometre from the world origin). F0: the rest state under gravity (mpm/rest.py),
+    a constant initial condition: no gradient flows into it.
 
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
@@ -87,11 +91,12 @@ class DifferentiableSim:
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
-                 volume=None):
+                 volume=None, local_outputs: bool = False, F0=None):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
-        ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume)
+        ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume, F0=F0)
+        self.F0 = ps.F0
         if bptt_substeps is not None and int(bptt_substeps) < 1:
             raise ValueError(f"bptt_substeps must be None or >= 1, got {bptt_substeps}")
         if checkpoint_every is not None and int(checkpoint_every) < 1:
@@ -99,13 +104,15 @@ class DifferentiableSim:
         self.bptt_substeps = None if bptt_substeps is None else int(bptt_substeps)
         self.checkpoint_every = None if checkpoint_every is None else int(checkpoint_every)
         self.n = ps.n
-        self.positions = ps.positions
         self.material_id = ps.material_id
         self.grid = GridMapping.build(self.config, ps.positions)
+        self.positions = self.grid.to_local(ps.positions)
+        self._world0 = ps.positions
+        self.local_outputs = bool(local_outputs)
         vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, self.device)
         self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
-        a0 = rest_shape_matrices(ps.cov0, vol)
+        a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
         self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)
         self._segment: _Buffers | None = None
 
@@ -160,7 +167,7 @@ class DifferentiableSim:
         params = self._params(log_E, nu, rho)
         c_max = max_wave_speed(np.exp(log_E), nu, rho, self.material_id)
         plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
-        init = State.from_numpy(initial_state(self.positions, v0, self.material_id), self.device)
+        init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self.F0), self.device)
         self.core.set_fixed_nodes(init.x, params.mass)
         if self.checkpoint_every is None:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)
@@ -209,7 +216,13 @@ class DifferentiableSim:
                 wp.launch(covariance, self.n, inputs=[st.F, self.cov0], outputs=[cov], device=dev)
                 pos_out.append(st.x.numpy().copy())
                 cov_out.append(cov.numpy().copy())
-        return np.stack(pos_out), np.stack(cov_out), ckpts
+        return self._output_positions(np.stack(pos_out)), np.stack(cov_out), ckpts
+
+    def _output_positions(self, local: np.ndarray) -> np.ndarray:
+        """float32 outputs: world (the default) or domain-local positions (same gradient)."""
+        if self.local_outputs:
+            return local
+        return displaced(self._world0, self.positions.astype(np.float64), local).astype(np.float32)
 
     def _alloc(self, n_substeps: int) -> _Buffers:
         dev = self.device
@@ -251,7 +264,7 @@ class DifferentiableSim:
         self.core.reset_bad()
         self._record(buf, params, plan, 0, total, check_frames=True)
         ends = [(f + 1) * plan.n for f in range(n_frames)]
-        pos = np.stack([buf.states[e].x.numpy() for e in ends])
+        pos = self._output_positions(np.stack([buf.states[e].x.numpy() for e in ends]))
         cov = np.stack([buf.cov[e - 1].numpy() for e in ends])
         return pos, cov, buf
 
