@@ -85,7 +85,8 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
         description="Box empty whose world bounds are the simulation domain; scale it to give the motion room",
     )
     n_grid: IntProperty(
-        name="Grid resolution", default=64, min=8, max=512, update=_refresh_readout,
+        name="Grid resolution", default=protocol.SIMULATION_DEFAULTS["n_grid"], min=protocol.N_GRID_MIN,
+        max=protocol.N_GRID_MAX, update=_refresh_readout,
         description="Cells along the longest side of the domain. More cells: finer detail, slower",
     )
     particles_per_cell: FloatProperty(name="Particles per cell", default=0.0)
