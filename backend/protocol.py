@@ -340,9 +340,14 @@ def _fill_rule(d: dict, key: str) -> None:
         raise SettingError(f"{key}.resolution", f"= {d['resolution']} must be 0 (automatic) or at least 8")
 
 
-def _near_far_rule(d: dict, key: str) -> None:
-    if d["far"] <= d["near"]:
-        raise SettingError(f"{key}.far", f"= {d['far']!r} must exceed near = {d['near']!r}")
+def _camera_rule(d: dict, key: str) -> None:
+    """The camera class holds what makes a camera usable (positive focal lengths, near < far, ...)."""
+    from .render.camera import Camera, CameraError  # numpy only
+
+    try:
+        Camera.from_dict(d)
+    except CameraError as exc:
+        raise SettingError(key, f"is not usable: {exc}") from None
 
 
 _FRICTION = Number(0.3, lo=0.0, hi=10.0, doc="Coulomb coefficient (frictional boundaries)")
@@ -415,7 +420,7 @@ ESTIMATE = Section(doc="material estimation", rules=(
     "bptt_substeps": Number(None, lo=1, hi=1e6, integer=True, optional=True, doc="null = the whole frame"),
     "E_range": Vector([1.0e3, 1.0e8], shape=(2,), doc="Pa"),
     "nu_range": Vector([0.05, 0.45], shape=(2,)),
-    "camera": Section(default_none=True, optional=True, rules=(_near_far_rule,), doc="the view the video is "
+    "camera": Section(default_none=True, optional=True, rules=(_camera_rule,), doc="the view the video is "
                       "rendered from", fields={
         "viewmat": Vector(REQUIRED, shape=(4, 4)), "K": Vector(REQUIRED, shape=(3, 3)),
         "width": Number(REQUIRED, lo=8, hi=8192, integer=True), "height": Number(REQUIRED, lo=8, hi=8192, integer=True),

@@ -127,6 +127,11 @@ JOB_CASES = {
     "prompt_missing": (dict(command="estimate", estimate={"prior": "modelscope", "model": "a/b", "prompt": " "}),
                        "estimate.prompt is empty"),
     "camera_missing": (dict(command="preview"), "estimate.camera is needed"),
+    "camera_zero_focal": (dict(command="preview", estimate={"camera": {"viewmat": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
+                                                                                   [0, 0, 0, 1]],
+                                                                       "K": [[0, 0, 8], [0, 0, 8], [0, 0, 1]],
+                                                                       "width": 16, "height": 16}}),
+                          "estimate.camera is not usable: camera focal lengths must be positive"),
     "list_not_object": (dict(simulation=[1, 2]), "simulation must be an object"),
     "nul_in_path": (dict(output="out\x00x"), "without NUL characters"),
 }

@@ -71,7 +71,9 @@ def test_bad_jobs_are_refused_before_any_heavy_import(tmp_path):
                                        "start": 1, "end": 1}]}),
             ("estimate", {"nu_range": [0.3, 0.2]}),
             ("simulation", {"domain_min": [1, 1, 1], "domain_max": [2, 2, 2]}),
-            (None, {"output": "../x"})]):
+            (None, {"output": "../x"}),
+            (None, {"command": "preview", "estimate": dict(protocol.ESTIMATE_DEFAULTS, camera={
+                "viewmat": np.eye(4).tolist(), "K": [[0, 0, 8], [0, 0, 8], [0, 0, 1]], "width": 16, "height": 16})})]):
         job = simulate_job(tmp_path / f"job{i}")
         data = json.loads((job / protocol.JOB_FILE).read_text())
         (data[section] if section else data).update(change)
