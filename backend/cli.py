@@ -11,6 +11,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def explain(exc: BaseException, doing: str) -> JobError | None:
         return exc
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
         return None
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc):
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or _OOM_TEXT.search(str(exc)):
         return MissingResource(f"Out of memory while {doing}. Use fewer points (estimate.max_particles), a coarser "
                                "grid (simulation.n_grid, simulation.fill.resolution) or a machine with more memory")
     if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
@@ -130,6 +131,8 @@ def explain(exc: BaseException, doing: str) -> JobError | None:
     return JobError(f"Internal error while {doing} ({type(exc).__name__}: {exc}). The log has the details.")
 
 
+# How torch (CUDA), warp and the C library word an allocation failure that reaches us as another exception.
+_OOM_TEXT = re.compile(r"out of memory|failed to allocate|cannot allocate memory", re.IGNORECASE)
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 

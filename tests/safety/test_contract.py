@@ -173,6 +173,7 @@ def test_a_good_estimate_checkpoint_resumes(tmp_path):
 @pytest.mark.parametrize("exc, code, fragment", [
     (MemoryError(), ExitCode.MISSING_RESOURCE, "Out of memory while simulate (simulating 48 frames)"),
     (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), ExitCode.MISSING_RESOURCE, "Out of memory"),
+    (RuntimeError("Failed to allocate 4294967296 bytes on device 'cpu'"), ExitCode.MISSING_RESOURCE, "Out of memory"),
     (OSError(28, "No space left on device", "/job/out/frames/frame_000007.npz"), ExitCode.MISSING_RESOURCE,
      "The disk is full (while simulate (simulating 48 frames) /job/out/frames/frame_000007.npz)"),
     (PermissionError(13, "Permission denied", "/job/backend.lock"), ExitCode.BAD_INPUT,
