@@ -366,8 +366,8 @@ def test_full_disk_keeps_finished_frames(tmp_path):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-def test_hostile_reference_video_and_model_folder(world, tmp_path):
-    """Inputs the user names (a reference clip, a model folder) are only read; pickles in them never run."""
+def test_hostile_reference_video(world):
+    """An input the user names (a reference clip) is only read; a pickle posing as one never runs."""
     from support import estimate_scenes as es
 
     sentinel = world.parent / "PWNED"
@@ -379,15 +379,21 @@ def test_hostile_reference_video_and_model_folder(world, tmp_path):
                        es.block_scene(5e3, n_side=3))
     expect(world, job, ExitCode.BAD_INPUT, "clip.mp4", sentinel, runs=True)
 
-    model = world / "elsewhere" / "model"
+
+def test_model_folder_with_pickled_weights_is_refused(world):
+    """A model folder whose weights are .bin pickles: refused (the job would exit 5) without opening them.
+    check_model is what the estimate runs before loading anything."""
+    from backend.prior import check_model
+
+    sentinel, model = world.parent / "PWNED", world / "elsewhere" / "model"
     (model / "unet").mkdir(parents=True)
     parts = ("unet", "vae", "image_encoder", "scheduler", "feature_extractor")
     (model / "model_index.json").write_text(json.dumps({"_class_name": "StableVideoDiffusionPipeline",
                                                         **{p: ["diffusers", "X"] for p in parts}}))
     (model / "unet" / "config.json").write_text("{}")
     (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle_bytes(sentinel))
-    edit(job, "estimate", prior="svd", model=str(model))
-    expect(world, job, ExitCode.MISSING_RESOURCE, "pickles that can run code", sentinel, runs=True)
+    ok, message = check_model("svd", str(model))
+    assert not ok and "pickles that can run code" in message and not sentinel.exists()
 
 
 def test_crafted_estimate_checkpoint_never_runs(world):
