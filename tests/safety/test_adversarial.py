@@ -304,8 +304,16 @@ def test_resume_files_from_elsewhere_never_run_and_a_stale_lock_is_taken_over(wo
     (job / protocol.LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
     os.utime(job / protocol.LOCK_FILE, (0, 0))
     before = snapshot(world, skip=out)
-    rc, events, stderr = run_cli(job)
-    assert rc == ExitCode.OK, stderr[-3000:]
+    first = subprocess.Popen([sys.executable, "-u", "-m", "backend", "run", str(job)], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = [first.stdout.readline()]  # "start": the lock is held from here on
+    rc2, events2, _ = run_cli(job)  # a second run on the same folder, while the first works
+    lines += first.stdout.readlines()
+    stderr = first.stderr.read()
+    assert first.wait() == ExitCode.OK, stderr[-3000:]
+    assert rc2 == ExitCode.MISSING_RESOURCE and f"another run (PID {first.pid} on this machine)" in events2[-1].message
+    events = [protocol.Event.from_json(line) for line in lines if line.strip()]
+    assert events[0].kind == "start", events[0]
     warnings = [e.message for e in events if e.kind == "warning"]
     assert any("Took over the lock of an earlier run" in w and str(dead.pid) in w for w in warnings), warnings
     assert any(w.startswith("Not resuming: cannot read") for w in warnings), warnings
@@ -314,6 +322,18 @@ def test_resume_files_from_elsewhere_never_run_and_a_stale_lock_is_taken_over(wo
     assert snapshot(world, skip=out) == before  # the stale lock is gone, nothing else changed
     assert not ours.exists() and all(p.read_text() == "the user's" for p in theirs)
     assert len(list((out / "frames").glob("frame_*.npz"))) == 4
+
+    # Our own checkpoint, poisoned with NaN but with the right fingerprint: not used, the bake starts over.
+    state = protocol.load_npz(out / protocol.SIM_CHECKPOINT_FILE)
+    state["x"][0, 0] = np.nan
+    np.savez(out / protocol.SIM_CHECKPOINT_FILE, **state)
+    edit(job, "simulation", n_frames=5)  # a longer bake would resume from the checkpoint
+    rc, events, stderr = run_cli(job)
+    assert rc == ExitCode.OK, stderr[-3000:]
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert any(w.startswith("Not resuming from sim_checkpoint.npz") and "finite" in w for w in warnings), warnings
+    assert not any("Resuming from frame" in w for w in warnings)
+    assert len(list((out / "frames").glob("frame_*.npz"))) == 5
 
 
 def test_out_of_memory_is_a_missing_resource(world):
