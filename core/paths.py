@@ -10,7 +10,7 @@ import os
 import re
 import unicodedata
 
-MAX_NAME = 64  # characters of a folder name made from an object name (before the hash suffix)
+MAX_NAME = 64  # characters of a folder name made from an object name
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # Device names Windows refuses as file or folder names, with or without an extension.
 _WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
@@ -30,13 +30,14 @@ def safe_folder_name(name: str, fallback: str = "object") -> str:
     """
     name = str(name)
     ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
-    clean = _UNSAFE.sub("_", ascii_name).strip("._-")[:MAX_NAME].rstrip("._-")
-    if clean.split(".", 1)[0].upper() in _WINDOWS_RESERVED:
-        clean = f"{clean}_"
-    if clean == name:
+    clean = _UNSAFE.sub("_", ascii_name).strip("._-")
+    stem, dot, rest = clean.partition(".")
+    if stem.upper() in _WINDOWS_RESERVED:  # 'CON' and 'con.txt' alike
+        clean = f"{stem}_{dot}{rest}"
+    if clean == name and len(clean) <= MAX_NAME:
         return clean
     digest = hashlib.sha1(name.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{clean or fallback}-{digest}"
+    return f"{clean[:MAX_NAME - 9].rstrip('._-') or fallback}-{digest}"
 
 
 def nearest_existing(path) -> str:
