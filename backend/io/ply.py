@@ -648,13 +648,15 @@ def splat_value_problem(arrays: Mapping[str, np.ndarray], source: str = "splats"
         if a.size == 0:
             continue
         a = a.reshape(len(a), -1)
-        bad = ~np.isfinite(a)
-        if bounds is not None:
-            with np.errstate(invalid="ignore"):
-                bad |= (a < bounds[0]) | (a > bounds[1])
+        lo, hi = bounds if bounds is not None else (-np.inf, np.inf)
+        low, high = a.min(), a.max()  # NaN propagates: one pass each decides the common, clean case
+        values_ok = bool(np.isfinite(low) and np.isfinite(high) and low >= lo and high <= hi)
+        zero = ~a.any(axis=1) if group == "rotation" else None
+        if values_ok and (zero is None or not zero.any()):
+            continue
+        bad = np.zeros(a.shape, bool) if values_ok else ~((a >= lo) & (a <= hi) & np.isfinite(a))
         rows = bad.any(axis=1)
-        if group == "rotation":
-            zero = ~rows & ~a.any(axis=1)
+        if zero is not None:
             rows |= zero
         if not rows.any():
             continue
