@@ -239,3 +239,20 @@ def test_bakes_keep_playing_after_save_as_elsewhere_a_copy_and_moving_the_projec
     assert _all_play(splats, objects) == all_ok
     assert all(bake.bake_record(bpy.data.objects[n])["dir"].startswith("//splat_cache/") for n in objects)
     shutil.move(str(moved), str(project))  # the fixture's teardown expects the folder back
+
+
+def test_a_cache_from_the_earlier_format_is_rebaked_and_freed_file_by_file(mods, project, tmp_path):
+    """Format 1 marked the whole folder with {"target": ...}: its layout's files are ours, nothing else."""
+    splats, bake, _look, _ply = mods
+    obj, p0 = tb.make_splat_object(mods, tmp_path)
+    cache = project / "old_cache"
+    cache.mkdir()
+    (cache / "splat_bake.json").write_text(json.dumps({"target": "pc2", "object": "Sheet", "format_version": 1}))
+    (cache / "cache.pc2").write_bytes(b"an old bake")
+    plant_artist_files(cache)
+    artist = {p: h for p, h in tree_digest(cache).items() if p.startswith(("holiday", "client"))}
+    bake.bake(obj, _frames(bake, tmp_path, p0), "pc2", str(cache))
+    assert _plays(splats, obj, p0) and (cache / "cache.pc2").read_bytes() != b"an old bake"
+    assert _marker(cache)["targets"]["pc2"]["files"] == ["cache.pc2"]
+    assert bake.free_bake(obj)
+    assert tree_digest(cache) == {**artist, "client": "dir"}
