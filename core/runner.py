@@ -86,7 +86,8 @@ def interpreter_problem(python: str, modules=CORE_MODULES, timeout: float = PROB
         return problem
     names = [m for m, _ in modules]
     try:
-        key = (os.path.realpath(python), os.stat(python).st_mtime_ns, tuple(names))
+        # Not realpath: a virtual environment's python is a link to the base interpreter, whose packages differ.
+        key = (os.path.abspath(python), os.stat(python).st_mtime_ns, tuple(names))
     except OSError as exc:
         return f"The backend Python '{python}' cannot be read ({exc.strerror or exc}). {_FIX}"
     if key in _GOOD:

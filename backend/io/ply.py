@@ -618,32 +618,26 @@ def _rest_indices(names: Mapping[str, str], source: str) -> list[int]:
     return indices
 
 
-# Values a splat may hold. Beyond them the numbers are not a scene but a unit mistake or garbage, and
-# exp/sigmoid of them overflow float32 in the renderer and the simulation.
-LOG_SCALE_RANGE = (-30.0, 20.0)  # exp: 9e-14 m .. 4.9e8 m; the squared scale (covariance) stays finite in float32
-OPACITY_LOGIT_RANGE = (-100.0, 100.0)  # sigmoid is exactly 0 or 1 in float32 long before these
-SH_ABS_MAX = 1000.0  # colour coefficients: a radiance of hundreds is already far beyond white
-_VALUE_RULES = (  # (group, property names or prefix, (low, high) or None for finite only, what the range means)
-    ("positions", ("x", "y", "z"), None, ""),
-    ("f_dc", "f_dc_", (-SH_ABS_MAX, SH_ABS_MAX), "colour (SH) coefficients must be within ±1000"),
-    ("f_rest", "f_rest_", (-SH_ABS_MAX, SH_ABS_MAX), "colour (SH) coefficients must be within ±1000"),
-    ("opacity", ("opacity",), OPACITY_LOGIT_RANGE, "opacity is a logit and must be within ±100"),
-    ("scale", "scale_", LOG_SCALE_RANGE, "scales are logarithms and must be within [-30, 20], "
-                                         "i.e. 1e-13 m to 5e8 m"),
-    ("rotation", "rot_", None, ""),
-)
+# The PLY properties of each scene.npz splat array. Their bounds live in the contract
+# (protocol.SCENE_ARRAYS), so a file the importer accepts is a scene the backend accepts.
+_VALUE_GROUPS = (("positions", ("x", "y", "z")), ("f_dc", "f_dc_"), ("f_rest", "f_rest_"), ("opacity", ("opacity",)),
+                 ("scale", "scale_"), ("rotation", "rot_"))
 
 
 def splat_value_problem(arrays: Mapping[str, np.ndarray], source: str = "splats") -> str | None:
     """The first out-of-range splat value in ``arrays`` (keys as in Splats / scene.npz: positions, f_dc,
     f_rest, opacity, scale (log), rotation), as a message naming the point and the property; else None.
 
-    Checks NaN/inf everywhere, the ranges above, and that no rotation quaternion is zero.
+    Checks NaN/inf everywhere, the bounds of protocol.SCENE_ARRAYS, and that no rotation quaternion is zero.
     """
+    from .. import protocol  # imported here: protocol itself imports this package
+
     first = None  # (point, message)
-    for group, names, bounds, meaning in _VALUE_RULES:
+    for group, names in _VALUE_GROUPS:
         if group not in arrays or arrays[group] is None:
             continue
+        spec = protocol.SCENE_ARRAYS[group]
+        bounds = spec.bounds
         a = np.asarray(arrays[group])
         if a.size == 0:
             continue
@@ -669,7 +663,8 @@ def splat_value_problem(arrays: Mapping[str, np.ndarray], source: str = "splats"
         k = int(np.argmax(bad[i]))
         name = names[k] if isinstance(names, tuple) else f"{names}{k}"
         value = float(a[i, k])
-        why = "is NaN" if np.isnan(value) else "is infinite" if np.isinf(value) else f"is out of range ({meaning})"
+        why = "is NaN" if np.isnan(value) else "is infinite" if np.isinf(value) else \
+            f"is out of range ({spec.doc}: {protocol.bounds_text(lo, hi)})"
         count = int(rows.sum())
         more = f"; {count} points have bad {group} values" if count > 1 else ""
         first = (i, f"{source}: point {i}: {name} = {value:g} {why}{more}")

@@ -18,6 +18,12 @@ from backend import protocol
 from support.artist_files import plant_artist_files, tree_digest
 
 
+@pytest.fixture(autouse=True)
+def _unsaved_jobs_in_tmp(tmp_path, monkeypatch):
+    """Job folders of an unsaved .blend go to the temp dir: keep this test's inside its tmp_path."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+
+
 def _mod(addon, name):
     return importlib.import_module(f"{addon.__name__}.{name}")
 
@@ -236,10 +242,10 @@ def test_zero_padded_sh_names_import_as_the_standard_attributes(addon, clean_sce
 
 @pytest.mark.parametrize("edit, words", [
     (lambda c: c.__setitem__("scale_0", np.where(np.arange(10) == 4, 50.0, c["scale_0"])),
-     r"point 4: scale_0 = 50 is out of range \(scales are logarithms"),
+     r"point 4: scale_0 = 50 is out of range \(log scale, metres: \[-30, 10\]\)"),
     (lambda c: c["opacity"].__setitem__(2, np.nan), r"point 2: opacity = nan is NaN"),
     (lambda c: c["f_dc_1"].__setitem__(6, np.inf), r"point 6: f_dc_1 = inf is infinite"),
-    (lambda c: c["f_dc_0"].__setitem__(5, 3e7), r"point 5: f_dc_0 = 3e\+07 is out of range \(colour"),
+    (lambda c: c["f_dc_0"].__setitem__(5, 3e7), r"point 5: f_dc_0 = 3e\+07 is out of range \(SH DC colour"),
     (lambda c: c.pop("f_rest_4"), r"skip f_rest_4"),
     (lambda c: c.__setitem__("f_rest_04", c["f_rest_4"]), r"'f_rest_4' and 'f_rest_04' both mean f_rest_4"),
     (lambda c: [c.pop(f"f_rest_{i}") for i in range(3, 9)], r"has 3 f_rest_\* properties"),
@@ -258,8 +264,7 @@ def test_bad_splat_values_and_sh_names_are_refused_with_the_scene_unchanged(addo
     assert _counts() == before
 
 
-def test_unsaved_job_folders_stay_in_the_temp_folder(addon, clean_scene, tmp_path, monkeypatch):
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+def test_unsaved_job_folders_stay_in_the_temp_folder(addon, clean_scene, tmp_path):
     s2j = _mod(addon, "core.scene_to_job")
     obj = _cube_object("..")
     job = s2j.job_dir_for(obj, "estimate")

@@ -4,6 +4,7 @@ values are named (point and property) where they enter, before anything uses the
 import numpy as np
 import pytest
 
+from backend import protocol
 from backend.io import PlyError, read_splats, splat_property_names, write_ply
 from backend.io.ply import check_splat_values, splat_value_problem
 
@@ -70,12 +71,13 @@ def test_ambiguous_gapped_or_miscounted_sh_properties_are_refused(tmp_path, edit
 
 
 @pytest.mark.parametrize("prop, value, words", [
-    ("scale_0", 50.0, r"point 3: scale_0 = 50 is out of range \(scales are logarithms"),
+    ("scale_0", 50.0, r"point 3: scale_0 = 50 is out of range \(log scale, metres: \[-30, 10\]\)"),
     ("scale_2", -80.0, r"point 3: scale_2 = -80 is out of range"),
     ("opacity", float("nan"), r"point 3: opacity = nan is NaN"),
-    ("opacity", 1e6, r"point 3: opacity = 1e\+06 is out of range \(opacity is a logit"),
+    ("opacity", 1e6, r"point 3: opacity = 1e\+06 is out of range \(opacity logit"),
     ("f_dc_1", float("inf"), r"point 3: f_dc_1 = inf is infinite"),
-    ("f_rest_4", -1e9, r"point 3: f_rest_4 = -1e\+09 is out of range \(colour"),
+    ("f_rest_4", -1e9, r"point 3: f_rest_4 = -1e\+09 is out of range \(higher SH"),
+    ("x", 3e7, r"point 3: x = 3e\+07 is out of range \(world-space centres, metres"),
     ("rot_2", float("nan"), r"point 3: rot_2 = nan is NaN"),
     ("y", float("-inf"), r"point 3: y = -inf is infinite"),
 ])
@@ -103,13 +105,27 @@ def test_a_zero_rotation_is_refused_and_the_earliest_point_wins():
         check_splat_values(arrays, "s")
 
 
-def test_values_at_the_edges_of_the_ranges_are_accepted(tmp_path):
+def test_values_at_the_edges_of_the_contracts_bounds_are_accepted_and_the_job_agrees(tmp_path):
+    """The importer applies the bounds of protocol.SCENE_ARRAYS: what it accepts, a job accepts."""
     cols = _standard(1)
-    cols["scale_0"][0], cols["scale_1"][0] = 20.0, -30.0
-    cols["opacity"][0], cols["opacity"][1] = 100.0, -100.0
-    cols["f_dc_0"][0], cols["f_rest_8"][0] = 1000.0, -1000.0
+    (lo, hi), sh, logit = protocol.LOG_SCALE_LIMITS, protocol.SH_LIMIT, protocol.OPACITY_LOGIT_LIMIT
+    cols["scale_0"][0], cols["scale_1"][0] = hi, lo
+    cols["opacity"][0], cols["opacity"][1] = logit, -logit
+    cols["f_dc_0"][0], cols["f_rest_8"][0] = sh, -sh
     write_ply(tmp_path / "edge.ply", cols)
-    assert read_splats(tmp_path / "edge.ply").scale[0, 0] == 20.0
+    s = read_splats(tmp_path / "edge.ply")
+    assert s.scale[0, 0] == hi
+    scene = {"positions": s.positions, "f_dc": s.f_dc, "f_rest": s.f_rest, "opacity": s.opacity, "scale": s.scale,
+             "rotation": s.rotation}
+    assert protocol.validate_scene(scene) == N
+    cols["scale_0"][0] = np.nextafter(np.float32(hi), np.float32(np.inf))
+    write_ply(tmp_path / "over.ply", cols)
+    with pytest.raises(PlyError, match="point 0: scale_0"):
+        read_splats(tmp_path / "over.ply")
+    over = s.scale.copy()
+    over[0, 0] = cols["scale_0"][0]
+    with pytest.raises(protocol.BadJob, match="point 0"):
+        protocol.validate_scene(dict(scene, scale=over))
 
 
 def test_a_plain_point_cloud_gets_in_range_defaults(tmp_path):
