@@ -16,6 +16,7 @@ paths. A bake writes only into a folder it owns and replaces or frees only the f
 
 from __future__ import annotations
 
+from .. import paths
 from . import common, folder, gn_cache, pc2, ply_sequence, shape_keys
 from .common import TARGETS, BakeError, BakeInfo, bake_record, default_cache_dir, frames_from_dir
 from .gn_cache import bake_gn_cache
@@ -61,13 +62,19 @@ def free_bake(obj, delete_files: bool = True) -> bool:
     from .. import look
 
     record = bake_record(obj)
+    caches = [(t, common.resolve(d)) for t, d in common.record_caches(record) if t in _MODULES and t != "shape_keys"]
+    if delete_files:  # a folder we cannot write is said before anything changes
+        for _target, path in caches:
+            if folder.is_owned(path):
+                try:
+                    paths.check_writable_folder(path, "bake folder")
+                except paths.PathProblem as exc:
+                    raise BakeError(f"Cannot free the bake: {exc}") from None
     common.detach_all(obj)
     if delete_files:
-        for target, stored in common.record_caches(record):
-            if target in _MODULES and target != "shape_keys":
-                path = common.resolve(stored)
-                folder.release(path, target, _MODULES[target].LAYOUT)
-                common.remove_legacy_staging(path)
+        for target, path in caches:
+            folder.release(path, target, _MODULES[target].LAYOUT)
+            common.remove_legacy_staging(path)
     common.clear_bake_record(obj)
     if look.look_modifier(obj) is not None:
         look.apply_splat_look(obj, source="attributes")

@@ -67,7 +67,11 @@ def check_folder(folder) -> Path:
     folder = Path(os.path.abspath(os.fspath(folder)))
     if folder.exists() and not folder.is_dir():
         raise BakeError(f"The bake folder {folder} is a file, not a folder")
-    if folder.is_dir() and not is_owned(folder) and any(folder.iterdir()):
+    try:
+        foreign = folder.is_dir() and not is_owned(folder) and any(folder.iterdir())
+    except OSError as exc:
+        raise BakeError(f"The bake folder {folder} cannot be read: {exc.strerror or exc}") from None
+    if foreign:
         raise BakeError(f"The bake folder {folder} already holds files that Splat Physics did not write. "
                           "Choose an empty or new folder for the bake; nothing in this one was changed")
     try:

@@ -194,6 +194,23 @@ def test_a_read_only_bake_folder_is_refused_before_the_run(addon, project, prefs
     assert tree_digest(tmp_path, skip=("project",)) == before and _no_job_written(s2j, obj)
 
 
+def test_free_bake_in_a_read_only_folder_says_so_and_keeps_the_bake(addon, project, tmp_path):
+    bake = _mod(addon, "core.bake")
+    obj = _cube_object("FreeLocked")
+    n = len(obj.data.vertices)
+    frames = [(f, {"positions": np.full((n, 3), 0.01 * f, np.float32)}) for f in (1, 2)]
+    cache = tmp_path / "locked_cache"
+    bake.bake(obj, frames, "pc2", str(cache))
+    record, mods = bake.bake_record(obj), [m.name for m in obj.modifiers]
+    before = tree_digest(cache)
+    with read_only(cache):
+        with pytest.raises(RuntimeError, match=re.escape(f"Cannot free the bake: The bake folder {cache} is read-only")):
+            bpy.ops.splat.free_bake()
+    assert tree_digest(cache) == before and bake.bake_record(obj) == record and [m.name for m in obj.modifiers] == mods
+    assert obj.splat_physics.last_level == "ERROR"
+    assert bpy.ops.splat.free_bake() == {"FINISHED"} and not cache.exists()
+
+
 def test_a_read_only_project_folder_is_said_before_a_job_is_written(addon, project):
     obj = _cube_object("ReadOnlyJob")
     bpy.ops.splat.convert_to_particles()
