@@ -47,7 +47,10 @@ def _rebase_object(obj, rebase) -> None:
             for bake in mod.bakes:
                 _set(lambda v, b=bake: setattr(b, "directory", v), bake.directory, rebase(bake.directory))
         elif ply_sequence.is_reader_modifier(mod):
-            old = look.get_modifier_input(mod, "Directory")
+            try:
+                old = look.get_modifier_input(mod, "Directory")
+            except (KeyError, TypeError):  # the artist edited the reader group: nothing of ours to rebase
+                continue
             _set(lambda v, m=mod: look.set_modifier_input(m, "Directory", v), old, rebase(old))
     settings = obj.splat_physics
     for prop in ("bake_dir", "reference_video"):
