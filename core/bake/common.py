@@ -340,12 +340,14 @@ def report_progress(progress, done: int, total: int, frame: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ finishing
-def detach_all(obj) -> None:
-    """Remove every bake reader (modifiers, committed shape keys) from the object; files stay."""
+def detach_all(obj, keep: tuple = ()) -> None:
+    """Remove every bake reader (modifiers, committed shape keys) from the object, except the targets in
+    ``keep``; files stay."""
     from . import gn_cache, pc2, ply_sequence, shape_keys
 
     for module in (gn_cache, ply_sequence, pc2, shape_keys):
-        module.detach(obj)
+        if module.TARGET not in keep:
+            module.detach(obj)
 
 
 def resolve(path: str) -> str:
@@ -369,16 +371,28 @@ def record_caches(record: dict | None) -> list[tuple[str, str]]:
     return [(t, d) for t, d in out if isinstance(t, str) and isinstance(d, str) and d]
 
 
+def _has_shape_key_bake(record: dict | None) -> bool:
+    if not record:
+        return False
+    kept = [k.get("target") for k in record.get("kept", []) if isinstance(k, dict)]
+    return record.get("target") == "shape_keys" or "shape_keys" in kept
+
+
 def finish_bake(obj, info: BakeInfo, attach) -> None:
-    """After a successful write: swap the readers to the new bake and record it. The previous bake's
-    files stay on disk (another target's cache is kept, listed in the record so Free Bake can delete it)."""
+    """After a successful write: swap the readers to the new bake and record it. The previous bake stays:
+    another target's cache files on disk, or its shape keys in the .blend (the new reader overrides them),
+    listed in the record so Free Bake can delete them too."""
+    previous = bake_record(obj)
     new_dir = os.path.normcase(os.path.abspath(info.cache_dir)) if info.cache_dir else ""
     kept, seen = [], set()
-    for target, stored in record_caches(bake_record(obj)):
+    for target, stored in record_caches(previous):
         key = (target, os.path.normcase(resolve(stored)))
         if key != (info.target, new_dir) and key not in seen:
             seen.add(key)
             kept.append({"target": target, "dir": stored})
-    detach_all(obj)
+    keep_keys = info.target != "shape_keys" and _has_shape_key_bake(previous)
+    if keep_keys:
+        kept.append({"target": "shape_keys", "dir": ""})
+    detach_all(obj, keep=("shape_keys",) if keep_keys else ())
     attach()
     set_bake_record(obj, info, kept)

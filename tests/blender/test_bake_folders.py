@@ -256,3 +256,19 @@ def test_a_cache_from_the_earlier_format_is_rebaked_and_freed_file_by_file(mods,
     assert _marker(cache)["targets"]["pc2"]["files"] == ["cache.pc2"]
     assert bake.free_bake(obj)
     assert tree_digest(cache) == {**artist, "client": "dir"}
+
+
+@pytest.mark.parametrize("then", ("gn_cache", "pc2"))
+def test_switching_away_from_shape_keys_keeps_them_under_the_new_bake(mods, project, tmp_path, then):
+    splats, bake, _look, _ply = mods
+    obj, p0 = tb.make_splat_object(mods, tmp_path)
+    frames = _frames(bake, tmp_path, p0)
+    bake.bake(obj, frames, "shape_keys")
+    keys = [k.name for k in obj.data.shape_keys.key_blocks]
+    moved = _frames(bake, tmp_path, p0, name="job2", offset=(0.0, 0.0, 1.0))
+    bake.bake(obj, moved, then)
+    assert [k.name for k in obj.data.shape_keys.key_blocks] == keys  # the keys are still in the .blend
+    assert _plays(splats, obj, p0, offset=(0.0, 0.0, 1.0))  # and the new bake is what plays
+    assert {"target": "shape_keys", "dir": ""} in bake.bake_record(obj)["kept"]
+    assert bake.free_bake(obj)
+    assert obj.data.shape_keys is None and _plays(splats, obj, p0, frame=1)
