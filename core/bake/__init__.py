@@ -16,6 +16,8 @@ paths. A bake writes only into a folder it owns and replaces or frees only the f
 
 from __future__ import annotations
 
+import os
+
 from .. import paths
 from . import common, folder, gn_cache, pc2, ply_sequence, shape_keys
 from .common import TARGETS, BakeError, BakeInfo, bake_record, default_cache_dir, frames_from_dir
@@ -75,6 +77,14 @@ def free_bake(obj, delete_files: bool = True) -> bool:
         for target, path in caches:
             folder.release(path, target, _MODULES[target].LAYOUT)
             common.remove_legacy_staging(path)
+        for _target, path in caches:  # //splat_cache/<object>/ left empty: our layout, so tidy it away
+            parent = os.path.dirname(path)
+            if os.path.basename(os.path.dirname(parent)) == common.CACHE_ROOT:
+                for level in (parent, os.path.dirname(parent)):
+                    try:
+                        os.rmdir(level)
+                    except OSError:  # not empty, or already gone
+                        break
     common.clear_bake_record(obj)
     if look.look_modifier(obj) is not None:
         look.apply_splat_look(obj, source="attributes")

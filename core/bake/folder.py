@@ -53,9 +53,15 @@ def _entries(marker: dict | None) -> dict:
     return {legacy: {"files": None}} if isinstance(legacy, str) else {}
 
 
-def _write_marker(folder: Path, entries: dict, created: bool) -> None:
+def _write_marker(folder: Path, entries: dict, created: int) -> None:
+    """``created``: how many folder levels the first bake made (the folder, its parent...), removed when freed."""
     protocol.atomic_write_json(folder / MARKER, {"product": PRODUCT, "format_version": FORMAT_VERSION,
-                                                 "created_folder": created, "targets": entries})
+                                                 "created_levels": created, "targets": entries})
+
+
+def _created(marker: dict) -> int:
+    levels = marker.get("created_levels", 0)
+    return levels if isinstance(levels, int) and 0 <= levels < 64 else 0
 
 
 def is_owned(folder) -> bool:
@@ -85,7 +91,9 @@ def claim(folder) -> Path:
     """Make ``folder`` ours (create it, or mark an empty one); refuse one that holds others' files."""
     folder = check_folder(folder)
     if not is_owned(folder):
-        created = not folder.exists()
+        created, missing = 0, folder
+        while not missing.exists() and missing != missing.parent:
+            created, missing = created + 1, missing.parent
         try:
             folder.mkdir(parents=True, exist_ok=True)
             _write_marker(folder, {}, created)
@@ -149,7 +157,7 @@ def commit(folder, target: str, staged: Path, layout: re.Pattern) -> list[str]:
     if marker is None:
         raise BakeError(f"The bake folder {folder} lost its {MARKER} while baking; nothing was replaced")
     entries = _entries(marker)
-    created = bool(marker.get("created_folder", False))
+    created = _created(marker)
     new = sorted(rel for rel in _walk(staged) if layout.fullmatch(rel))
     old = owned_files(folder, target, layout)
     clash = [rel for rel in new if (folder / rel).exists() and rel not in old]
@@ -185,15 +193,17 @@ def release(folder, target: str, layout: re.Pattern) -> int:
     shutil.rmtree(folder / STAGING / target, ignore_errors=True)
     entries = _entries(marker)
     entries.pop(target, None)
-    created = bool(marker.get("created_folder", False))
+    created = _created(marker)
     if entries:
         _write_marker(folder, entries, created)
     else:
         (folder / MARKER).unlink(missing_ok=True)
     _prune(folder, files)
-    if not entries and created:
+    level = folder
+    for _ in range(created if not entries else 0):  # the folders the first bake made, if now empty
         try:
-            folder.rmdir()
+            level.rmdir()
         except OSError:  # the artist put files in it: they stay, and so does the folder
-            pass
+            break
+        level = level.parent
     return len(files)

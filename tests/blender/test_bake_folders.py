@@ -183,8 +183,7 @@ def test_switching_targets_keeps_the_other_cache_and_free_deletes_both(mods, pro
 
     assert bake.free_bake(obj)
     assert not os.path.exists(gn.cache_dir) and not os.path.exists(ply_seq.cache_dir) and not shared.exists()
-    assert tree_digest(project) == {"scene.blend": tree_digest(project)["scene.blend"], "splat_cache": "dir",
-                                    "splat_cache/Sheet": "dir"}
+    assert sorted(tree_digest(project)) == ["scene.blend"]  # every folder the bakes made is gone
 
 
 def _bake_all_targets(mods, tmp_path):
