@@ -55,6 +55,10 @@ _BAKE_ITEMS = [
 ]
 
 
+# '//' paths are resolved at use time and kept pointing at the same place on Save As (core/bake/relocate.py).
+_BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"}
+
+
 def _refresh_readout(self, context):
     # Deferred import: scene_to_job imports this module.
     from . import scene_to_job
@@ -126,7 +130,8 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     # Estimate Materials
     prior: EnumProperty(name="Prior", items=_PRIOR_ITEMS, default="svd")
     prompt: StringProperty(name="Prompt", description="What the motion looks like, e.g. 'a flower swaying in the wind'")
-    reference_video: StringProperty(name="Video", subtype="FILE_PATH", description="Video file or folder of frames")
+    reference_video: StringProperty(name="Video", subtype="FILE_PATH", options=_BLEND_RELATIVE,
+                                    description="Video file or folder of frames")
     iterations: IntProperty(name="Iterations", default=30, min=1, max=100000)
     tolerance_decades: FloatProperty(
         name="Tolerance", default=1.0, min=1e-6, max=10.0,
@@ -138,7 +143,7 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     # Simulate & Bake
     bake_target: EnumProperty(name="Bake to", items=_BAKE_ITEMS, default="gn_cache")
     bake_dir: StringProperty(
-        name="Bake folder", subtype="DIR_PATH", default="",
+        name="Bake folder", subtype="DIR_PATH", default="", options=_BLEND_RELATIVE,
         description="Where the cache goes; empty = //splat_cache/<object>/<target> next to the .blend",
     )
 

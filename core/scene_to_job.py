@@ -12,7 +12,6 @@ the temporary frame changes needed to sample animated colliders and the camera (
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ import numpy as np
 
 from ..backend import protocol
 from ..backend.render.camera import CameraError, camera_from_blender
-from . import interactions, materials, splats
+from . import interactions, materials, paths, splats
 
 DOMAIN_MARGIN = 1.5  # default domain side / the object's largest extent
 JOBS_DIR = "splat_jobs"
@@ -353,8 +352,15 @@ def write_job_folder(job_dir, job: dict, arrays: dict) -> Path:
     arrays do not, which would throw away a resumable run.
     """
     job_dir = Path(job_dir)
+    try:
+        paths.check_writable_folder(job_dir, "job folder")
+    except paths.PathProblem as exc:
+        raise SetupError(str(exc)) from None
     scene_path = job_dir / job.get("scene", protocol.SCENE_FILE)
-    protocol.write_job(job_dir, job, None if _same_arrays(scene_path, arrays) else arrays)
+    try:
+        protocol.write_job(job_dir, job, None if _same_arrays(scene_path, arrays) else arrays)
+    except OSError as exc:  # e.g. the disk filled up while writing
+        raise SetupError(f"Cannot write the job folder {job_dir}: {exc.strerror or exc}") from None
     try:
         protocol.read_job(job_dir)
     except protocol.BadJob as exc:
@@ -373,10 +379,6 @@ def _same_arrays(path: Path, arrays: dict) -> bool:
         old[k].dtype == np.asarray(arrays[k]).dtype and np.array_equal(old[k], arrays[k]) for k in arrays)
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^\w.\- ]+", "_", name).strip() or "object"
-
-
 def blend_saved() -> bool:
     return bool(bpy.data.filepath)
 
@@ -387,4 +389,4 @@ def job_dir_for(obj, command: str) -> Path:
         root = Path(bpy.path.abspath(f"//{JOBS_DIR}"))
     else:
         root = Path(tempfile.gettempdir()) / JOBS_DIR / f"unsaved-{os.getpid()}"
-    return root / _safe_name(obj.name) / command
+    return root / paths.safe_folder_name(obj.name) / command

@@ -142,8 +142,15 @@ def _float_group(mesh, names) -> np.ndarray | None:
 
 
 def _rest_names(mesh) -> list[str]:
-    idx = sorted(int(a.name[7:]) for a in mesh.attributes if a.name.startswith("f_rest_") and a.name[7:].isdigit())
-    return [f"f_rest_{i}" for i in idx]
+    """The mesh's f_rest_* attribute names in coefficient order (zero-padded names too, e.g. f_rest_07)."""
+    found: dict[int, str] = {}
+    for attr in mesh.attributes:
+        if attr.name.startswith("f_rest_") and attr.name[7:].isdigit():
+            i = int(attr.name[7:])
+            if i in found:
+                raise SplatError(f"attributes '{found[i]}' and '{attr.name}' both mean f_rest_{i}; remove one")
+            found[i] = attr.name
+    return [found[i] for i in sorted(found)]
 
 
 def local_positions(mesh) -> np.ndarray:
@@ -165,12 +172,12 @@ def _check_positions(positions: np.ndarray, what: str) -> None:
 
 
 def _check_splats(splats: ply.Splats, what: str) -> None:
+    """Positions, then every splat value against the PLY reader's ranges (one rule for both sides)."""
     _check_positions(splats.positions, what)
-    for name in ("f_dc", "f_rest", "opacity", "scale", "rotation"):
-        arr = getattr(splats, name)
-        if arr.size and not np.isfinite(arr).all():
-            rows = int((~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)).sum())
-            raise SplatError(f"{what} has NaN or infinite {name} values in {rows} splats")
+    problem = ply.splat_value_problem({k: getattr(splats, k) for k in ("positions", "f_dc", "f_rest", "opacity",
+                                                                       "scale", "rotation")}, what)
+    if problem:
+        raise SplatError(problem)
 
 
 # ------------------------------------------------------------------------------------------ conversions

@@ -7,7 +7,7 @@ from pathlib import Path
 import bpy
 
 from ..core import jobs
-from ..core.runner import JobRunner, addon_root, run_backend
+from ..core.runner import JobRunner, addon_root, interpreter_problem, run_backend
 from ..preferences import get_prefs
 
 _TIMER_STEP = 0.1
@@ -52,6 +52,12 @@ class SPLAT_OT_check_backend(bpy.types.Operator):
     def execute(self, context):
         prefs = get_prefs(context)
         python = backend_python(context)
+        # The doctor itself lists missing packages; it only needs a working Python with numpy to start.
+        problem = interpreter_problem(python, modules=(("numpy", "numpy"),))
+        if problem:
+            prefs.doctor_report = problem
+            self.report({"ERROR"}, problem)
+            return {"CANCELLED"}
         args = ["doctor", "--json", "--svd-model", prefs.svd_model, "--modelscope-model", prefs.modelscope_model]
         result = run_backend(python, args, timeout=300)
         if not result.ok:

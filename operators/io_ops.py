@@ -37,6 +37,12 @@ class IMPORT_SCENE_OT_gaussian_splat(bpy.types.Operator, ImportHelper):
         except (PlyError, splats.SplatError) as exc:
             self.report({"ERROR"}, f"Cannot import splats: {exc}")
             return {"CANCELLED"}
+        except MemoryError:
+            self.report({"ERROR"}, f"Cannot import splats: {self.filepath} is too large for the available memory")
+            return {"CANCELLED"}
+        except (ValueError, OSError) as exc:  # anything the reader did not foresee: still no traceback
+            self.report({"ERROR"}, f"Cannot import splats from {self.filepath}: {exc}")
+            return {"CANCELLED"}
         if self.splat_look:
             look.apply_splat_look(obj, source="attributes", splat_size=self.splat_size)
             if self.viewport_points or len(obj.data.vertices) > VIEWPORT_POINTS_ABOVE:

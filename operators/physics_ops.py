@@ -287,7 +287,8 @@ class SPLAT_OT_simulate_bake(_SplatOperator, bpy.types.Operator):
 
 
 class SPLAT_OT_free_bake(_SplatOperator, bpy.types.Operator):
-    """Remove the baked animation from the object (the cache files stay on disk)"""
+    """Remove the baked animation from the object and delete the cache files the bake wrote
+(anything else in the bake folder stays)"""
 
     bl_idname = "splat.free_bake"
     bl_label = "Free Bake"
@@ -299,6 +300,8 @@ class SPLAT_OT_free_bake(_SplatOperator, bpy.types.Operator):
             workflow.free_bake(obj)
         except (ImportError, ValueError, RuntimeError) as exc:
             return _fail(self, obj, exc)
+        except OSError as exc:  # e.g. the cache folder became read-only
+            return _fail(self, obj, f"Cannot delete the bake's files: {exc.strerror or exc} ({exc.filename})")
         return {"FINISHED"}
 
 
