@@ -486,6 +486,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GB of memory reserved per job (default: estimated from each job's size)")
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
                    help=f"retries of a job whose worker dies (default {DEFAULT_RETRIES})")
+    p.add_argument("--dry-run", action="store_true",
+                   help="check every job and list what each would reserve, without starting Ray")
 
 
 def cmd_batch(args: argparse.Namespace) -> int:
@@ -504,23 +506,25 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 
 def _batch(args: argparse.Namespace, reporter: Reporter) -> int:
+    if args.memory_per_job is not None and args.memory_per_job <= 0:
+        raise BadJob("--memory-per-job must be a positive number of GB")
+    if args.cpus_per_job <= 0 or args.retries < 0:
+        raise BadJob("--cpus-per-job must be positive and --retries not negative")
+    folders = collect_folders(args.sources)
+    memory = int(args.memory_per_job * 2**30) if args.memory_per_job else None
+    if args.dry_run:
+        return _dry_run(prepare_jobs(folders, args.cpus_per_job, False, memory), reporter)
+    report_dir = Path(args.report).expanduser().resolve() if args.report else default_report_dir(args.sources, folders)
     if not args.address:  # a local Ray only listens on the loopback interface (set before ray is imported)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
     except ImportError:
         raise protocol.MissingResource(RAY_MISSING) from None
-    if args.memory_per_job is not None and args.memory_per_job <= 0:
-        raise BadJob("--memory-per-job must be a positive number of GB")
-    if args.cpus_per_job <= 0 or args.retries < 0:
-        raise BadJob("--cpus-per-job must be positive and --retries not negative")
-    folders = collect_folders(args.sources)
-    report_dir = Path(args.report).expanduser().resolve() if args.report else default_report_dir(args.sources, folders)
     _connect(ray, args)
     try:
         nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
         has_gpu = any(n.get("GPU") for n in nodes)
-        memory = int(args.memory_per_job * 2**30) if args.memory_per_job else None
         jobs = prepare_jobs(folders, args.cpus_per_job, has_gpu, memory)
         report_dir.mkdir(parents=True, exist_ok=True)
         with open(report_dir / EVENTS_FILE, "w", encoding="utf-8") as events_file:
@@ -537,6 +541,21 @@ def _batch(args: argparse.Namespace, reporter: Reporter) -> int:
         return code
     finally:
         ray.shutdown()
+
+
+def _dry_run(jobs: list[BatchJob], reporter: Reporter) -> int:
+    """The plan without Ray: every job checked, with what it would reserve (GPUs as if the cluster had none)."""
+    plan = [{"job": j.name, "folder": str(j.folder), "command": j.command, "resources": j.resources,
+             "error": j.error.message if j.error else ""} for j in jobs]
+    for p in plan:
+        res = p["resources"]
+        what = (f"{res['num_cpus']:g} CPU, {res['num_gpus']} GPU, {res['memory'] / 2**30:.2f} GB"
+                if res else f"error: {p['error']}")
+        print(f"{p['job']}: {p['command'] or '?'} in {p['folder']} ({what})", file=sys.stderr)
+    bad = [j for j in jobs if j.error]
+    reporter.emit("result", stage="batch", message=f"{len(jobs) - len(bad)} of {len(jobs)} job(s) ready",
+                  data={"jobs": plan})
+    return bad[0].error.exit_code if bad else ExitCode.OK
 
 
 def _connect(ray, args) -> None:

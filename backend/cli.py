@@ -36,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p_inst = sub.add_parser("install", help="create a backend environment (stdlib only; used by the add-on)")
     p_inst.add_argument("env_dir")
-    p_inst.add_argument("--requirements", required=True)
+    p_inst.add_argument("--requirements", required=True, action="append", type=Path,
+                        help="a requirements file; repeat it for extras (requirements/ray.txt)")
 
     p_demo = sub.add_parser("demo", help="headless demo on the bundled sample: estimate, poke, simulate, preview")
     p_demo.add_argument("--out", default="demo_out/backend")
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "install":
         from .install import cmd_install
 
-        return cmd_install(Path(args.env_dir), Path(args.requirements))
+        return cmd_install(Path(args.env_dir), args.requirements)
     if args.command == "batch":
         from .batch import cmd_batch
 
