@@ -203,29 +203,27 @@ def infeasible(job: BatchJob, nodes: list[dict]) -> str:
 
 # ---------------------------------------------------------------------------- on the worker
 class Hub:
-    """One small actor per batch: events from the tasks to the driver, the cancel flag, attempt counts."""
+    """One small actor per batch that carries the tasks' events to the driver and numbers their attempts.
+
+    Tasks only ever call it fire-and-forget while their job runs: a task that blocks in ray.get or
+    ray.wait lends its CPUs back to Ray, which then starts more jobs than the node has cores."""
 
     def __init__(self):
         self._lines: list[tuple[str, int, str]] = []
-        self._cancel = False
-        self._attempts: collections.Counter = collections.Counter()
+        self._attempt: dict[str, int] = {}  # attempt token -> attempt number
+        self._count: collections.Counter = collections.Counter()
 
-    def begin(self, name: str) -> int:
-        self._attempts[name] += 1
-        return self._attempts[name]
+    def begin(self, name: str, token: str) -> None:
+        self._count[name] += 1
+        self._attempt[token] = self._count[name]
 
-    def put(self, name: str, attempt: int, lines: list[str]) -> None:
+    def put(self, name: str, token: str, lines: list[str]) -> None:
+        attempt = self._attempt.get(token, 0)
         self._lines.extend((name, attempt, line) for line in lines)
 
     def drain(self) -> list[tuple[str, int, str]]:
         lines, self._lines = self._lines, []
         return lines
-
-    def cancel(self) -> None:
-        self._cancel = True
-
-    def cancelled(self) -> bool:
-        return self._cancel
 
 
 def _die_with_parent() -> None:
@@ -255,37 +253,44 @@ def _event(kind: str, message: str, **data) -> str:
 
 
 def run_on_worker(spec: dict, hub) -> dict:
-    """The body of one Ray task: check the folder, run the backend on it, forward its events."""
+    """The body of one Ray task: check the folder, run the backend on it, forward its events.
+
+    A cancel arrives as ray.cancel, i.e. a KeyboardInterrupt here: it is passed on to the backend as
+    SIGTERM, which stops at its next frame or iteration and exits 3 with its checkpoint kept."""
     import ray
 
     name, folder = spec["name"], Path(spec["folder"])
-    attempt = ray.get(hub.begin.remote(name))
+    token = f"{os.getpid()}:{time.time_ns()}"
+    hub.begin.remote(name, token)
+    send = lambda lines: hub.put.remote(name, token, lines)  # noqa: E731 (ordered: one caller, one actor)
     node = ray.util.get_node_ip_address()
-    send = lambda lines: hub.put.remote(name, attempt, lines)  # noqa: E731 (ordered: one caller, one actor)
-    outcome = {"name": name, "attempt": attempt, "node": node, "exit_code": None, "message": "", "result": {},
-               "figures": {}}
-    if ray.get(hub.cancelled.remote()):
-        return dict(outcome, exit_code=int(ExitCode.CANCELLED), message="cancelled before it started")
+    outcome = {"name": name, "node": node, "exit_code": None, "message": "", "result": {}, "figures": {}}
+    proc = None
     try:
-        digest = job_digest(folder, spec["scene_file"])
-    except OSError as exc:
-        digest = f"unreadable ({exc.strerror or exc})"
-    if digest != spec["digest"]:
-        message = (f"node {node} does not see the job folder as the driver does ({folder}: {digest}). "
-                   + SHARED_STORAGE)
-        ray.get(send([Event("error", message=message, data={"exit_code": int(ExitCode.MISSING_RESOURCE)}).to_json()]))
-        return dict(outcome, exit_code=int(ExitCode.MISSING_RESOURCE), message=message)
-    has_gpu = bool(ray.get_gpu_ids())
-    started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-u", "-m", "backend", "run", str(folder)], stdin=subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_child_env(spec["cpus"], has_gpu),
-                            preexec_fn=_die_with_parent if os.name == "posix" else None)
-    note = "resuming from the job's checkpoint" if attempt > 1 else "started"
-    send([_event("stage", f"{name}: {note} on {node} (attempt {attempt})", job=name, attempt=attempt, node=node,
-                 worker_pid=os.getpid(), backend_pid=proc.pid)])
-    code, last_error, result, stderr_tail = _follow(proc, hub, send)
-    seconds = time.monotonic() - started
-    cancelled = ray.get(hub.cancelled.remote())
+        try:
+            digest = job_digest(folder, spec["scene_file"])
+        except OSError as exc:
+            digest = f"unreadable ({exc.strerror or exc})"
+        if digest != spec["digest"]:
+            message = (f"node {node} does not see the job folder as the driver does ({folder}: {digest}). "
+                       + SHARED_STORAGE)
+            ray.get(send([Event("error", message=message,
+                                data={"exit_code": int(ExitCode.MISSING_RESOURCE)}).to_json()]))
+            return dict(outcome, exit_code=int(ExitCode.MISSING_RESOURCE), message=message)
+        has_gpu = bool(ray.get_gpu_ids())
+        started = time.monotonic()
+        proc = subprocess.Popen([sys.executable, "-u", "-m", "backend", "run", str(folder)],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                env=_child_env(spec["cpus"], has_gpu),
+                                preexec_fn=_die_with_parent if os.name == "posix" else None)
+        send([_event("stage", f"{name}: started on {node}", job=name, node=node, worker_pid=os.getpid(),
+                     backend_pid=proc.pid)])
+        code, last_error, result, stderr_tail, cancelled = _follow(proc, send)
+    except KeyboardInterrupt:  # cancelled before the backend was following along
+        if proc is not None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait()
+        return dict(outcome, exit_code=int(ExitCode.CANCELLED), message="cancelled before it started")
     if code < 0 and not cancelled:  # killed from outside: let Ray retry it (resumes from the checkpoint)
         raise BackendKilled(f"{name}: the backend was killed by {signal.Signals(-code).name} on {node}")
     if code < 0:
@@ -293,12 +298,13 @@ def run_on_worker(spec: dict, hub) -> dict:
     message = last_error or ("finished" if code == 0 else protocol.EXIT_MEANINGS.get(code, f"exit code {code}"))
     if code == ExitCode.INTERNAL and not last_error and stderr_tail:
         message = stderr_tail[-1]
-    return dict(outcome, exit_code=code, message=message, result=result, seconds=seconds,
+    return dict(outcome, exit_code=code, message=message, result=result, seconds=time.monotonic() - started,
                 figures=figures(folder, result))
 
 
-def _follow(proc: subprocess.Popen, hub, send) -> tuple[int, str, dict, list[str]]:
-    """Forward the backend's events in small batches; pass a cancel on as SIGTERM (it exits 3, resumable)."""
+def _follow(proc: subprocess.Popen, send) -> tuple[int, str, dict, list[str], bool]:
+    """Forward the backend's events in small batches until it exits; a KeyboardInterrupt (ray.cancel)
+    becomes SIGTERM to the backend. Returns (exit code, last error message, result, stderr tail, cancelled)."""
     import ray
 
     lines: list[str] = []
@@ -324,25 +330,36 @@ def _follow(proc: subprocess.Popen, hub, send) -> tuple[int, str, dict, list[str
         for raw in proc.stderr:
             stderr_tail.append(raw.decode("utf-8", errors="replace").rstrip())
 
+    def flush():
+        with lock:
+            batch, lines[:] = lines[:], []
+        return send(batch) if batch else None
+
     readers = [threading.Thread(target=f, daemon=True) for f in (read_stdout, read_stderr)]
     for t in readers:
         t.start()
-    signalled = False
-    while proc.poll() is None:
-        time.sleep(POLL_S)
-        with lock:
-            batch, lines[:] = lines[:], []
-        if batch:
-            send(batch)
-        if not signalled and ray.get(hub.cancelled.remote()):
-            proc.send_signal(signal.SIGTERM)
-            signalled = True
+    cancelled = False
+    while True:
+        try:
+            while proc.poll() is None:
+                time.sleep(POLL_S)
+                flush()
+            break
+        except KeyboardInterrupt:
+            if not cancelled:
+                proc.send_signal(signal.SIGTERM)
+                cancelled = True
     for t in readers:
         t.join(timeout=10)
-    with lock:
-        batch = lines[:]
-    ray.get(send(batch))  # everything is at the hub before the task returns
-    return proc.returncode, last["error"], last["result"], list(stderr_tail)
+    last_put = flush()
+    while True:
+        try:
+            if last_put is not None:
+                ray.get(last_put)  # everything is at the hub before the task returns (the job is over)
+            break
+        except KeyboardInterrupt:
+            continue
+    return proc.returncode, last["error"], last["result"], list(stderr_tail), cancelled
 
 
 def figures(folder: Path, result: dict) -> dict:
@@ -367,6 +384,7 @@ class Progress:
         self.events_file = events_file
         self.fraction = {j.name: 0.0 for j in jobs}
         self.started: dict[str, float] = {}
+        self.attempts: collections.Counter = collections.Counter()
         self.rows: dict[str, dict] = {}
         self._last_total = 0.0
 
@@ -381,17 +399,20 @@ class Progress:
         except ValueError:
             return
         self.started.setdefault(name, time.monotonic())
+        self.attempts[name] = max(self.attempts[name], attempt)
         if ev.kind == "progress" and ev.fraction is not None:
             self.fraction[name] = ev.fraction
-        data = dict(ev.data, job=name, attempt=attempt)
+        message = f"{name}: {ev.message}" if ev.message and ev.stage != "batch" else ev.message
+        if ev.stage == "batch" and attempt > 1:
+            message += f" (attempt {attempt}: its worker was lost; the job resumes from its checkpoint)"
         self.emit(ev.kind, stage=ev.stage, step=ev.step, total=ev.total, loss=ev.loss, eta_s=ev.eta_s,
-                  message=ev.message if ev.stage == "batch" else f"{name}: {ev.message}" if ev.message else "",
-                  data=data)
+                  message=message, data=dict(ev.data, job=name, attempt=attempt))
 
     def finish(self, name: str, row: dict) -> None:
         job = self.jobs[name]
         start = self.started.get(name)
         row = {"job": name, "folder": str(job.folder), "command": job.command, **row}
+        row["attempts"] = max(row.get("attempts", 0), self.attempts[name])
         # Wall time from the first start seen, over every attempt; the worker's own figure otherwise.
         row["seconds"] = time.monotonic() - start if start else row.get("seconds", 0.0)
         self.rows[name] = row
@@ -425,9 +446,9 @@ def status_of(exit_code: int | None) -> str:
         return f"exit {exit_code}"
 
 
-def row_from(outcome: dict) -> dict:
+def row_from(outcome: dict, attempts: int) -> dict:
     return {"status": status_of(outcome["exit_code"]), "exit_code": outcome["exit_code"],
-            "message": outcome["message"], "attempts": outcome.get("attempt", 0), "node": outcome.get("node", ""),
+            "message": outcome["message"], "attempts": attempts, "node": outcome.get("node", ""),
             "figures": outcome.get("figures", {}), **({"seconds": outcome["seconds"]} if "seconds" in outcome else {})}
 
 
@@ -605,10 +626,10 @@ def _run(ray, jobs: list[BatchJob], nodes: list[dict], retries: int, progress: P
             for ref in ready:
                 name = pending.pop(ref)
                 try:
-                    row = row_from(ray.get(ref))
-                except ray.exceptions.TaskCancelledError:
+                    row = row_from(ray.get(ref), progress.attempts[name])
+                except ray.exceptions.TaskCancelledError:  # cancelled while queued: it never started
                     row = {"status": "cancelled", "exit_code": int(ExitCode.CANCELLED), "attempts": 0,
-                           "figures": {}, "message": "cancelled"}
+                           "figures": {}, "message": "cancelled; the job folder is resumable"}
                 except (ray.exceptions.RayTaskError, ray.exceptions.WorkerCrashedError,
                         ray.exceptions.NodeDiedError, ray.exceptions.RayError) as exc:
                     row = lost_row(exc, retries)
@@ -616,7 +637,8 @@ def _run(ray, jobs: list[BatchJob], nodes: list[dict], retries: int, progress: P
             progress.total()
             if stop["count"] and not cancelling:
                 cancelling = True
-                hub.cancel.remote()
+                for ref in pending:  # queued: dropped; running: SIGTERM to its backend (run_on_worker)
+                    ray.cancel(ref)
                 progress.emit("stage", stage="batch", message="cancelling: running jobs stop at their next frame or "
                               "iteration and stay resumable; queued jobs do not start (again to force)")
             if stop["count"] > 1:

@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,56 +130,74 @@ def test_three_jobs_equal_their_standalone_runs_and_a_bad_job_does_not_stop_them
 
 
 def _follow(proc, on_event):
-    """Read the batch's stream line by line, calling on_event(event, all_events) for each."""
+    """Read the batch's stream line by line, calling on_event(event) for each."""
     seen = []
     for line in proc.stdout:
         if line.strip():
             seen.append(Event.from_json(line))
-            on_event(seen[-1], seen)
+            on_event(seen[-1])
     proc.wait(timeout=120)
     return seen
 
 
+def _wait_for_pending_sigterm(pid, timeout=60):
+    """Until SIGTERM is queued on the (stopped) process: then it is sure to see it when continued."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = Path(f"/proc/{pid}/status").read_text()
+        pending = {k: int(v, 16) for k, v in (ln.split(":") for ln in status.splitlines() if ln[:6] in ("SigPnd",
+                                                                                                       "ShdPnd"))}
+        if any(mask & (1 << (signal.SIGTERM - 1)) for mask in pending.values()):
+            return
+        time.sleep(0.05)
+    raise AssertionError("the backend never got its SIGTERM")
+
+
 def test_killed_worker_resumes_from_the_checkpoint_and_a_cancelled_batch_stays_resumable(cluster, tmp_path):
-    job = simulate_job(tmp_path / "long", n_frames=40, n_side=10, n_grid=32)
+    job = simulate_job(tmp_path / "long", n_frames=24, n_side=8, n_grid=24)
     alone = standalone_copy(job)
+    # The backend is frozen (SIGSTOP) at each intervention, so the test does not race the simulation.
+    state = {}
 
-    # 1. Kill the Ray worker running the job mid-run; Ray retries it and the backend resumes.
-    state = {"killed_at": None}
-
-    def kill_once(ev, seen):
-        if state["killed_at"] is None and ev.kind == "progress" and ev.data.get("job") == "long" and ev.step >= 4:
-            started = next(e for e in seen if e.stage == "batch" and "worker_pid" in e.data)
-            os.kill(started.data["worker_pid"], signal.SIGKILL)
+    def intervene(ev):
+        data = ev.data
+        if ev.stage == "batch" and "backend_pid" in data:
+            state["backend"], state["worker"] = data["backend_pid"], data["worker_pid"]
+        if ev.stage == "batch" and ev.message.startswith("cancelling") and "paused" in state:
+            _wait_for_pending_sigterm(state["paused"])
+            os.kill(state["paused"], signal.SIGCONT)
+        if ev.kind != "progress" or ev.stage != "simulate":
+            return
+        if data["attempt"] == 1 and ev.step >= 4 and "killed_at" not in state:
+            # 1. Lose the Ray worker mid-run (its backend dies with it); Ray retries, the backend resumes.
+            os.kill(state["backend"], signal.SIGSTOP)
+            os.kill(state["worker"], signal.SIGKILL)
             state["killed_at"] = ev.step
-
-    # 2. Once the retry has simulated a few more frames, cancel the batch (SIGTERM to the driver).
-    def cancel_after_retry(ev, seen):
-        kill_once(ev, seen)
-        if ev.kind == "progress" and ev.data.get("attempt") == 2 and ev.step >= state["killed_at"] + 3:
-            if not state.get("cancelled"):
-                proc.send_signal(signal.SIGTERM)
-                state["cancelled"] = True
+        elif data["attempt"] == 2 and ev.step >= state["killed_at"] + 3 and "paused" not in state:
+            # 2. A few frames into the retry, cancel the batch as a farm manager would (SIGTERM to the driver).
+            os.kill(state["backend"], signal.SIGSTOP)
+            state["paused"] = state["backend"]
+            proc.send_signal(signal.SIGTERM)
 
     proc = start_batch(cluster, job, extra=("--report", str(tmp_path / "report")))
-    events = _follow(proc, cancel_after_retry)
-    assert state["killed_at"] is not None, proc.stderr.read()[-3000:]
+    events = _follow(proc, intervene)
+    assert "killed_at" in state and "paused" in state, proc.stderr.read()[-3000:]
     assert proc.returncode == ExitCode.CANCELLED, proc.stderr.read()[-3000:]
     rows, _ = report_rows(events)
     assert rows["long"]["status"] == "cancelled" and rows["long"]["attempts"] == 2
     second = [e for e in events if e.data.get("job") == "long" and e.data.get("attempt") == 2]
     assert any(e.kind == "warning" and "Resuming from frame" in e.message for e in second)
     resumed_steps = [e.step for e in second if e.kind == "progress" and e.stage == "simulate"]
-    assert resumed_steps[0] >= state["killed_at"]  # it did not start over
+    assert resumed_steps[0] > state["killed_at"]  # it did not start over
     assert protocol.RESULT_FILE not in os.listdir(job / protocol.OUT_DIR)
     done_before = len(frames(job))
-    assert done_before < 40
+    assert resumed_steps[-1] < done_before < 24
 
     # 3. The same batch again finishes from where the cancel left it; the frames equal an uninterrupted run.
     code, events, err = run_batch(cluster, job, extra=("--report", str(tmp_path / "report")))
     assert code == 0, err[-3000:]
     rows, _ = report_rows(events)
-    assert rows["long"]["status"] == "ok" and rows["long"]["figures"]["frames_written"] == 40
+    assert rows["long"]["status"] == "ok" and rows["long"]["figures"]["frames_written"] == 24
     steps = [e.step for e in events if e.kind == "progress" and e.data.get("job") == "long"]
-    assert steps[0] >= done_before - 1
+    assert steps[0] == done_before
     assert_same_frames(job, alone)
