@@ -197,7 +197,7 @@ def infeasible(job: BatchJob, nodes: list[dict]) -> str:
                 "'cpu' or add GPU nodes")
     biggest = max((n.get("memory", 0.0) for n in nodes), default=0.0)
     return (f"no Ray node has {need['CPU']:g} CPU(s){' and a GPU' if need['GPU'] else ''} with "
-            f"{need['memory'] / 2**30:.1f} GB of memory (the largest offers {biggest / 2**30:.1f} GB); "
+            f"{need['memory'] / 2**30:.1f} GiB of memory (the largest offers {biggest / 2**30:.1f} GiB); "
             "lower the particle count or pass --memory-per-job")
 
 
@@ -504,7 +504,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cpus-per-job", type=float, default=1.0,
                    help="CPUs reserved per job (warp's CPU kernels are single-threaded); default 1")
     p.add_argument("--memory-per-job", type=float, default=None,
-                   help="GB of memory reserved per job (default: estimated from each job's size)")
+                   help="GiB of memory reserved per job (default: estimated from each job's size)")
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
                    help=f"retries of a job whose worker dies (default {DEFAULT_RETRIES})")
     p.add_argument("--dry-run", action="store_true",
@@ -528,7 +528,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
 
 def _batch(args: argparse.Namespace, reporter: Reporter) -> int:
     if args.memory_per_job is not None and args.memory_per_job <= 0:
-        raise BadJob("--memory-per-job must be a positive number of GB")
+        raise BadJob("--memory-per-job must be a positive number of GiB")
     if args.cpus_per_job <= 0 or args.retries < 0:
         raise BadJob("--cpus-per-job must be positive and --retries not negative")
     folders = collect_folders(args.sources)
@@ -570,7 +570,7 @@ def _dry_run(jobs: list[BatchJob], reporter: Reporter) -> int:
              "error": j.error.message if j.error else ""} for j in jobs]
     for p in plan:
         res = p["resources"]
-        what = (f"{res['num_cpus']:g} CPU, {res['num_gpus']} GPU, {res['memory'] / 2**30:.2f} GB"
+        what = (f"{res['num_cpus']:g} CPU, {res['num_gpus']} GPU, {res['memory'] / 2**30:.2f} GiB"
                 if res else f"error: {p['error']}")
         print(f"{p['job']}: {p['command'] or '?'} in {p['folder']} ({what})", file=sys.stderr)
     bad = [j for j in jobs if j.error]

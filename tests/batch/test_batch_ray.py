@@ -27,7 +27,9 @@ from support.jobs import REPO, run_cli, simulate_job  # noqa: E402
 
 @pytest.fixture(scope="module")
 def cluster():
-    ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, log_to_driver=False)
+    # The batches join this cluster as their own drivers; this one only runs the worker-side check below.
+    ray.init(num_cpus=2, object_store_memory=128 * 2**20, include_dashboard=False, log_to_driver=False,
+             runtime_env={"py_modules": [str(REPO / "backend")]})
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
@@ -201,3 +203,23 @@ def test_killed_worker_resumes_from_the_checkpoint_and_a_cancelled_batch_stays_r
     steps = [e.step for e in events if e.kind == "progress" and e.data.get("job") == "long"]
     assert steps[0] == done_before
     assert_same_frames(job, alone)
+
+
+def test_a_worker_that_does_not_see_the_same_folder_refuses_the_job(cluster, tmp_path):
+    """On a farm without shared storage a node reads another (or no) job.json: the job is not run there."""
+    from backend import batch
+
+    job = simulate_job(tmp_path / "elsewhere", n_frames=2)
+    hub = ray.remote(batch.Hub).options(num_cpus=0).remote()
+    task = ray.remote(batch.run_on_worker).options(max_retries=0)
+    driver_digest = batch.job_digest(job)
+    (job / protocol.JOB_FILE).write_text((job / protocol.JOB_FILE).read_text() + " ")  # this node's copy differs
+    spec = {"name": "elsewhere", "folder": str(job), "digest": driver_digest, "scene_file": protocol.SCENE_FILE,
+            "cpus": 1}
+    outcome = ray.get(task.remote(spec, hub), timeout=120)
+    assert outcome["exit_code"] == ExitCode.MISSING_RESOURCE
+    assert "does not see the job folder as the driver does" in outcome["message"]
+    assert "storage every worker sees" in outcome["message"]
+    assert not (job / protocol.OUT_DIR).exists()
+    errors = [Event.from_json(line) for _, _, line in ray.get(hub.drain.remote())]
+    assert errors and errors[-1].kind == "error" and errors[-1].data["exit_code"] == ExitCode.MISSING_RESOURCE
