@@ -36,6 +36,7 @@ import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -248,6 +249,34 @@ def _child_env(cpus: float, has_gpu: bool) -> dict:
     return env
 
 
+def _attempt_number() -> int:
+    """0 on a task's first run, k on its k-th retry (Ray's own count; 0 where this Ray does not tell)."""
+    import ray
+
+    core = getattr(ray._private.worker.global_worker, "core_worker", None)
+    try:
+        return int(core.get_current_task_attempt_number())
+    except Exception:  # noqa: BLE001 - a private API: without it a retry simply does not take over locks
+        return 0
+
+
+def _take_over_lost_lock(folder: Path, submitted_at: float) -> str:
+    """On a retry, the job's lock may name the node its previous attempt died on. The backend takes over
+    a dead run's lock on its own host only; another host's it cannot check. But a retry starts only once
+    Ray has declared the previous attempt dead, so a lock from another host taken after this batch
+    submitted the job is that attempt's, and stale. Returns a note when it was removed."""
+    path = folder / protocol.LOCK_FILE
+    try:
+        holder = json.loads(path.read_text(encoding="utf-8"))
+        host, pid, started = str(holder["host"]), holder["pid"], float(holder["started"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return ""
+    if host == socket.gethostname() or started < submitted_at:  # ours to check, or not this batch's
+        return ""
+    path.unlink(missing_ok=True)
+    return f"took over the lock of its previous attempt (PID {pid} on {host}, a node that was lost)"
+
+
 def _event(kind: str, message: str, **data) -> str:
     return Event(kind, stage="batch", message=message, data=data).to_json()
 
@@ -277,6 +306,9 @@ def run_on_worker(spec: dict, hub) -> dict:
             ray.get(send([Event("error", message=message,
                                 data={"exit_code": int(ExitCode.MISSING_RESOURCE)}).to_json()]))
             return dict(outcome, exit_code=int(ExitCode.MISSING_RESOURCE), message=message)
+        note = _take_over_lost_lock(folder, spec["submitted_at"]) if _attempt_number() > 0 else ""
+        if note:
+            send([_event("warning", f"{name}: {note}", job=name)])
         has_gpu = bool(ray.get_gpu_ids())
         started = time.monotonic()
         proc = subprocess.Popen([sys.executable, "-u", "-m", "backend", "run", str(folder)],
@@ -610,7 +642,7 @@ def _run(ray, jobs: list[BatchJob], nodes: list[dict], retries: int, progress: P
                                             "attempts": 0, "figures": {}, "seconds": 0.0}))
                 continue
             spec = {"name": job.name, "folder": str(job.folder), "digest": job.digest, "scene_file": job.scene_file,
-                    "cpus": job.resources["num_cpus"]}
+                    "cpus": job.resources["num_cpus"], "submitted_at": time.time()}
             ref = task.options(**job.resources, max_retries=retries, retry_exceptions=[BackendKilled],
                                name=f"splat:{job.name}").remote(spec, hub)
             pending[ref] = job.name

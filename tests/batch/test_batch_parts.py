@@ -95,7 +95,7 @@ def test_dry_run_checks_every_job_without_ray(tmp_path):
     assert code == ExitCode.BAD_INPUT, err
     plan = {p["job"]: p for p in events[-1].data["jobs"]}
     assert plan["good"]["error"] == "" and plan["good"]["resources"]["num_cpus"] == 1.0
-    assert "'command' must be one of" in plan["bad"]["error"]
+    assert "must be one of simulate" in plan["bad"]["error"]
     assert not (good / protocol.OUT_DIR).exists()  # nothing ran
 
 

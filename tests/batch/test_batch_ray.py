@@ -172,7 +172,10 @@ def test_killed_worker_resumes_from_the_checkpoint_and_a_cancelled_batch_stays_r
             return
         if data["attempt"] == 1 and ev.step >= 4 and "killed_at" not in state:
             # 1. Lose the Ray worker mid-run (its backend dies with it); Ray retries, the backend resumes.
+            #    Its lock is made to name another host, as when a whole node is lost.
             os.kill(state["backend"], signal.SIGSTOP)
+            lock = job / protocol.LOCK_FILE
+            lock.write_text(json.dumps(dict(json.loads(lock.read_text()), host="lost-node")))
             os.kill(state["worker"], signal.SIGKILL)
             state["killed_at"] = ev.step
         elif data["attempt"] == 2 and ev.step >= state["killed_at"] + 3 and "paused" not in state:
@@ -189,6 +192,8 @@ def test_killed_worker_resumes_from_the_checkpoint_and_a_cancelled_batch_stays_r
     assert rows["long"]["status"] == "cancelled" and rows["long"]["attempts"] == 2
     second = [e for e in events if e.data.get("job") == "long" and e.data.get("attempt") == 2]
     assert any(e.kind == "warning" and "Resuming from frame" in e.message for e in second)
+    assert any(e.kind == "warning" and "lock of its previous attempt" in e.message and "lost-node" in e.message
+               for e in second)
     resumed_steps = [e.step for e in second if e.kind == "progress" and e.stage == "simulate"]
     assert resumed_steps[0] > state["killed_at"]  # it did not start over
     assert protocol.RESULT_FILE not in os.listdir(job / protocol.OUT_DIR)
@@ -215,7 +220,7 @@ def test_a_worker_that_does_not_see_the_same_folder_refuses_the_job(cluster, tmp
     driver_digest = batch.job_digest(job)
     (job / protocol.JOB_FILE).write_text((job / protocol.JOB_FILE).read_text() + " ")  # this node's copy differs
     spec = {"name": "elsewhere", "folder": str(job), "digest": driver_digest, "scene_file": protocol.SCENE_FILE,
-            "cpus": 1}
+            "cpus": 1, "submitted_at": 0.0}
     outcome = ray.get(task.remote(spec, hub), timeout=120)
     assert outcome["exit_code"] == ExitCode.MISSING_RESOURCE
     assert "does not see the job folder as the driver does" in outcome["message"]
