@@ -277,6 +277,14 @@ def _take_over_lost_lock(folder: Path, submitted_at: float) -> str:
     return f"took over the lock of its previous attempt (PID {pid} on {host}, a node that was lost)"
 
 
+def _interruptible() -> None:
+    """ray.cancel interrupts a running task through PyErr_SetInterrupt, which does nothing while SIGINT is
+    ignored, and a worker started from a background shell (`ray start ... &`, nohup) inherits that."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) in (
+            signal.SIG_IGN, signal.SIG_DFL, None):
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _event(kind: str, message: str, **data) -> str:
     return Event(kind, stage="batch", message=message, data=data).to_json()
 
@@ -288,6 +296,7 @@ def run_on_worker(spec: dict, hub) -> dict:
     SIGTERM, which stops at its next frame or iteration and exits 3 with its checkpoint kept."""
     import ray
 
+    _interruptible()
     name, folder = spec["name"], Path(spec["folder"])
     token = f"{os.getpid()}:{time.time_ns()}"
     hub.begin.remote(name, token)
