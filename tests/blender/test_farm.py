@@ -93,3 +93,18 @@ def test_write_jobs_for_a_farm_without_a_set_up_object_writes_nothing(addon, cle
     bpy.context.view_layer.objects.active = plain
     assert not bpy.ops.splat.write_farm_jobs.poll()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_install_backend_offers_the_ray_extra(addon):
+    ops = _mod(addon, "operators.backend_ops")
+    prefs = bpy.context.preferences.addons[addon.__name__].preferences
+    assert "install_ray" in prefs.bl_rna.properties
+    prefs.install_ray = False
+    assert [p.name for p in ops.requirement_files(prefs)] == ["backend.txt"]
+    prefs.install_ray = True
+    try:
+        files = ops.requirement_files(prefs)
+        assert [p.name for p in files] == ["backend.txt", "ray.txt"] and all(p.is_file() for p in files)
+        assert "ray==" in files[1].read_text()
+    finally:
+        prefs.install_ray = False
