@@ -626,8 +626,10 @@ def _connect(ray, args) -> None:
     if args.address:
         ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
     else:
+        # Ray retries a task its memory monitor killed without end by default: a job too big for this machine
+        # must fail after --retries instead (a cluster keeps its own RAY_task_oom_retries).
         ray.init(num_cpus=args.num_cpus, include_dashboard=False, object_store_memory=LOCAL_OBJECT_STORE,
-                 runtime_env=runtime_env, log_to_driver=False)
+                 runtime_env=runtime_env, log_to_driver=False, _system_config={"task_oom_retries": args.retries})
 
 
 def _run(ray, jobs: list[BatchJob], nodes: list[dict], retries: int, progress: Progress) -> bool:
