@@ -559,7 +559,7 @@ def cmd_batch(args: argparse.Namespace) -> int:
     reporter = Reporter(events_stream)
     try:
         return _batch(args, reporter)
-    except BadJob as exc:
+    except protocol.JobError as exc:
         print(f"error: {exc.message}", file=sys.stderr)
         reporter.emit("error", stage="batch", message=exc.message, data={"exit_code": int(exc.exit_code)})
         return exc.exit_code
@@ -620,11 +620,29 @@ def _dry_run(jobs: list[BatchJob], reporter: Reporter) -> int:
     return bad[0].error.exit_code if bad else ExitCode.OK
 
 
+def _check_reachable(address: str) -> None:
+    """A host:port that answers nothing fails here in seconds; Ray itself would keep retrying for minutes."""
+    if address == "auto" or "://" in address or ":" not in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except (OSError, ValueError) as exc:
+        raise protocol.MissingResource(f"cannot reach the Ray cluster at {address!r} ({exc}). Start it with "
+                                       "`ray start --head` on that machine, or check the address") from None
+
+
 def _connect(ray, args) -> None:
     backend_dir = str(Path(__file__).resolve().parent)
     runtime_env = {"py_modules": [backend_dir], "excludes": ["__pycache__", "*.pyc"]}
     if args.address:
-        ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
+        _check_reachable(args.address)
+        try:
+            ray.init(address=args.address, runtime_env=runtime_env, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise protocol.MissingResource(f"cannot join the Ray cluster at {args.address!r}: {str(exc).rstrip('.')}. Start it with "
+                                           "`ray start --head` (or check the address), then run the batch again")
+
     else:
         # Ray retries a task its memory monitor killed without end by default: a job too big for this machine
         # must fail after --retries instead (a cluster keeps its own RAY_task_oom_retries).

@@ -1,6 +1,7 @@
 """The batch command's parts that need no cluster: finding jobs, manifests, resources, the plan, install extras."""
 
 import json
+import socket
 import subprocess
 import sys
 
@@ -102,8 +103,16 @@ def test_dry_run_checks_every_job_without_ray(tmp_path):
 def test_batch_input_errors_exit_2_with_one_message(tmp_path):
     code, events, err = _cli("batch", str(tmp_path / "nope"))
     assert code == ExitCode.BAD_INPUT and events[-1].kind == "error" and "not found" in events[-1].message
-    code, events, _ = _cli("batch", str(simulate_job(tmp_path / "j")), "--memory-per-job", "0")
+    job = simulate_job(tmp_path / "j")
+    code, events, _ = _cli("batch", str(job), "--memory-per-job", "0")
     assert code == ExitCode.BAD_INPUT and "--memory-per-job" in events[-1].message
+    # A cluster address nothing answers at is a missing resource, said at once (Ray would retry for minutes).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        free_port = s.getsockname()[1]
+    code, events, _ = _cli("batch", str(job), "--address", f"127.0.0.1:{free_port}", timeout=60)
+    assert code == ExitCode.MISSING_RESOURCE and "cannot reach the Ray cluster" in events[-1].message
+    assert not (job / protocol.OUT_DIR).exists()
 
 
 def test_the_final_table_and_exit_code():
