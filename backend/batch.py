@@ -331,7 +331,7 @@ def run_on_worker(spec: dict, hub) -> dict:
         if proc is not None:
             proc.send_signal(signal.SIGTERM)
             proc.wait()
-        return dict(outcome, exit_code=int(ExitCode.CANCELLED), message="cancelled before it started")
+        return dict(outcome, exit_code=int(ExitCode.CANCELLED), message="cancelled; the job folder is resumable")
     if code < 0 and not cancelled:  # killed from outside: let Ray retry it (resumes from the checkpoint)
         raise BackendKilled(f"{name}: the backend was killed by {signal.Signals(-code).name} on {node}")
     if code < 0:
@@ -444,8 +444,8 @@ class Progress:
         if ev.kind == "progress" and ev.fraction is not None:
             self.fraction[name] = ev.fraction
         message = f"{name}: {ev.message}" if ev.message and ev.stage != "batch" else ev.message
-        if ev.stage == "batch" and attempt > 1:
-            message += f" (attempt {attempt}: its worker was lost; the job resumes from its checkpoint)"
+        if ev.stage == "batch" and "backend_pid" in ev.data and attempt > 1:
+            message += f" (attempt {attempt}: the previous one was lost; the job resumes from its checkpoint)"
         self.emit(ev.kind, stage=ev.stage, step=ev.step, total=ev.total, loss=ev.loss, eta_s=ev.eta_s,
                   message=message, data=dict(ev.data, job=name, attempt=attempt))
 
