@@ -12,7 +12,7 @@ from mathutils import Vector
 
 from ..core import farm, interactions, jobs, materials, scene_to_job, workflow
 from ..core.scene_to_job import SetupError
-from ..preferences import get_prefs
+from .backend_ops import backend_python
 
 FILL_PREVIEW_SUFFIX = " Fill Preview"
 
@@ -244,10 +244,8 @@ class SPLAT_OT_write_farm_jobs(bpy.types.Operator):
 
     def execute(self, context):
         objects = farm.farm_objects(context)
-        prefs = get_prefs(context)
-        python = bpy.path.abspath(prefs.backend_python) if prefs and prefs.backend_python.strip() else ""
         try:
-            result = farm.write_farm_jobs(context, objects, self.command, python)
+            result = farm.write_farm_jobs(context, objects, self.command, backend_python(context))
         except SetupError as exc:
             return _fail(self, splat_object(context), exc)
         context.scene.splat_farm_command = result.command_line
