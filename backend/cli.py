@@ -1,4 +1,4 @@
-"""Command line: ``python -m backend run <job> | doctor | install <dir> | demo``.
+"""Command line: ``python -m backend run <job> | batch <jobs> | doctor | install <dir> | demo``.
 
 Everything up to the job's validation uses only the standard library and numpy, so a bad job is
 reported in a fraction of a second with one message and its exit code; torch, warp and diffusers
@@ -38,11 +38,19 @@ def main(argv: list[str] | None = None) -> int:
 
     p_inst = sub.add_parser("install", help="create a backend environment (stdlib only; used by the add-on)")
     p_inst.add_argument("env_dir")
-    p_inst.add_argument("--requirements", required=True)
+    p_inst.add_argument("--requirements", required=True, action="append", type=Path,
+                        help="a requirements file; repeat it for extras (requirements/ray.txt)")
 
     p_demo = sub.add_parser("demo", help="headless demo on the bundled sample: estimate, poke, simulate, preview")
     p_demo.add_argument("--out", default="demo_out/backend")
     p_demo.add_argument("--quick", action="store_true")
+
+    p_batch = sub.add_parser("batch", help="run many job folders on Ray (local, or a cluster with --address)",
+                             description="Run job folders on Ray. Job folders must be on storage every worker "
+                                         "sees, at the same path; each worker checks it before a job starts.")
+    from .batch import add_arguments
+
+    add_arguments(p_batch)
 
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -54,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "install":
         from .install import cmd_install
 
-        return cmd_install(Path(args.env_dir), Path(args.requirements))
+        return cmd_install(Path(args.env_dir), args.requirements)
+    if args.command == "batch":
+        from .batch import cmd_batch
+
+        return cmd_batch(args)
     if args.command == "demo":
         from .demo import cmd_demo
 

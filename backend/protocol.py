@@ -739,6 +739,43 @@ def arrays_fingerprint(arrays: Mapping[str, np.ndarray], settings: Any = None) -
     return h.hexdigest()[:32]
 
 
+# ---------------------------------------------------------------------------- batch manifest
+# A list of job folders for ``python -m backend batch`` (written by the add-on's Write Jobs for a Farm).
+# Folders are relative to the manifest's own folder, so the whole tree can move to shared storage.
+MANIFEST_KIND = "splat_physics.batch"
+
+
+def write_manifest(path: str | os.PathLike, folders: Iterable[tuple[str | os.PathLike, str]]) -> Path:
+    """Write a manifest of (job folder, label) pairs atomically; folders are stored relative to it."""
+    path = Path(path)
+    jobs = [{"folder": Path(os.path.relpath(Path(f).resolve(), path.parent.resolve())).as_posix(), "label": label}
+            for f, label in folders]
+    return atomic_write_json(path, {"schema_version": SCHEMA_VERSION, "kind": MANIFEST_KIND, "jobs": jobs})
+
+
+def read_manifest(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """(absolute job folder, label) pairs of a manifest. Raises BadJob naming what is wrong."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadJob(f"manifest not found: {path}") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadJob(f"manifest {path} is not readable JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("kind") != MANIFEST_KIND or not isinstance(raw.get("jobs"), list):
+        raise BadJob(f"{path} is not a batch manifest (expected kind {MANIFEST_KIND!r} and a 'jobs' list)")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise BadJob(f"manifest {path} has schema_version {raw.get('schema_version')!r}; this backend reads "
+                     f"version {SCHEMA_VERSION}")
+    out = []
+    for i, entry in enumerate(raw["jobs"]):
+        folder = entry.get("folder") if isinstance(entry, dict) else None
+        if not isinstance(folder, str) or not folder:
+            raise BadJob(f"manifest {path}: jobs[{i}] needs a 'folder' path string")
+        out.append(((path.parent / folder).resolve(), str(entry.get("label", ""))))
+    return out
+
+
 def iter_frame_files(out_dir: str | os.PathLike) -> Iterable[Path]:
     """The finished frame files of a simulation, in frame order."""
     d = Path(out_dir) / FRAMES_DIR

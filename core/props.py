@@ -204,9 +204,14 @@ def register():
     _register_classes()
     bpy.types.Object.splat_physics = PointerProperty(type=SplatPhysicsSettings)
     bpy.types.Object.splat_role = PointerProperty(type=SplatRoleSettings)
+    bpy.types.Scene.splat_farm_command = StringProperty(
+        name="Farm command", default="",
+        description="The command that runs the jobs last written for a farm (select the text to copy it)",
+    )
 
 
 def unregister():
+    del bpy.types.Scene.splat_farm_command
     del bpy.types.Object.splat_role
     del bpy.types.Object.splat_physics
     _unregister_classes()

@@ -30,12 +30,20 @@ def venv_python(env_dir: Path) -> Path:
     return env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def requirement_files(prefs) -> list[Path]:
+    """The backend's pinned requirements, plus the Ray extra when the preferences ask for it."""
+    folder = addon_root() / "requirements"
+    return [folder / "backend.txt"] + ([folder / "ray.txt"] if prefs is not None and prefs.install_ray else [])
+
+
 def summarize_doctor(report: dict) -> str:
     lines = [f"Backend {report.get('backend_version', '?')} on Python {report.get('python', '?')}"]
     dev = report.get("device", {})
     lines.append(f"Device: {dev.get('summary', '?')}")
     for name, ver in report.get("packages", {}).items():
         lines.append(f"  {name}: {ver or 'MISSING'}")
+    for name, ver in report.get("optional", {}).items():
+        lines.append(f"  {name}: {ver or 'not installed (optional: Include Ray, then Install Backend)'}")
     for m in report.get("models", []):
         lines.append(f"Model {m['kind']}: {'found' if m['ok'] else 'missing'} - {m['message']}")
     for p in report.get("problems", []):
@@ -79,10 +87,11 @@ class SPLAT_OT_install_backend(bpy.types.Operator):
     def execute(self, context):
         prefs = get_prefs(context)
         env_dir = backend_env_dir()
-        requirements = addon_root() / "requirements" / "backend.txt"
+        args = ["install", str(env_dir)]
+        for requirements in requirement_files(prefs):
+            args += ["--requirements", str(requirements)]
         # Blender's own interpreter runs the stdlib-only installer; it creates the venv and pip-installs into it.
-        runner = JobRunner(sys.executable, ["install", str(env_dir), "--requirements", str(requirements)],
-                           log_path=env_dir.parent / "install.log")
+        runner = JobRunner(sys.executable, args, log_path=env_dir.parent / "install.log")
 
         def done(result):
             if result.ok:

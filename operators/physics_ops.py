@@ -10,8 +10,9 @@ import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty
 from mathutils import Vector
 
-from ..core import interactions, jobs, materials, scene_to_job, workflow
+from ..core import farm, interactions, jobs, materials, scene_to_job, workflow
 from ..core.scene_to_job import SetupError
+from .backend_ops import backend_python
 
 FILL_PREVIEW_SUFFIX = " Fill Preview"
 
@@ -228,6 +229,38 @@ class SPLAT_OT_write_job(_SplatOperator, bpy.types.Operator):
         return {"FINISHED"}
 
 
+class SPLAT_OT_write_farm_jobs(bpy.types.Operator):
+    """Write one job folder per selected splat object and a manifest, for `python -m backend batch`
+    on this machine or a Ray cluster; the command to run is shown in the panel"""
+
+    bl_idname = "splat.write_farm_jobs"
+    bl_label = "Write Jobs for a Farm"
+
+    command: EnumProperty(name="Command", items=[("simulate", "Simulate", ""), ("estimate", "Estimate", "")])
+
+    @classmethod
+    def poll(cls, context):
+        return bool(farm.farm_objects(context))
+
+    def execute(self, context):
+        objects = farm.farm_objects(context)
+        try:
+            result = farm.write_farm_jobs(context, objects, self.command, backend_python(context))
+        except SetupError as exc:
+            return _fail(self, splat_object(context), exc)
+        context.scene.splat_farm_command = result.command_line
+        message = f"{len(result.folders)} job(s) and {result.manifest.name} written. Run: {result.command_line}"
+        for obj in objects:
+            workflow.set_status(obj, "INFO", message)
+        if result.skipped:
+            self.report({"WARNING"}, "Not written: " + "; ".join(result.skipped))
+        if not scene_to_job.blend_saved():
+            self.report({"WARNING"}, "The .blend is not saved, so the jobs are in a temporary folder; "
+                                     "save it on shared storage before writing jobs for a farm")
+        self.report({"INFO"}, message + ". " + farm.SHARED_STORAGE_NOTE)
+        return {"FINISHED"}
+
+
 def _follow(op, context, kind: str, obj) -> set:
     """Hand a started job to the monitor (UI) or wait for it (background); report the outcome."""
     if bpy.app.background:
@@ -327,6 +360,7 @@ classes = (
     SPLAT_OT_override_materials,
     SPLAT_OT_clear_material_locks,
     SPLAT_OT_write_job,
+    SPLAT_OT_write_farm_jobs,
     SPLAT_OT_estimate_materials,
     SPLAT_OT_preview_motion,
     SPLAT_OT_simulate_bake,

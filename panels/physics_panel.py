@@ -82,6 +82,17 @@ class SPLAT_PT_physics(_SplatPanel, bpy.types.Panel):
             _wrapped(col, s.last_message, icon=_LEVEL_ICONS.get(s.last_level, "INFO"))
             if s.last_log:
                 col.operator("splat.open_log", icon="TEXT").filepath = s.last_log
+        draw_farm_command(layout, context)
+
+
+def draw_farm_command(layout, context) -> None:
+    """The last farm command as a text field: select it and Ctrl+C to copy it into a terminal."""
+    command = context.scene.splat_farm_command
+    if command:
+        box = layout.box()
+        box.label(text="Run the farm jobs (copy this line):", icon="CONSOLE")
+        box.prop(context.scene, "splat_farm_command", text="")
+        box.label(text="On a Ray cluster: add --address auto, on the head node")
 
 
 def _wrapped(layout, text: str, icon: str = "NONE", width: int = 48) -> None:
@@ -254,6 +265,7 @@ class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
             layout.operator("splat.estimate_materials", icon="SHADERFX")
         if not draw_job(layout, workflow.PREVIEW, obj):
             layout.operator("splat.preview_motion", icon="RENDER_ANIMATION")
+        layout.operator("splat.write_farm_jobs", icon="NETWORK_DRIVE").command = "estimate"
 
 
 class SPLAT_PT_bake(_Converted, bpy.types.Panel):
@@ -275,6 +287,7 @@ class SPLAT_PT_bake(_Converted, bpy.types.Panel):
             layout.operator("splat.simulate_bake", icon="PHYSICS")
         layout.operator("splat.free_bake", icon="TRASH")
         layout.operator("splat.write_job", icon="FILE_FOLDER").command = "simulate"
+        layout.operator("splat.write_farm_jobs", icon="NETWORK_DRIVE").command = "simulate"
 
 
 def _projected_size(obj):
