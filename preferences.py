@@ -45,6 +45,12 @@ class SPLAT_AP_preferences(bpy.types.AddonPreferences):
         description="Hugging Face hub id or local folder of the ModelScope text-to-video model",
     )
     doctor_report: bpy.props.StringProperty(name="Backend report", default="")
+    # What Check Backend found, for the panel's guidance and the estimation defaults under Auto.
+    found_device: bpy.props.EnumProperty(
+        name="Found device", default="unknown",
+        items=[("unknown", "Not checked", ""), ("cpu", "CPU", ""), ("cuda", "CUDA", "")])
+    found_gpu: bpy.props.StringProperty(name="GPU", default="")
+    found_models: bpy.props.StringProperty(name="Models found", default="", description="e.g. 'svd,modelscope'")
     install_message: bpy.props.StringProperty(name="Install status", default="")
 
     def draw(self, context):

@@ -289,6 +289,7 @@ ESTIMATE_DEFAULTS: dict[str, Any] = {
     "orbit_degrees": 0.0,  # 0 = fixed camera
     "seed": 0,
     "max_particles": 0,  # simulate a voxel subsample of at most this many points while estimating (0 = all)
+    "memory_limit_mb": 0,  # refuse (exit 2) when one iteration is projected above this (0 = the free memory)
 }
 
 TOP_LEVEL_KEYS = {"schema_version", "command", "scene", "device", "simulation", "estimate", "output", "label"}
@@ -513,6 +514,7 @@ def _check_estimate(e: dict, folder: Path) -> None:
     if not -1 < e["nu_range"][0] < e["nu_range"][1] < 0.5:
         raise BadJob(f"{JOB_FILE}: estimate.nu_range must satisfy -1 < lo < hi < 0.5")
     _number(sec, "max_particles", e["max_particles"], 0, 1e9, integer=True)
+    _number(sec, "memory_limit_mb", e["memory_limit_mb"], 0, 1e9)
 
 
 def _check_camera(e: dict) -> None:

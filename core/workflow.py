@@ -161,8 +161,13 @@ def _undo_push(message: str) -> None:
 def start_estimate(context, obj, **estimate_opts) -> jobs.ActiveJob:
     """Estimate the object's materials; on success they become its point attributes."""
     _check_can_start(context, obj, ESTIMATE)
-    job_dir = prepare_job(context, obj, ESTIMATE, **estimate_opts)
-    return _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
+    job, arrays = scene_to_job.build_job(context, obj, ESTIMATE, **estimate_opts)
+    projection = scene_to_job.check_estimate_fits(context, obj, job["estimate"], job["simulation"])
+    job_dir = scene_to_job.write_job_folder(scene_to_job.job_dir_for(obj, ESTIMATE), job, arrays)
+    active = _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
+    if not active.done_called:
+        set_status(obj, "INFO", f"Estimate started: {projection.text()}", job_dir / RUN_LOG)
+    return active
 
 
 def _apply_estimate(obj, job_dir: Path, result: RunResult) -> str:

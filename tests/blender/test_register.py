@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 OPERATORS = ("SPLAT_OT_convert_to_particles", "SPLAT_OT_add_interaction", "SPLAT_OT_mark_anchor_volume",
              "SPLAT_OT_preview_fill", "SPLAT_OT_clear_fill_preview", "SPLAT_OT_override_materials",
-             "SPLAT_OT_clear_material_locks", "SPLAT_OT_write_job", "SPLAT_OT_estimate_materials",
+             "SPLAT_OT_clear_material_locks", "SPLAT_OT_material_preset", "SPLAT_OT_write_job", "SPLAT_OT_estimate_materials",
              "SPLAT_OT_preview_motion", "SPLAT_OT_simulate_bake", "SPLAT_OT_free_bake", "SPLAT_OT_open_log",
              "SPLAT_OT_monitor_job", "SPLAT_OT_cancel_job")
 PANELS = ("SPLAT_PT_physics", "SPLAT_PT_domain", "SPLAT_PT_material", "SPLAT_PT_forces", "SPLAT_PT_interactions",
@@ -65,6 +65,12 @@ class RecordingLayout:
         assert cls is not None, f"operator {idname} is not registered"
         self.log.append(("operator", idname))
         return OperatorProps(getattr(getattr(bpy.ops, module), name).get_rna_type().properties)
+
+    def operator_menu_enum(self, idname, prop, **kwargs):
+        module, name = idname.split(".")
+        assert getattr(bpy.types, f"{module.upper()}_OT_{name}", None) is not None, f"{idname} is not registered"
+        assert prop in getattr(getattr(bpy.ops, module), name).get_rna_type().properties
+        self.log.append(("operator", idname))
 
     def label(self, text="", **kwargs):
         self.log.append(("label", text))
