@@ -186,3 +186,20 @@ def test_extension_validates_with_blenders_cli(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success" in proc.stdout
+
+
+def test_the_extension_zip_ships_only_what_the_add_on_needs(tmp_path):
+    """`make extension` (scripts/extension.py build): the add-on, its backend and the backend's requirements."""
+    import zipfile
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "extension.py"), "build", "--output-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (zip_path,) = tmp_path.glob("splat_physics-*.zip")
+    names = zipfile.ZipFile(zip_path).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert top == {"__init__.py", "blender_manifest.toml", "preferences.py", "README.md", "backend", "core",
+                   "operators", "panels", "requirements"}, top
+    assert "requirements/backend.txt" in names and "requirements/dev.txt" not in names
+    assert "backend/protocol.py" in names and "core/bake/__init__.py" in names
+    assert not any(n.endswith((".pyc", ".ply")) or "__pycache__" in n for n in names)
