@@ -2,7 +2,8 @@
 
     python benchmarks/estimate_budget.py            # the calibration grid, then the fitted coefficients
     python benchmarks/estimate_budget.py --check    # a few cases: measured against backend.budget's projection
-    python benchmarks/estimate_budget.py --torus45k # one default CPU estimate on a 45k-splat torus shell
+    python benchmarks/estimate_budget.py --torus45k # one default CPU iteration on a 45k-splat torus shell
+    python benchmarks/estimate_budget.py --job45k   # the same as a job: python -m backend run, 2 iterations
 
 The scene is a hollow capture: splats on the surface of a torus (the shape the fill is for), seen
 from a camera that frames it as an artist would. Each case is one subprocess running the real
@@ -136,16 +137,53 @@ GRID = [  # (n_all, width, height, frames, max_particles, n_grid, substeps per f
 
 
 def fit(rows: list[dict]) -> dict:
-    """Least squares of seconds and MB on the terms of backend.budget (non-negative via clipping)."""
+    """Non-negative least squares of seconds and MB on the terms of backend.budget, weighted by 1/sqrt(y)
+    (between absolute and relative error: small cases count, large ones dominate less)."""
+    from scipy.optimize import nnls
+
     ok = [r for r in rows if "error" not in r]
     terms = np.array([budget.terms(r["n_sim"], r["width"] * r["height"], r["frames"], r["substeps_per_frame"],
                                    r["n_grid"]) for r in ok])
     out = {}
     for key in ("iteration_s", "process_mb"):
         y = np.array([r[key] for r in ok])
-        coef, *_ = np.linalg.lstsq(terms / y[:, None], np.ones(len(y)), rcond=None)  # relative error
-        out[key] = [float(c) for c in np.clip(coef, 0, None)]
+        w = 1.0 / np.sqrt(y)
+        coef, _ = nnls(terms * w[:, None], y * w)
+        out[key] = [float(f"{c:.3g}") for c in coef]
     return out
+
+
+def job_path_45k(folder: Path) -> dict:
+    """The default CPU estimate on a 45k-splat torus shell through `python -m backend run`, as the add-on
+    starts it: a preview job renders the reference clip, then a 2-iteration estimate fits it. Peak memory
+    is the child processes' maximum resident set (getrusage)."""
+    import resource
+
+    d = budget.DEVICE_DEFAULTS["cpu"]
+    w, h = budget.capped_size(1920, 1080, d.long_side)
+    arrays = torus_shell(45000)
+    rows = {}
+    for command in ("preview", "estimate"):
+        spec = job(w, h, 8, d.max_particles, 64, None)
+        spec["command"] = command
+        spec["estimate"].update(iterations=2, tolerance_decades=1e-6,
+                                reference_video=str(folder / "preview" / "out" / protocol.PREVIEW_FRAMES_DIR))
+        protocol.write_job(folder / command, spec, arrays)
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "backend", "run", str(folder / command)],
+                              capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)) or ".")
+        rows[command] = {"exit": proc.returncode, "wall_s": round(time.perf_counter() - t0, 1)}
+        if proc.returncode:
+            rows[command]["error"] = (proc.stderr.strip().splitlines() or ["?"])[-1]
+            break
+    summary = json.loads((folder / "estimate" / "out" / protocol.SUMMARY_FILE).read_text()) \
+        if rows.get("estimate", {}).get("exit") == 0 else {}
+    stages = [json.loads(ln) for ln in proc.stdout.splitlines() if ln.startswith("{")]
+    plan = next((e["message"] for e in stages if e.get("stage") == "load" and "per iteration" in e.get("message", "")), "")
+    return {"case": "default CPU estimate, 45k-splat torus shell, job path", "width": w, "height": h,
+            "max_particles": d.max_particles, "runs": rows, "projection": plan,
+            "iteration_s": [round(r["seconds"], 2) for r in summary.get("history", [])],
+            "max_rss_mb_of_children": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
 
 
 def main() -> None:
@@ -153,9 +191,14 @@ def main() -> None:
     ap.add_argument("--case", nargs=7, type=int, help=argparse.SUPPRESS)
     ap.add_argument("--check", action="store_true")
     ap.add_argument("--torus45k", action="store_true")
+    ap.add_argument("--job45k", action="store_true")
     a = ap.parse_args()
     if a.case:
         print(json.dumps(run_case(*a.case[:6], a.case[6] or None)))
+        return
+    if a.job45k:
+        with tempfile.TemporaryDirectory() as folder:
+            print(json.dumps(job_path_45k(Path(folder))), flush=True)
         return
     if a.torus45k:
         d = budget.DEVICE_DEFAULTS["cpu"]
