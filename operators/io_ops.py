@@ -70,9 +70,25 @@ class IMPORT_SCENE_OT_gaussian_splat(bpy.types.Operator, ImportHelper):
                                   description="Show points in the viewport and splats in renders "
                                               f"(always on above {VIEWPORT_POINTS_ABOVE:,} splats)")
     axis_preset: _axis_preset_prop()
+    standard_view: BoolProperty(
+        name="Standard View Transform", default=True,
+        description="Set the scene's view transform to Standard. Splat colours are display-referred sRGB, as "
+                    "splat viewers show them; AgX (Blender's default) desaturates them by about 30%. On by "
+                    "default for a new scene")
+    view_colour: BoolProperty(
+        name="View-Dependent Colour", default=False,
+        description="Render the colour each splat shows from the active camera (SH degree 1-3, when the file "
+                    "has them) instead of its flat base colour")
+
+    def invoke(self, context, event):
+        # A new scene (the default objects at most, Blender's own view transform) gets splat-viewer colours;
+        # an artist's established scene keeps its look unless they tick the box.
+        view = context.scene.view_settings.view_transform
+        self.standard_view = view in ("AgX", "Filmic", "Standard") and len(context.scene.objects) <= 3
+        return super().invoke(context, event)
 
     def draw(self, context):
-        _draw_options(self, ("splat_look", "splat_size", "viewport_points"))
+        _draw_options(self, ("splat_look", "splat_size", "viewport_points", "standard_view", "view_colour"))
 
     def execute(self, context):
         warnings = []
@@ -88,6 +104,12 @@ class IMPORT_SCENE_OT_gaussian_splat(bpy.types.Operator, ImportHelper):
             look.apply_splat_look(obj, source="attributes", splat_size=self.splat_size)
             if self.viewport_points or len(obj.data.vertices) > VIEWPORT_POINTS_ABOVE:
                 look.set_splat_display(obj, "POINTS")
+            look.set_view_colour(obj, self.view_colour)
+        if self.standard_view and context.scene.view_settings.view_transform != "Standard":
+            view = context.scene.view_settings
+            self.report({"INFO"}, f"View transform set from {view.view_transform} to Standard, so splat colours "
+                                  "look as in splat viewers")
+            view.view_transform, view.look = "Standard", "None"
         for view_layer_obj in context.view_layer.objects:
             view_layer_obj.select_set(False)
         if obj.name in context.view_layer.objects:
