@@ -303,3 +303,24 @@ def draw(panel_cls):
     holder = type("PanelSelf", (), {"layout": Layout(log)})()
     panel_cls.draw(holder, bpy.context)
     return log
+
+
+def test_a_gpu_found_by_check_backend_changes_the_guidance_and_the_defaults(addon, hd_scene, prefs):
+    s2j = _mod(addon, "core.scene_to_job")
+    ops = importlib.import_module(f"{addon.__name__}.operators.backend_ops")
+    saved = prefs.found_gpu, prefs.found_models
+    try:
+        ops.remember_device(prefs, {"device": {"cuda": True, "gpu": "NVIDIA H200", "gpu_memory_gb": 139.8},
+                                    "models": [{"kind": "svd", "ok": True}, {"kind": "modelscope", "ok": False}]})
+        where, why, best = s2j.device_guidance()
+        assert where == "Device: NVIDIA H200, 139.8 GB" and best == "svd" and "SVD" in why
+        hd_scene.splat_physics.prior = "svd"
+        assert s2j.estimation_size(hd_scene) == (1024, 100_000)  # SVD-xt's native long side on the GPU
+        ops.remember_device(prefs, {"device": {"cuda": False}, "models": []})
+        where, why, best = s2j.device_guidance()
+        assert where == "Device: CPU (no GPU found)" and best == "reference"
+        assert s2j.estimation_size(hd_scene) == (256, 3000)
+        prefs.device = "cuda"  # an explicit choice wins over what was found
+        assert s2j.estimation_device() == "cuda"
+    finally:
+        prefs.found_gpu, prefs.found_models = saved
