@@ -33,7 +33,7 @@ from ..backend.io import sh
 LOOK_GROUP = "SPLAT_Look"
 MATERIAL_NAME = "SPLAT_Material"
 LOOK_MODIFIER = "Splat Look"
-LOOK_VERSION = 2  # 2: exact sRGB decoding, view-dependent colour
+LOOK_VERSION = 3  # 2: exact sRGB decoding, view-dependent colour; 3: baked splats lit at rest
 ROLE_KEY = "splat_role"  # node-group custom property naming what the group does
 SH_C0 = 0.28209479177387814
 DEFAULT_SPLAT_SIZE = 2.5
@@ -282,16 +282,22 @@ def _sh_basis(b: NodeBuilder, d) -> list:
     ]
 
 
-def _view_colours(b: NodeBuilder, dc: list) -> list:
+def _view_colours(b: NodeBuilder, dc: list, rest_rotation, baked_rotation, use_baked) -> list:
     """Colour fields for SH degree 0..3 seen from the active camera: clamp(SH_C0 f_dc + 0.5 + sum f_rest Y).
 
     The direction is camera -> point in the object's own space (the camera's Object Info is relative to
-    the modified object), the frame the coefficients were imported in."""
+    the modified object), the frame the coefficients were imported in. A baked (simulated) splat turned
+    from its rest rotation R0 to R is lit as at rest: its SH is looked up along R0 R^T d, as the backend's
+    renderer does (backend/render/sh.py)."""
     cam = b.node("GeometryNodeInputActiveCamera")
     info = b.node("GeometryNodeObjectInfo", {"Object": b.out(cam)}, transform_space="RELATIVE")
     pos = b.out(b.node("GeometryNodeInputPosition"))
     rel = b.out(b.node("ShaderNodeVectorMath", {0: pos, 1: b.out(info, "Location")}, operation="SUBTRACT"))
     unit = b.out(b.node("ShaderNodeVectorMath", {0: rel}, operation="NORMALIZE"))
+    back = b.out(b.node("FunctionNodeRotateVector", {
+        "Vector": unit, "Rotation": b.out(b.node("FunctionNodeInvertRotation", {"Rotation": baked_rotation}))}))
+    at_rest = b.out(b.node("FunctionNodeRotateVector", {"Vector": back, "Rotation": rest_rotation}))
+    unit = b.switch("VECTOR", use_baked, unit, at_rest)
     basis = _sh_basis(b, b.node("ShaderNodeSeparateXYZ", {0: unit}))
     colours = []
     for degree in range(sh.MAX_DEGREE + 1):
@@ -338,7 +344,7 @@ def look_group():
     choose = b.node("GeometryNodeIndexSwitch", data_type="RGBA")
     while len(choose.index_switch_items) < sh.MAX_DEGREE + 1:
         choose.index_switch_items.new()
-    for degree, value in enumerate(_view_colours(b, dc)):
+    for degree, value in enumerate(_view_colours(b, dc, rot_static, rot_baked, use_baked)):
         b.link(value, choose.inputs[degree + 1])
     degree = b.switch("INT", group_in("View Colour"), 0, group_in("SH Degree"))
     b.link(degree, b.inp(choose, "Index"))

@@ -99,3 +99,20 @@ def test_view_dependent_colour_follows_the_render_camera(addon, colour_scene, tm
     colour_scene.camera = side
     flat = _render(colour_scene, tmp_path / "flat.png")[10:14, 10:14].reshape(-1, 3)
     assert np.abs(flat - 0.5).max() <= 2.0 / 255
+
+
+def test_a_simulated_splat_keeps_the_colour_of_its_rest_pose(addon, colour_scene, tmp_path):
+    """Turned 90 degrees about Z by a bake, the splat shows the front camera what the side camera saw at rest."""
+    f_dc, f_rest = np.zeros(3), np.zeros(9)
+    f_rest[2], f_rest[3] = -0.8, 0.6  # red: the x term; green: the y term
+    _one_big_splat(tmp_path / "sh.ply", f_dc, f_rest)
+    assert bpy.ops.import_scene.gaussian_splat(filepath=str(tmp_path / "sh.ply"), view_colour=True) == {"FINISHED"}
+    obj = bpy.context.active_object
+    splats, look = _mod(addon, "core.splats"), _mod(addon, "core.look")
+    q = np.array([[math.cos(math.pi / 4), 0.0, 0.0, math.sin(math.pi / 4)]])  # 90 degrees about +Z
+    splats.set_point_attributes(obj.data, {"rotations": q, "scales": np.full((1, 3), 2.0)},
+                                {"rotations": "QUATERNION", "scales": "FLOAT_VECTOR"})
+    look.set_modifier_input(look.look_modifier(obj), "Baked Transform", True)
+    want = np.clip(sh.colour(f_dc[None], f_rest[None], np.array([[1.0, 0.0, 0.0]]))[0], 0, 1)  # R^T (0,1,0)
+    got = _render(colour_scene, tmp_path / "turned.png")[10:14, 10:14].reshape(-1, 3)
+    assert np.abs(got - want).max() <= 2.0 / 255, (got.mean(0) * 255, want * 255)
