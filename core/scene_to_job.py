@@ -409,16 +409,15 @@ def check_estimate_fits(context, obj, est: dict, sim: dict) -> budget.Projection
 
 
 def _absolute(path: str) -> str:
-    """A file path as the backend needs it: '//' (relative to the .blend) resolved, absolute and normalised.
-
-    The backend runs in the job folder, so a relative path would point somewhere else."""
+    """A '//' path (relative to the .blend, as Blender's file browser writes it) made absolute for the backend,
+    which runs in the job folder; other paths pass unchanged (absolute, or relative to the job folder)."""
     path = str(path or "").strip()
-    if not path:
-        return ""
-    if path.startswith("//") and not blend_saved():
+    if not path.startswith("//"):
+        return path
+    if not blend_saved():
         raise SetupError(f"'{path}' is relative to the .blend file ('//'), which is not saved yet. Save the "
                          ".blend first, or choose the video with an absolute path")
-    return os.path.normpath(os.path.abspath(bpy.path.abspath(path)))
+    return os.path.normpath(bpy.path.abspath(path))
 
 
 def _check_prior_inputs(est: dict) -> None:
