@@ -83,8 +83,10 @@ def explain_failure(result: RunResult, device: str = "auto", what: str = "run") 
         text = f"The backend rejected the job: {detail or 'invalid input'}"
     elif code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        fewer = ("lower Max particles or Resolution in the Estimate Materials panel" if what == ESTIMATE
+                 else "use fewer particles (Fill Interior's Max fill particles) or a lower Grid resolution")
         text = (f"The backend process was killed ({name}) before it finished, perhaps because the computer ran "
-                "out of memory. Try fewer particles or a lower grid resolution. The previous results were kept")
+                f"out of memory. To use less memory, {fewer}. The previous results were kept")
     elif code == protocol.ExitCode.INTERNAL:
         text = detail if detail.lower().startswith("internal error") else \
             f"The backend hit an internal error: {detail or 'see the log'}"

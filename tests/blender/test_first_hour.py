@@ -324,3 +324,13 @@ def test_a_gpu_found_by_check_backend_changes_the_guidance_and_the_defaults(addo
         assert s2j.estimation_device() == "cuda"
     finally:
         prefs.found_gpu, prefs.found_models = saved
+
+
+def test_out_of_memory_advice_names_the_panels_settings(addon):
+    import signal
+
+    workflow, runner = _mod(addon, "core.workflow"), _mod(addon, "core.runner")
+    killed = runner.RunResult(runner.RunState.FAILED, -signal.SIGKILL, "", None)
+    text = workflow.explain_failure(killed, what=workflow.ESTIMATE)
+    assert "out of memory" in text and "Max particles or Resolution in the Estimate Materials panel" in text
+    assert "Grid resolution" in workflow.explain_failure(killed, what=workflow.SIMULATE)
