@@ -50,6 +50,12 @@ class SPLAT_AP_preferences(bpy.types.AddonPreferences):
         "cluster with 'python -m backend batch' (see Write Jobs for a Farm)",
     )
     doctor_report: bpy.props.StringProperty(name="Backend report", default="")
+    # What Check Backend found, for the panel's guidance and the estimation defaults under Auto.
+    found_device: bpy.props.EnumProperty(
+        name="Found device", default="unknown",
+        items=[("unknown", "Not checked", ""), ("cpu", "CPU", ""), ("cuda", "CUDA", "")])
+    found_gpu: bpy.props.StringProperty(name="GPU", default="")
+    found_models: bpy.props.StringProperty(name="Models found", default="", description="e.g. 'svd,modelscope'")
     install_message: bpy.props.StringProperty(name="Install status", default="")
 
     def draw(self, context):

@@ -54,6 +54,7 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
     check_inputs(est, job.folder, n_render)
     reporter.stage("load", "Preparing particles, camera and supervision")
     scene = prepare_scene(scene_arrays, sim, est, reporter, device)
+    check_budget(est, sim, scene, device, n_render, reporter)  # before a video model loads
     supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
     token.check()
     field = make_material_field(est, scene.particles, device, reporter)
@@ -271,6 +272,34 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
 
     return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, sim_config(sim), device=warp_device(device),
                              bptt_substeps=est["bptt_substeps"])
+
+
+def check_budget(est: dict, sim: dict, scene: Scene, device: str, n_render: int, reporter: Reporter) -> None:
+    """Refuse (BadJob, exit 2) an estimation whose iteration is projected past the memory it may use."""
+    from . import budget
+    from .mpm.grid import GridMapping, plan_substeps
+    from .mpm.solver import max_wave_speed
+
+    p = scene.particles
+    config = sim_config(sim)
+    dx = GridMapping.build(config, p.positions).dx
+    c_max = max_wave_speed(p.E, p.nu, p.rho, p.material_id)
+    spf = plan_substeps(config, dx, c_max, float(np.linalg.norm(p.velocity, axis=1).max())).n
+    cam = scene.cameras[0]
+
+    def project_at(n: int, width: int, height: int) -> budget.Projection:
+        return budget.project(n_particles=n, width=width, height=height, frames=n_render, substeps_per_frame=spf,
+                              n_grid=config.n_grid, prior=est["prior"], device=device)
+
+    projection = project_at(p.n_total, cam.width, cam.height)
+    limit = float(est["memory_limit_mb"]) or budget.available_memory_mb()
+    reporter.stage("load", f"{p.n_total} particles, {cam.width}x{cam.height} px, {spf} substeps per frame: "
+                           f"{projection.text()}")
+    if budget.refusal(projection, limit, "") is None:
+        return
+    fix = budget.fix_text(*budget.what_fits(project_at, p.n_total, cam.width, cam.height, limit),
+                          "estimate.max_particles (Max particles)", "the camera's long side (Resolution)")
+    raise protocol.BadJob(budget.refusal(projection, limit, fix))
 
 
 # --------------------------------------------------------------------------- checkpoints

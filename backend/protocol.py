@@ -428,6 +428,8 @@ ESTIMATE = Section(doc="material estimation", rules=(
     "orbit_degrees": Number(0.0, lo=-3600, hi=3600, doc="0 = fixed camera"),
     "seed": Number(0, lo=0, hi=2**32 - 1, integer=True),
     "max_particles": Number(0, lo=0, hi=1e9, integer=True, doc="simulate a voxel subsample while estimating; 0 = all"),
+    "memory_limit_mb": Number(0, lo=0, hi=1e9, doc="refuse (exit 2) when one iteration is projected above this; "
+                                                   "0 = the memory free on the machine (backend/budget.py)"),
 })
 
 JOB = Section(fields={

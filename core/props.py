@@ -76,6 +76,32 @@ def _toggle_heatmap(self, context):
         materials.show_heatmap(obj, self.show_heatmap)
 
 
+_UNIT_ITEMS = [(u, u, f"Stiffness in {u}") for u in ("Pa", "kPa", "MPa", "GPa")]
+
+
+def _unit_scale(self) -> float:
+    from .materials import PRESSURE_UNITS
+
+    return PRESSURE_UNITS[self.stiffness_unit]
+
+
+def _get_stiffness(self):
+    return self.youngs_modulus / _unit_scale(self)
+
+
+def _set_stiffness(self, value):
+    self.youngs_modulus = min(max(value * _unit_scale(self), 1.0), 1.0e12)
+
+
+def _get_display_size(self):
+    return self.id_data.empty_display_size if getattr(self.id_data, "type", "") == "EMPTY" else 0.0
+
+
+def _set_display_size(self, value):
+    if getattr(self.id_data, "type", "") == "EMPTY":
+        self.id_data.empty_display_size = value
+
+
 def _is_empty(self, obj):
     return obj.type == "EMPTY"
 
@@ -112,8 +138,16 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
         name="Stiffness (E)", default=1.0e5, min=1.0, max=1.0e12, precision=0,
         description="Young's modulus in Pa, used where the object has no 'youngs_modulus' attribute",
     )
+    stiffness: FloatProperty(
+        name="Stiffness (E)", get=_get_stiffness, set=_set_stiffness, min=0.0, soft_min=0.001, precision=3,
+        description="Young's modulus in the unit beside it (Pa, kPa, MPa or GPa), used where the object has no "
+                    "'youngs_modulus' attribute. Jelly ~5 kPa, rubber ~2 MPa, wood ~10 GPa",
+    )
+    stiffness_unit: EnumProperty(name="Unit", items=_UNIT_ITEMS, default="kPa",
+                                 description="Unit the stiffness is shown and typed in")
     poisson_ratio: FloatProperty(name="Poisson ratio", default=0.3, min=-0.99, max=0.49, precision=3)
-    density: FloatProperty(name="Density", default=1000.0, min=1e-3, max=1e5, description="kg/m^3")
+    density: FloatProperty(name="Density (kg/m³)", default=1000.0, min=1e-3, max=1e5,
+                           description="Mass per volume in kg/m³ (water 1000, wood ~600, steel 7850)")
     damping: FloatProperty(name="Damping", default=0.0, min=0.0, max=100.0, description="Velocity damping, 1/s")
     substep_dt: FloatProperty(
         name="Substep", default=0.0, min=0.0, max=0.1, precision=5, unit="TIME_ABSOLUTE",
@@ -131,11 +165,21 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     prior: EnumProperty(name="Prior", items=_PRIOR_ITEMS, default="svd")
     prompt: StringProperty(name="Prompt", description="What the motion looks like, e.g. 'a flower swaying in the wind'")
     reference_video: StringProperty(name="Video", subtype="FILE_PATH", options=_BLEND_RELATIVE,
-                                    description="Video file or folder of frames")
+                                    description="Video file or folder of frames ('//' = next to the .blend)")
     iterations: IntProperty(name="Iterations", default=30, min=1, max=100000)
     tolerance_decades: FloatProperty(
         name="Tolerance", default=1.0, min=1e-6, max=10.0,
         description="Stop when the stiffness changes by less than this many powers of ten",
+    )
+    estimate_resolution: IntProperty(
+        name="Resolution", default=0, min=0, max=4096, subtype="PIXEL",
+        description="Long side of the frames the estimator renders, in pixels (same framing as the camera). "
+                    "0 = automatic for the device: 256 px on a CPU, the video model's native size on a GPU",
+    )
+    estimate_max_particles: IntProperty(
+        name="Max particles", default=0, min=0, max=10_000_000,
+        description="Particles simulated while estimating (an even subsample; the result reaches every point). "
+                    "0 = automatic for the device: 3,000 on a CPU, 100,000 on a GPU",
     )
     field: EnumProperty(name="Field", items=_FIELD_ITEMS, default="kan_triplane")
     estimate_density: BoolProperty(name="Estimate density", default=False)
@@ -190,6 +234,14 @@ class SplatRoleSettings(bpy.types.PropertyGroup):
     use_end: BoolProperty(name="Stop", default=True, description="Stop at the end frame; off = until the end")
     gust_frequency: FloatProperty(name="Gust frequency", default=0.5, min=0.0, description="Hz")
     gust_amplitude: FloatProperty(name="Gust amount", default=0.3, min=0.0, max=1.0, subtype="FACTOR")
+    radius: FloatProperty(
+        name="Radius", get=_get_display_size, set=_set_display_size, min=1e-6, unit="LENGTH",
+        description="Particles within this distance of the poke's origin are pushed (times the empty's scale)",
+    )
+    half_size: FloatProperty(
+        name="Half size", get=_get_display_size, set=_set_display_size, min=1e-6, unit="LENGTH",
+        description="Half the side of the box (times the empty's scale on each axis)",
+    )
     kind: EnumProperty(name="Surface", items=_BOUNDARY_ITEMS, default="sticky")
     friction: FloatProperty(name="Friction", default=0.5, min=0.0, max=10.0)
 

@@ -96,8 +96,10 @@ def explain_failure(result: RunResult, device: str = "auto", what: str = "run") 
         text = f"The backend rejected the job: {detail or 'invalid input'}"
     elif code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        fewer = ("lower Max particles or Resolution in the Estimate Materials panel" if what == ESTIMATE
+                 else "use fewer particles (Fill Interior's Max fill particles) or a lower Grid resolution")
         text = (f"The backend process was killed ({name}) before it finished, perhaps because the computer ran "
-                "out of memory. Try fewer particles or a lower grid resolution. The previous results were kept")
+                f"out of memory. To use less memory, {fewer}. The previous results were kept")
     elif code == protocol.ExitCode.INTERNAL:
         text = detail if detail.lower().startswith("internal error") else \
             f"The backend hit an internal error: {detail or 'see the log'}"
@@ -174,8 +176,13 @@ def _undo_push(message: str) -> None:
 def start_estimate(context, obj, **estimate_opts) -> jobs.ActiveJob:
     """Estimate the object's materials; on success they become its point attributes."""
     _check_can_start(context, obj, ESTIMATE)
-    job_dir = prepare_job(context, obj, ESTIMATE, **estimate_opts)
-    return _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
+    job, arrays = scene_to_job.build_job(context, obj, ESTIMATE, **estimate_opts)
+    projection = scene_to_job.check_estimate_fits(context, obj, job["estimate"], job["simulation"])
+    job_dir = scene_to_job.write_job_folder(scene_to_job.job_dir_for(obj, ESTIMATE), job, arrays)
+    active = _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
+    if not active.done_called:
+        set_status(obj, "INFO", f"Estimate started: {projection.text()}", job_dir / RUN_LOG)
+    return active
 
 
 def _apply_estimate(obj, job_dir: Path, result: RunResult) -> str:

@@ -51,6 +51,14 @@ def summarize_doctor(report: dict) -> str:
     return "\n".join(lines)
 
 
+def remember_device(prefs, report: dict) -> None:
+    """Keep what the doctor found: the panel's guidance and the estimation defaults under Auto use it."""
+    dev = report.get("device", {})
+    prefs.found_device = "cuda" if dev.get("cuda") else "cpu"
+    prefs.found_gpu = f"{dev.get('gpu', 'GPU')}, {dev.get('gpu_memory_gb', '?')} GB" if dev.get("cuda") else ""
+    prefs.found_models = ",".join(m["kind"] for m in report.get("models", []) if m.get("ok"))
+
+
 class SPLAT_OT_check_backend(bpy.types.Operator):
     """Run the backend's doctor: devices, package versions, which video models are available"""
 
@@ -74,6 +82,7 @@ class SPLAT_OT_check_backend(bpy.types.Operator):
             return {"CANCELLED"}
         report = next((e.data for e in result.events if e.kind == "result"), {})
         prefs.doctor_report = summarize_doctor(report)
+        remember_device(prefs, report)
         self.report({"INFO"}, "Backend OK" if not report.get("problems") else "Backend works, with problems: see preferences")
         return {"FINISHED"}
 

@@ -184,7 +184,7 @@ def test_mesh_anchor_wind_collider_and_locks(addon, blob):
     assert len(c["times"]) == scene.frame_end - scene.frame_start + 1
     assert c["times"][10] == pytest.approx(10 / 24)
     assert c["centers"][0] == pytest.approx([-1.0, 0.0, 0.2]) and c["centers"][10] == pytest.approx([1.0, 0.0, 0.2])
-    assert c["half_extents"] == pytest.approx([0.2, 0.4, 0.1])
+    assert c["half_extents"] == pytest.approx(np.array([1.0, 2.0, 0.5]) * collider.empty_display_size)
     assert scene.frame_current == 7  # sampling put the frame back
 
     expected_lock = mask.copy()
