@@ -169,6 +169,7 @@ COMMANDS = ("simulate", "estimate", "preview")
 PRIORS = ("svd", "modelscope", "reference", "analytic")
 FIELDS = ("kan_triplane", "mlp_triplane", "per_particle", "global")
 LOSSES = ("mds", "sds_t")
+STOP_RULES = ("plateau", "decade")  # "arrived" (smoothed loss and E stopped moving) | the paper's one-decade rule
 BOUNDARY_KINDS = ("sticky", "slip", "frictional")
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -273,9 +274,16 @@ ESTIMATE_DEFAULTS: dict[str, Any] = {
     "reference_video": "",  # file or folder (relative to the job folder, or absolute)
     "loss": "mds",
     "field": "kan_triplane",
-    "estimate_density": False,
-    "iterations": 30,
-    "tolerance_decades": 1.0,
+    "estimate_density": False,  # learn density too (E and density only move the object through their ratio)
+    "learn_nu": False,  # a sway or wobble hardly shows Poisson's ratio: held at the scene's values unless asked
+    "iterations": 30,  # at most
+    "stop_rule": "plateau",  # see STOP_RULES
+    "stop_window": 6,  # iterations the plateau rule fits its trend line over
+    "stop_tolerance": 0.02,  # plateau rule: largest relative change of loss and E along that trend
+    "min_iterations": 10,  # gradient steps before any stop rule may end the run
+    "tolerance_decades": 1.0,  # decade rule only: E percentiles within this many decades over 3 iterations
+    "ladder_rungs": None,  # log-E values tried (forward only) before the descent; None = auto, 0 = off
+    "ladder_regions": 2,  # spatial regions the ladder tunes one by one for spatially varying fields
     "learning_rate": None,  # None = the field's own default (triplanes need far smaller steps)
     "frames_per_group": 8,  # T
     "boost_groups": 1,  # M (frame boosting)
@@ -498,6 +506,18 @@ def _check_estimate(e: dict, folder: Path) -> None:
             raise BadJob(f"reference video not found: {path}")
     _number(sec, "iterations", e["iterations"], 1, 100000, integer=True)
     _number(sec, "tolerance_decades", e["tolerance_decades"], 1e-6, 10)
+    if e["stop_rule"] not in STOP_RULES:
+        raise BadJob(f"{JOB_FILE}: estimate.stop_rule must be one of {', '.join(STOP_RULES)}; got {e['stop_rule']!r}")
+    _number(sec, "stop_window", e["stop_window"], 3, 1000, integer=True)
+    _number(sec, "stop_tolerance", e["stop_tolerance"], 1e-6, 1)
+    _number(sec, "min_iterations", e["min_iterations"], 0, 100000, integer=True)
+    _number(sec, "ladder_rungs", e["ladder_rungs"], 0, 100, integer=True, allow_none=True)
+    if e["ladder_rungs"] == 1:
+        raise BadJob(f"{JOB_FILE}: estimate.ladder_rungs must be 0 (off) or at least 2")
+    _number(sec, "ladder_regions", e["ladder_regions"], 1, 16, integer=True)
+    for key in ("learn_nu", "estimate_density"):
+        if not isinstance(e[key], bool):
+            raise BadJob(f"{JOB_FILE}: estimate.{key} must be true or false; got {e[key]!r}")
     _number(sec, "learning_rate", e["learning_rate"], 1e-8, 10, allow_none=True)
     _number(sec, "frames_per_group", e["frames_per_group"], 1, 1000, integer=True)
     _number(sec, "boost_groups", e["boost_groups"], 1, 100, integer=True)
