@@ -69,7 +69,8 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
     ladder = None if state else global_look(est, scene, dsim, supervision, n_render, reporter, token, device)
     field = make_material_field(est, scene.particles, device, reporter, E=None if ladder is None else ladder.E)
     optimizer = torch.optim.Adam(field.parameters())
-    history, best, ladder_json = restore_checkpoint(state, field, optimizer, reporter) if state else ([], Best(), None)
+    history, best, ladder_json = (restore_checkpoint(state, field, optimizer, reporter) if state
+                                  else ([], Best(by_loss=supervision.kind == "reference"), None))
     ladder_json = ladder.to_json() if ladder else ladder_json
     refine = REFINE if ladder_json and est["field"] in ("global", "per_particle") else 1.0
     base_lr = float(est["learning_rate"] or DEFAULT_LEARNING_RATES[est["field"]] * refine)
@@ -88,8 +89,8 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
             group["lr"] = cosine_lr(base_lr, it, total) / 2 ** failures  # a smaller step after a failure
         record = iteration(field, dsim, scene, supervision, optimizer, it, total, n_render, best)
         record["seconds"] = time.monotonic() - t0
-        if history and record["loss"] > history[-1]["loss"]:
-            restart_momentum(optimizer)
+        if supervision.kind == "reference" and history and record["loss"] > history[-1]["loss"]:
+            restart_momentum(optimizer)  # (a generative prior's loss is too noisy to tell a rise)
         history.append(record)
         failures = 0 if record["learned"] else failures + 1
         if failures:
@@ -105,8 +106,7 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
         if failures >= MAX_FAILURES:
             reason = (f"stopped early: {failures} iterations in a row gave no usable gradient ({record['failure']}); "
                       f"the best materials so far (iteration {best.iteration}) were written")
-            reporter.warning(f"Estimation stopped early: {reason}. Try a smaller learning rate, a finer grid "
-                             "or a narrower E range")
+            reporter.warning(f"Estimation {reason}. Try a smaller learning rate, a finer grid or a narrower E range")
             break
     return write_outputs(job, scene, field, dsim, history, converged, reason, reporter, n_render, best, ladder_json)
 
@@ -171,28 +171,31 @@ def recover(field, best: "Best", failures: int, why: str, reporter: Reporter) ->
             field.load_state_dict(best.state)
     for p in field.parameters():
         p.add_(NUDGE * failures * torch.randn_like(p))
-    reporter.warning(f"Iteration without a usable gradient ({why}); continuing from a nearby point "
-                     f"with a smaller step ({failures} in a row)")
+    reporter.warning(f"An iteration gave no usable gradient ({why}); continuing from a nearby point "
+                     f"with a smaller step ({failures} in a row, {MAX_FAILURES} end the run)")
 
 
 class Best:
-    """The lowest-loss point evaluated so far: its iteration, loss, E percentiles and field parameters.
+    """The point to write: the lowest-loss point evaluated so far (its iteration, loss, E percentiles and
+    field parameters) when the loss is a distance (a reference clip). The supervision has no per-region
+    loss (each judge sees whole frames), so the best point is chosen by the total loss for every region
+    at once. A generative prior's loss is a surrogate drawn with fresh noise and diffusion time at every
+    iteration, so comparing iterations by it would pick noise: there the latest evaluated point is kept."""
 
-    The supervision has no per-region loss (each judge sees whole frames), so the best point is chosen
-    by the total loss for every region at once."""
+    CRITERIA = {True: "lowest total loss (the supervision has no per-region loss)",
+                False: "latest point (a generative prior's loss is too noisy to compare iterations by)"}
 
-    CRITERION = "total loss (the supervision has no per-region loss)"
-
-    def __init__(self, iteration: int = 0, loss: float = float("inf"), record: dict | None = None, state=None):
-        self.iteration, self.loss, self.record, self.state = iteration, loss, record or {}, state
+    def __init__(self, by_loss: bool = True, iteration: int = 0, loss: float = float("inf"),
+                 record: dict | None = None, state=None):
+        self.by_loss, self.iteration, self.loss, self.record, self.state = by_loss, iteration, loss, record or {}, state
 
     def consider(self, record: dict, field) -> None:
-        if np.isfinite(record["loss"]) and record["loss"] < self.loss:
+        if np.isfinite(record["loss"]) and (record["loss"] < self.loss or not self.by_loss):
             self.iteration, self.loss, self.record = record["iteration"], record["loss"], dict(record)
             self.state = {k: v.detach().clone().cpu() for k, v in field.state_dict().items()}
 
     def to_json(self) -> dict:
-        return {"iteration": self.iteration, "loss": self.loss,
+        return {"iteration": self.iteration, "loss": self.loss, "chosen_by": self.CRITERIA[self.by_loss],
                 **{k: self.record[k] for k in ("E_p5", "E_p50", "E_p95") if k in self.record}}
 
 
@@ -407,8 +410,8 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
 def save_checkpoint(path: Path, fingerprint: str, field, optimizer, history: list, best: Best,
                     ladder: dict | None) -> None:
     state = {"fingerprint": fingerprint, "field": field.state_dict(), "optimizer": optimizer.state_dict(),
-             "history": history, "best": {"iteration": best.iteration, "loss": best.loss, "record": best.record,
-                                          "state": best.state}, "ladder": ladder}
+             "history": history, "best": {"by_loss": best.by_loss, "iteration": best.iteration, "loss": best.loss,
+                                          "record": best.record, "state": best.state}, "ladder": ladder}
 
     buffer = io.BytesIO()
     torch.save(state, buffer)
@@ -474,7 +477,7 @@ def write_outputs(job, scene: Scene, field, dsim, history, converged, reason, re
                "converged": converged, "stop_reason": reason, "iterations": len(history),
                "seconds": float(sum(h["seconds"] for h in history)), "learned": learned,
                "held": _held_note(job.estimate), "ladder": ladder,
-               "best": dict(best.to_json(), chosen_by=Best.CRITERION), "last": last_vs_best(history, last, arrays),
+               "best": best.to_json(), "last": last_vs_best(history, last, arrays),
                **e_percentiles(torch.as_tensor(arrays["youngs_modulus"]))}
     protocol.atomic_write_json(out / protocol.SUMMARY_FILE, summary)
     return {"command": "estimate", "materials": protocol.MATERIALS_FILE, "summary": protocol.SUMMARY_FILE,

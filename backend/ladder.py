@@ -49,7 +49,8 @@ def spatial_regions(positions: np.ndarray, count: int, free: np.ndarray, seed: i
 class LadderResult:
     rungs: list
     regions: int
-    tries: list = field(default_factory=list)  # {"pass": "all" | "region k", "E": Pa, "loss": float | None}
+    # {"pass": "all" | "region k", "E": Pa, "loss": float | None (failed), "reused": True (the whole-object try)}
+    tries: list = field(default_factory=list)
     start: list = field(default_factory=list)  # chosen E per region (Pa)
     E: np.ndarray | None = None  # per point, the descent's start
 
@@ -88,6 +89,8 @@ def climb(evaluate: Callable[[np.ndarray], float], E0: np.ndarray, labels: np.nd
             for k, v in enumerate(values):
                 if k == best and all(c == values[best] for c in chosen):  # already tried: the whole object
                     region_losses.append(losses[best])
+                    result.tries.append({"pass": f"region {r}", "E": float(v), "loss": result.tries[best]["loss"],
+                                         "reused": True})
                     continue
                 trial = np.array(chosen)[labels.clip(0)]
                 trial[labels == r] = v

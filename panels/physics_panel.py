@@ -247,8 +247,10 @@ class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
         else:
             layout.prop(s, "reference_video")
         layout.prop(s, "iterations")
-        layout.prop(s, "tolerance_decades")
+        layout.prop(s, "stop_rule")
+        layout.prop(s, "tolerance_decades" if s.stop_rule == "decade" else "stop_tolerance")
         layout.prop(s, "field")
+        layout.prop(s, "learn_nu")
         layout.prop(s, "estimate_density")
         if not draw_job(layout, workflow.ESTIMATE, obj):
             layout.operator("splat.estimate_materials", icon="SHADERFX")

@@ -86,6 +86,7 @@ def test_ladder_chooses_each_region_with_the_others_held():
     assert abs(np.log10(result.start[0] / 2e3)) <= 0.125 and abs(np.log10(result.start[1] / 2e4)) <= 0.125
     assert np.allclose(result.E[:5], result.start[0]) and np.allclose(result.E[5:], result.start[1])
     assert {t["pass"] for t in result.tries} == {"all", "region 0", "region 1"}
+    assert sum(t["pass"] == "region 0" for t in result.tries) == len(values)  # the curve is complete
 
 
 def test_ladder_keeps_locked_points_and_survives_failed_rungs():
