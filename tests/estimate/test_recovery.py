@@ -78,7 +78,7 @@ def test_default_settings_recover_two_regions(truths, tmp_path):
 @pytest.mark.parametrize("start", [es.E_STAR * 10, es.E_STAR / 10], ids=["from_10x", "from_tenth"])
 def test_sds_with_an_analytic_prior_recovers_global_E(truths, start, tmp_path):
     """The analytic prior's data distribution is the single truth clip: SDS-T must lead back to E*."""
-    root, scene, sim, est, _ = truths("flicked")
+    root, scene, sim, est, _ = truths("poked")
     est = dict(est, prior="analytic", loss="sds_t", iterations=24)
     start_scene = dict(scene, youngs_modulus=np.full(len(scene["positions"]), start, np.float32))
     result = es.run_job(tmp_path, "estimate", start_scene, sim, est)

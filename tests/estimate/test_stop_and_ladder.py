@@ -113,3 +113,25 @@ def test_spatial_regions_split_two_separate_towers():
     assert labels[0] == -1
     assert len(set(labels[1:50])) == 1 and len(set(labels[50:])) == 1 and labels[1] != labels[50]
     assert set(ladder.spatial_regions(pts, 1, free)[1:]) == {0}
+
+
+@pytest.mark.parametrize("key, value, fragment", [
+    ("stop_rule", "sometime", "estimate.stop_rule must be one of plateau, decade"),
+    ("stop_window", 2, "estimate.stop_window = 2 is outside"),
+    ("stop_tolerance", 0, "estimate.stop_tolerance = 0 is outside"),
+    ("ladder_rungs", 1, "ladder_rungs must be 0 (off) or at least 2"),
+    ("ladder_regions", 0, "estimate.ladder_regions = 0 is outside"),
+    ("learn_nu", "yes", "estimate.learn_nu must be true or false"),
+])
+def test_bad_stop_ladder_and_learn_settings_are_refused(tmp_path, key, value, fragment):
+    from support import estimate_scenes as es
+
+    (tmp_path / "ref").mkdir()
+    sim, est = es.settings(reference_video="ref", **{key: value})
+    protocol.write_job(tmp_path, protocol.default_job("estimate", simulation=sim, estimate=est),
+                       es.block_scene(1e4, n_side=2))
+    with pytest.raises(protocol.BadJob, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        protocol.read_job(tmp_path)
+    protocol.write_job(tmp_path, protocol.default_job("estimate", simulation=sim, estimate=dict(est, **{
+        key: protocol.ESTIMATE_DEFAULTS[key]})), es.block_scene(1e4, n_side=2))
+    assert protocol.read_job(tmp_path).estimate[key] == protocol.ESTIMATE_DEFAULTS[key]

@@ -98,7 +98,14 @@ def two_towers():
     return scene, sim, est, np.where(left, TWIN_SOFT, TWIN_STIFF)
 
 
-SCENES = {"steady": steady_block, "flicked": flicked_block, "two_towers": two_towers}
+def poked_block():
+    """The 8^3 block pushed briefly on its upper half (the SDS test's scene)."""
+    scene = block_scene(E_STAR)
+    sim, est = settings()
+    return scene, sim, est, np.full(len(scene["positions"]), E_STAR)
+
+
+SCENES = {"steady": steady_block, "flicked": flicked_block, "two_towers": two_towers, "poked": poked_block}
 
 
 def region_errors(scene: dict, E: np.ndarray, truth: np.ndarray) -> list:
