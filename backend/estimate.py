@@ -13,7 +13,6 @@ non-finite gradient or a failed simulation moves the run to a nearby point inste
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +26,7 @@ from .device import warp_device
 from .jobctl import CancelToken, Reporter, log
 from .particles import SceneParticles, build_particles
 from .simulate import sim_config
+from .statefile import StateRejected, load_state, save_state
 from .supervision import Supervision, check_inputs, make_supervision
 
 
@@ -65,13 +65,19 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
     ckpt_path = out / protocol.ESTIMATE_CHECKPOINT_FILE
     fingerprint = protocol.arrays_fingerprint(scene_arrays, [job.simulation, {k: v for k, v in est.items()
                                                                           if k not in _RESUMABLE_KEYS}])
-    state = read_checkpoint(ckpt_path, fingerprint)
-    ladder = None if state else global_look(est, scene, dsim, supervision, n_render, reporter, token, device)
-    field = make_material_field(est, scene.particles, device, reporter, E=None if ladder is None else ladder.E)
-    optimizer = torch.optim.Adam(field.parameters())
-    history, best, ladder_json = (restore_checkpoint(state, field, optimizer, reporter) if state
-                                  else ([], Best(by_loss=supervision.kind == "reference"), None))
-    ladder_json = ladder.to_json() if ladder else ladder_json
+    resumed = None
+    if ckpt_path.exists():
+        field = make_material_field(est, scene.particles, device, reporter)
+        optimizer = torch.optim.Adam(field.parameters())
+        resumed = load_checkpoint(ckpt_path, fingerprint, field, optimizer, reporter)
+    if resumed is not None:
+        history, best, ladder_json = resumed
+    else:
+        ladder = global_look(est, scene, dsim, supervision, n_render, reporter, token, device)
+        field = make_material_field(est, scene.particles, device, reporter, E=None if ladder is None else ladder.E)
+        optimizer = torch.optim.Adam(field.parameters())
+        history, best = [], Best(by_loss=supervision.kind == "reference")
+        ladder_json = None if ladder is None else ladder.to_json()
     refine = REFINE if ladder_json and est["field"] in ("global", "per_particle") else 1.0
     base_lr = float(est["learning_rate"] or DEFAULT_LEARNING_RATES[est["field"]] * refine)
     stop = make_stop_rule(est)
@@ -407,39 +413,37 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
 
 
 # --------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, fingerprint: str, field, optimizer, history: list, best: Best,
-                    ladder: dict | None) -> None:
-    state = {"fingerprint": fingerprint, "field": field.state_dict(), "optimizer": optimizer.state_dict(),
-             "history": history, "best": {"by_loss": best.by_loss, "iteration": best.iteration, "loss": best.loss,
-                                          "record": best.record, "state": best.state}, "ladder": ladder}
+def save_checkpoint(path: Path, fingerprint: str, field, optimizer, history: list, best: Best | None = None,
+                    ladder: dict | None = None) -> None:
+    """Plain arrays + JSON (backend.statefile): a checkpoint can never carry code."""
+    state = {"field": field.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
+             "best": None if best is None else {"by_loss": best.by_loss, "iteration": best.iteration,
+                                                "loss": best.loss, "record": best.record, "state": best.state},
+             "ladder": ladder}
+    save_state(path, fingerprint, state)
 
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    protocol.atomic_write_bytes(path, buffer.getvalue())
 
-
-def read_checkpoint(path: Path, fingerprint: str) -> dict | None:
-    """The saved state of an earlier run of these settings, or None. Other settings' state is ignored."""
+def load_checkpoint(path: Path, fingerprint: str, field, optimizer, reporter: Reporter):
+    """(history, best, ladder summary) of the saved run, the field and optimizer continuing from it; or None.
+    A checkpoint that is foreign (other settings), unreadable, holds NaN or does not fit this field is never
+    used: the run starts over and says why. Job folders travel, so the file is untrusted."""
     if not path.exists():
         return None
+    before = {k: v.detach().clone() for k, v in field.state_dict().items()}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated file from an older crash: start over rather than fail
-        log.warning("unreadable estimation checkpoint (%s): starting over", exc)
+        state = load_state(path, fingerprint, as_tensor=torch.from_numpy)
+        field.load_state_dict(state["field"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = [dict(h) for h in state["history"]]
+        best, ladder = Best(**state["best"]) if state.get("best") else Best(), state.get("ladder")
+    except (StateRejected, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc) if isinstance(exc, StateRejected) else f"its layout does not fit this field ({exc})"
+        reporter.warning(f"Not resuming from {path.name}: {reason}. Starting over")
+        field.load_state_dict(before)  # nothing of a rejected file may stay in the field or the optimizer
+        optimizer.state.clear()
         return None
-    if state.get("fingerprint") != fingerprint or "best" not in state:
-        log.info("estimation checkpoint belongs to other settings: starting over")
-        return None
-    return state
-
-
-def restore_checkpoint(state: dict, field, optimizer, reporter: Reporter):
-    """(history, best, ladder summary) of the saved run; the field and optimizer continue from it."""
-    field.load_state_dict(state["field"])
-    optimizer.load_state_dict(state["optimizer"])
-    history = list(state["history"])
     reporter.warning(f"Resuming from iteration {len(history) + 1}")
-    return history, Best(**state["best"]), state["ladder"]
+    return history, best, ladder
 
 
 # --------------------------------------------------------------------------- outputs
