@@ -54,3 +54,20 @@ def test_repeated_failures_end_the_run_with_the_best_materials_and_a_warning(sma
     assert not summary["converged"] and "no usable gradient" in summary["stop_reason"]
     assert any(e.kind == "warning" and "stopped early" in e.message for e in result.events)
     assert (tmp_path / protocol.OUT_DIR / protocol.LOSS_PLOT_FILE).stat().st_size > 0
+
+
+def test_a_longer_rerun_resumes_with_its_ladder_and_best(small_truth, tmp_path):
+    """Raising the iteration limit resumes the run: no second ladder, and the best so far is still known."""
+    scene, sim, est = small_truth
+    est = dict(est, ladder_rungs=3, iterations=3)
+    first = es.run_job(tmp_path, "estimate", scene, sim, est)
+    assert first.ok, first.message
+    assert [e.step for e in first.events if e.kind == "progress" and e.stage == "ladder"] == [1, 2, 3]
+    before = json.loads((tmp_path / protocol.OUT_DIR / protocol.SUMMARY_FILE).read_text())
+    again = es.run_job(tmp_path, "estimate", scene, sim, dict(est, iterations=5))
+    assert again.ok, again.message
+    assert not any(e.stage == "ladder" for e in again.events if e.kind == "progress")
+    assert [e.step for e in again.events if e.kind == "progress" and e.stage == "estimate"] == [4, 5]
+    after = json.loads((tmp_path / protocol.OUT_DIR / protocol.SUMMARY_FILE).read_text())
+    assert after["ladder"] == before["ladder"] and after["history"][:3] == before["history"][:3]
+    assert after["best"]["loss"] == min(h["loss"] for h in after["history"])
