@@ -129,6 +129,7 @@ COMMANDS = ("simulate", "estimate", "preview")
 PRIORS = ("svd", "modelscope", "reference", "analytic")
 FIELDS = ("kan_triplane", "mlp_triplane", "per_particle", "global")
 LOSSES = ("mds", "sds_t")
+STOP_RULES = ("plateau", "decade")  # "arrived" (smoothed loss and E stopped moving) | the paper's one-decade rule
 BOUNDARY_KINDS = ("sticky", "slip", "frictional")
 DEVICES = ("auto", "cpu", "cuda")
 BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # the Blender side's caches
@@ -350,6 +351,11 @@ def _camera_rule(d: dict, key: str) -> None:
         raise SettingError(key, f"is not usable: {exc}") from None
 
 
+def _ladder_rule(d: dict, key: str) -> None:
+    if d["ladder_rungs"] == 1:
+        raise SettingError(f"{key}.ladder_rungs", "= 1 must be 0 (off), null (automatic) or at least 2")
+
+
 _FRICTION = Number(0.3, lo=0.0, hi=10.0, doc="Coulomb coefficient (frictional boundaries)")
 _START = Number(0.0, lo=0.0, doc="seconds after the simulation start")
 _END = Number(None, lo=0.0, optional=True, doc="seconds; null = until the end")
@@ -398,6 +404,7 @@ SIMULATION = Section(doc="the simulation (bake and estimation alike)", rules=(_d
 })
 
 ESTIMATE = Section(doc="material estimation", rules=(
+    _ladder_rule,
     _range_rule("t_range", 0.0, 1.0, lo_open=False, hi_open=False),
     _range_rule("E_range", 0.0, math.inf, hi_open=True, unit=" Pa"),
     _range_rule("nu_range", *NU_LIMITS)), fields={
@@ -408,9 +415,18 @@ ESTIMATE = Section(doc="material estimation", rules=(
     "reference_video": Text("", doc="file or folder, relative to the job folder or absolute (read only)"),
     "loss": Choice("mds", choices=LOSSES),
     "field": Choice("kan_triplane", choices=FIELDS),
-    "estimate_density": Flag(False),
-    "iterations": Number(30, lo=1, hi=100000, integer=True),
-    "tolerance_decades": Number(1.0, lo=1e-6, hi=10),
+    "estimate_density": Flag(False, doc="learn density too (E and density only move the object through their ratio)"),
+    "learn_nu": Flag(False, doc="learn Poisson's ratio; off: a sway or wobble hardly shows it, the scene's values stay"),
+    "iterations": Number(30, lo=1, hi=100000, integer=True, doc="at most"),
+    "stop_rule": Choice("plateau", choices=STOP_RULES, doc="plateau: the loss and E stopped moving; decade: the "
+                        "paper's rule (E percentiles within tolerance_decades over 3 iterations)"),
+    "stop_window": Number(6, lo=3, hi=1000, integer=True, doc="iterations the plateau rule fits its trend line over"),
+    "stop_tolerance": Number(0.02, lo=1e-6, hi=1, doc="plateau rule: largest relative change of loss and E"),
+    "min_iterations": Number(10, lo=0, hi=100000, integer=True, doc="gradient steps before any stop rule may stop"),
+    "tolerance_decades": Number(1.0, lo=1e-6, hi=10, doc="decade rule only"),
+    "ladder_rungs": Number(None, lo=0, hi=100, integer=True, optional=True, doc="log-E values tried (forward only) "
+                           "before the descent; null = automatic (reference clips only), 0 = off"),
+    "ladder_regions": Number(2, lo=1, hi=16, integer=True, doc="regions the ladder tunes one by one (spatial fields)"),
     "learning_rate": Number(None, lo=1e-8, hi=10, optional=True, doc="null = the field's own default"),
     "frames_per_group": Number(8, lo=1, hi=1000, integer=True, doc="T"),
     "boost_groups": Number(1, lo=1, hi=100, integer=True, doc="M (frame boosting)"),

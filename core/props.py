@@ -47,6 +47,14 @@ _FIELD_ITEMS = [
 ]
 assert tuple(k for k, *_ in _FIELD_ITEMS) == protocol.FIELDS
 
+_STOP_ITEMS = [
+    ("plateau", "Arrived", "Stop when the loss and the stiffness have stopped moving (default)"),
+    ("decade", "One decade", "The paper's rule: stop when the stiffness stayed within the tolerance in decades "
+                             "over 3 iterations (may stop while the stiffness is still moving)"),
+]
+assert tuple(k for k, *_ in _STOP_ITEMS) == protocol.STOP_RULES
+_EST = protocol.ESTIMATE_DEFAULTS
+
 _BAKE_ITEMS = [
     ("gn_cache", "Geometry Nodes cache", "Per-frame point clouds loaded by a Bake node; renders without Python"),
     ("ply_sequence", "PLY sequence", "One .ply per frame, read by the Import PLY node (Blender 4.5+)"),
@@ -167,9 +175,16 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     reference_video: StringProperty(name="Video", subtype="FILE_PATH", options=_BLEND_RELATIVE,
                                     description="Video file or folder of frames ('//' = next to the .blend)")
     iterations: IntProperty(name="Iterations", default=30, min=1, max=100000)
+    stop_rule: EnumProperty(name="Stop", items=_STOP_ITEMS, default=_EST["stop_rule"])
+    stop_tolerance: FloatProperty(
+        name="Tolerance", default=_EST["stop_tolerance"], min=1e-6, max=1.0, subtype="FACTOR",
+        description="Stop when, over the last iterations, the stiffness and the loss change by less than this "
+                    "fraction (0.02 = 2 %); the default suits almost every object",
+    )
     tolerance_decades: FloatProperty(
-        name="Tolerance", default=1.0, min=1e-6, max=10.0,
-        description="Stop when the stiffness changes by less than this many powers of ten",
+        name="Tolerance (decades)", default=_EST["tolerance_decades"], min=1e-6, max=10.0,
+        description="One-decade rule: stop when the stiffness stayed within this many powers of ten over 3 "
+                    "iterations (1 is the paper's value and stops early; 0.01 waits for far less movement)",
     )
     estimate_resolution: IntProperty(
         name="Resolution", default=0, min=0, max=4096, subtype="PIXEL",
@@ -182,7 +197,16 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
                     "0 = automatic for the device: 3,000 on a CPU, 100,000 on a GPU",
     )
     field: EnumProperty(name="Field", items=_FIELD_ITEMS, default="kan_triplane")
-    estimate_density: BoolProperty(name="Estimate density", default=False)
+    learn_nu: BoolProperty(
+        name="Learn Poisson ratio", default=_EST["learn_nu"],
+        description="Off: Poisson's ratio stays as set. A video of a sway or wobble hardly shows it (it changes "
+                    "the volume, not the bending), so learning it from one mostly adds noise",
+    )
+    estimate_density: BoolProperty(
+        name="Learn density", default=_EST["estimate_density"],
+        description="Learn density too. Stiffness and density only move the object through their ratio, "
+                    "so learn it only when the other is known",
+    )
 
     # Simulate & Bake
     bake_target: EnumProperty(name="Bake to", items=_BAKE_ITEMS, default="gn_cache")

@@ -325,7 +325,10 @@ def estimate_settings(context, obj, check_prior: bool = True, **overrides) -> di
         "reference_video": s.reference_video,
         "field": s.field,
         "estimate_density": bool(s.estimate_density),
+        "learn_nu": bool(s.learn_nu),
         "iterations": int(s.iterations),
+        "stop_rule": s.stop_rule,
+        "stop_tolerance": float(s.stop_tolerance),
         "tolerance_decades": float(s.tolerance_decades),
     }
     est.update(overrides)

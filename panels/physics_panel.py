@@ -295,8 +295,10 @@ class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
         else:
             layout.prop(s, "reference_video")
         layout.prop(s, "iterations")
-        layout.prop(s, "tolerance_decades")
+        layout.prop(s, "stop_rule")
+        layout.prop(s, "tolerance_decades" if s.stop_rule == "decade" else "stop_tolerance")
         layout.prop(s, "field")
+        layout.prop(s, "learn_nu")
         layout.prop(s, "estimate_density")
         draw_estimate_size(layout, context, obj)
         if not draw_job(layout, workflow.ESTIMATE, obj):

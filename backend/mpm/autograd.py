@@ -19,6 +19,8 @@ window reaches the initial state.
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -314,6 +316,21 @@ class DifferentiableSim:
         return tuple(a.grad.numpy().copy() for a in buf.states[off].arrays())
 
 
+# Test hook (tests only, never set by the product): SPLAT_TEST_NONFINITE_GRAD="2,3" makes the 2nd and
+# 3rd backward pass of this process return NaN for dL/dlog_E, "2-" every backward pass from the 2nd on;
+# it reproduces the MPM adjoint's rare NaN so the estimator's recovery from it can be tested end to end.
+NONFINITE_GRAD_HOOK = "SPLAT_TEST_NONFINITE_GRAD"
+_backward_calls = itertools.count(1)
+
+
+def _injected_nonfinite(call: int) -> bool:
+    spec = os.environ.get(NONFINITE_GRAD_HOOK, "").strip()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if part.endswith("-") and call >= int(part[:-1]) or part == str(call):
+            return True
+    return False
+
+
 class _MPMFunction(torch.autograd.Function):
     """torch bridge: forward runs the warp rollout, backward the checkpointed adjoint."""
 
@@ -336,5 +353,7 @@ class _MPMFunction(torch.autograd.Function):
 
         grads = ctx.sim.backward_numpy(ctx.run, np32(grad_pos), np32(grad_cov))
         ctx.run = None
+        if _injected_nonfinite(next(_backward_calls)):
+            grads = (np.full_like(grads[0], np.nan), *grads[1:])
         out = [torch.from_numpy(np.asarray(g)).to(device=d, dtype=dt) for g, (dt, d) in zip(grads, ctx.meta)]
         return out[0], out[1], out[2], out[3], None, None

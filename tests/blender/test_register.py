@@ -120,7 +120,8 @@ def test_panels_draw_in_each_state(addon, clean_scene):
     obj.splat_physics.show_heatmap = True
     after = draw_panels(bpy.context)
     for expected in (("prop", "n_grid"), ("prop", "prior"), ("operator", "splat.estimate_materials"),
-                     ("operator", "splat.simulate_bake"), ("prop", "bake_target"), ("prop", "heat_min_color")):
+                     ("operator", "splat.simulate_bake"), ("prop", "bake_target"), ("prop", "heat_min_color"),
+                     ("prop", "stop_rule"), ("prop", "stop_tolerance"), ("prop", "learn_nu")):
         assert expected in after, expected
     assert any(kind == "label" and "particles per cell" in text for kind, text in after)
     assert any(kind == "label" and "Projected size" in text for kind, text in after)

@@ -243,6 +243,10 @@ def test_estimate_job_has_the_scene_camera_in_opencv_form(addon, blob, tmp_path)
     folder = s2j.write_job_folder(tmp_path / "est", job, arrays)
     est = protocol.read_job(folder).estimate
     assert est["prior"] == "reference" and est["iterations"] == 3
+    # the panel's stop and learn switches reach the job with the job's own defaults
+    defaults = protocol.ESTIMATE_DEFAULTS
+    assert (est["stop_rule"], est["learn_nu"]) == (defaults["stop_rule"], defaults["learn_nu"]) == ("plateau", False)
+    assert est["stop_tolerance"] == pytest.approx(defaults["stop_tolerance"])
     cam_d = est["camera"]
     assert (cam_d["width"], cam_d["height"]) == (160, 100)
     viewmat, K = np.array(cam_d["viewmat"]), np.array(cam_d["K"])

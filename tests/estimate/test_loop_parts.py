@@ -17,10 +17,33 @@ def test_non_finite_gradient_entries_are_zeroed_and_the_rest_kept():
     field = _field()
     p = next(field.parameters())
     p.grad = torch.full_like(p, float("nan"))
-    assert estimate._clean_gradients(field) is False  # nothing finite: the iteration taught nothing
+    assert estimate._clean_gradients(field) == (p.numel(), False)  # nothing finite: nothing to step with
     assert torch.all(p.grad == 0)
     p.grad = torch.ones_like(p)
-    assert estimate._clean_gradients(field) is True
+    assert estimate._clean_gradients(field) == (0, True)
+    p.grad[0] = float("inf")
+    assert estimate._clean_gradients(field) == (1, p.numel() > 1)  # the finite rest is kept
+
+
+def test_best_keeps_the_lowest_loss_point_and_its_parameters():
+    field = _field()
+    best = estimate.Best()
+    for it, (loss, raw) in enumerate([(0.5, 0.1), (0.2, 0.7), (float("nan"), 0.9), (0.3, -0.4)], start=1):
+        with torch.no_grad():
+            field.raw_values.fill_(raw)
+        best.consider({"iteration": it, "loss": loss, "E_p50": 1.0}, field)
+    assert (best.iteration, best.loss) == (2, 0.2)
+    assert torch.all(best.state["raw_values"] == 0.7)
+
+
+def test_momentum_restart_clears_the_running_direction_only():
+    field = _field()
+    opt = torch.optim.Adam(field.parameters(), lr=0.1)
+    field.raw_values.grad = torch.ones_like(field.raw_values)
+    opt.step()
+    estimate.restart_momentum(opt)
+    state = opt.state[field.raw_values]
+    assert torch.all(state["exp_avg"] == 0) and torch.all(state["exp_avg_sq"] > 0)
 
 
 def test_cosine_learning_rate_starts_at_the_base_and_ends_at_the_floor():
