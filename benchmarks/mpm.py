@@ -5,8 +5,11 @@
 
 Forward: a fixed-corotated jelly block falling under gravity inside walls onto a ground plane,
 warp CPU (or --device cuda). particle_substeps_per_s uses wall time; *_cpu uses this process's
-CPU time, which is steadier on a machine shared with other jobs (warp CPU kernels run on one
-thread). Each figure is the best of several repetitions.
+CPU time, which is steadier on a machine shared with other jobs. Each figure is the best of several
+repetitions. The forward cases use the default thread count; "threads_*" runs 1 and 2 threads on
+the same block in one run, frames interleaved, and prints each thread's CPU time per substep (a
+measure of the split that does not depend on other jobs' load) and how far the two trajectories
+end apart.
 
 Gradient: N particles, one frame of 32 substeps, loss on the final positions, backward to
 per-particle log E / nu / rho / v0, with and without checkpointing. Each case runs in its own
@@ -60,12 +63,13 @@ def rss_mb() -> float:
     return float("nan") if kb is None else kb / 1024.0
 
 
-def make_solver(n_target: int, n_grid: int, device: str, order: str = "sorted", sort_every: int | None = 16):
+def make_solver(n_target: int, n_grid: int, device: str, order: str = "sorted", sort_every: int | None = 16,
+                threads: int | None = None):
     from backend.mpm import Boundary, Ground, MPMSolver, ParticleState, SimConfig
 
     pos, vol = jelly_block(n_target, n_grid, order)
     cfg = SimConfig(n_grid=n_grid, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (SUBSTEPS * 1e-4),
-                    substep_dt=1e-4, walls=Boundary("slip"), ground=Ground(0.05, "frictional", 0.3))
+                    substep_dt=1e-4, walls=Boundary("slip"), ground=Ground(0.05, "frictional", 0.3), threads=threads)
     sim = MPMSolver(ParticleState(pos, E=1e5, nu=0.3, rho=1000.0, volume=vol), cfg, device=device,
                     sort_every=sort_every)
     sim.step_frame(outputs=False)  # warm-up (compile / caches)
@@ -84,7 +88,8 @@ def time_frame(sim) -> tuple[float, float]:
 
 def report(label: str, sim, wall: list, cpu: list, **extra) -> None:
     work = sim.n * sim.n_substeps_per_frame
-    emit(case=label, device=sim.device, n=sim.n, n_grid=sim.grid.n, substeps=sim.n_substeps_per_frame,
+    emit(case=label, device=sim.device, n=sim.n, n_grid=sim.grid.n, threads=sim.n_threads,
+         substeps=sim.n_substeps_per_frame,
          particle_substeps_per_s=work / min(wall), particle_substeps_per_s_cpu=work / max(min(cpu), 1e-9),
          ms_per_substep=1e3 * min(wall) / sim.n_substeps_per_frame, **extra)
 
@@ -109,6 +114,32 @@ def ab_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
             times[k].append(time_frame(sim))
     for k, sim in sims.items():
         report("ab_" + k, sim, [t[0] for t in times[k]], [t[1] for t in times[k]])
+
+
+def threads_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
+    """1 thread (A) against 2 threads (B) on one block, frames interleaved."""
+    sims = {1: make_solver(n_target, n_grid, device, threads=1), 2: make_solver(n_target, n_grid, device, threads=2)}
+    times = {k: [] for k in sims}
+    cpu0 = {k: sim.core.launch.thread_cpu_seconds for k, sim in sims.items() if k > 1}
+    for _ in range(reps):
+        for k, sim in sims.items():
+            times[k].append(time_frame(sim))
+    x = {k: sim.get_state()["x"] for k, sim in sims.items()}
+    best = {k: min(t[0] for t in times[k]) for k in sims}
+    for k, sim in sims.items():
+        extra = {}
+        if k > 1:
+            steps = reps * sim.n_substeps_per_frame
+            per_thread = [1e3 * (c - c0) / steps for c, c0 in zip(sim.core.launch.thread_cpu_seconds, cpu0[k])]
+            one = 1e3 * min(t[1] for t in times[1]) / sims[1].n_substeps_per_frame
+            mine = 1e3 * min(t[1] for t in times[k]) / sim.n_substeps_per_frame
+            # on free cores a substep takes its serial part (process CPU outside the slab kernels)
+            # plus the slowest thread's share
+            critical = max(mine - sum(per_thread), 0.0) + max(per_thread)
+            extra = {"thread_cpu_ms_per_substep": [round(c, 3) for c in per_thread],
+                     "speedup_wall": best[1] / best[k], "speedup_by_cpu_critical_path": one / critical,
+                     "max_position_difference_m": float(abs(x[k] - x[1]).max())}
+        report(f"threads_{k}", sim, [t[0] for t in times[k]], [t[1] for t in times[k]], **extra)
 
 
 def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: int | None, device: str) -> None:
@@ -177,10 +208,12 @@ def main() -> None:
          cpu_count=os.cpu_count(), warp=wp.config.version)
     if args.quick:
         forward_case(2000, 32, args.device, reps=2)
+        threads_case(5000, 32, args.device, reps=2)
         run_subprocess(["--grad-case", "1000", "16", "8", "4", "--device", args.device])
         return
     for n, ng in ((10_000, 64), (50_000, 64), (200_000, 64), (50_000, 100)):
         forward_case(n, ng, args.device, reps=5 if n < 200_000 else 3)
+    threads_case(50_000, 64, args.device, reps=5)
     ab_case(50_000, 64, args.device, reps=5)
     for ck in ("none", "8"):
         run_subprocess(["--grad-case", "10000", "64", "32", ck, "--device", args.device])

@@ -323,6 +323,8 @@ class SimConfig:
         c_p = sqrt((lambda + 2 mu) / rho).
     max_substeps_per_frame: cap on the substeps per frame (the CFL bound is not met beyond it).
     damping: grid velocity damping rate in 1/s (velocity decays as exp(-damping t)).
+    threads: CPU threads of the forward substeps (None = the usable cores, capped at what helps;
+        1 = the single-thread path). The differentiable path's taped substeps always use one.
     """
 
     n_grid: int = 64
@@ -341,6 +343,7 @@ class SimConfig:
     colliders: list = field(default_factory=list)
     plasticity: Plasticity = field(default_factory=Plasticity)
     damping: float = 0.0
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -370,6 +373,8 @@ class SimConfig:
         self.max_substeps_per_frame = _int(self.max_substeps_per_frame, "max_substeps_per_frame", lo=1)
         self.gravity = _vec3(self.gravity, "gravity")
         self.damping = _float(self.damping, "damping", lo=0.0)
+        if self.threads is not None:
+            self.threads = _int(self.threads, "threads", lo=1, hi=256)
         if not isinstance(self.walls, Boundary):
             raise _err("walls", "expected a Boundary")
         self.walls.validate("walls")

@@ -16,6 +16,7 @@ from . import kernels as taped
 from . import kernels_forward as untaped
 from .kernels import GridInfo
 from .kernels_forward import anchor_node_mass, cell_bounds
+from .threads import SlabLauncher, thread_count
 
 NO_BAD_SUBSTEP = 2**31 - 1
 _initialised = False
@@ -118,6 +119,17 @@ class SimCore:
         self.has_fixed = int(self.anchor_np.any())
         self.fixed = wp.zeros(self.n_nodes if self.has_fixed else 1, dtype=wp.int32, device=device)
         self.bad = wp.array([NO_BAD_SUBSTEP], dtype=wp.int32, device=device)
+        self.launch = wp.launch  # forward-path launcher; use_threads() swaps in a SlabLauncher
+        self.n_threads = 1
+
+    def use_threads(self, setting: int | None) -> int:
+        """Run the forward (clear=True) substeps on several CPU threads; returns the count used.
+        The particles should be cell-sorted for speed (not for correctness)."""
+        n = thread_count(setting, self.n_particles, self.device)
+        if n != self.n_threads:
+            self.launch = SlabLauncher(self.n_particles, n, self.device) if n > 1 else wp.launch
+            self.n_threads = n
+        return n
 
     def grid_info(self, lo, dims) -> GridInfo:
         """A fresh GridInfo for the node box lo .. lo + dims - 1 (a new struct each time, since a
@@ -195,18 +207,19 @@ class SimCore:
         dev = self.device
         g = self.g_full if g is None else g
         kern = untaped if clear else taped
+        launch = self.launch if clear else wp.launch  # a tape must see plain launches
         acc = body_acceleration(self.config, t) if self.config.winds else self._gravity
         body_dv = (float(acc[0] * dt), float(acc[1] * dt), float(acc[2] * dt))
         damp = math.exp(-self.config.damping * dt)
-        wp.launch(kern.p2g, self.n_particles,
+        launch(kern.p2g, self.n_particles,
                   inputs=[st_in.x, st_in.v, st_in.C, st_in.F, st_in.plastic, self.material, mu, lam, mass, vol,
                           g, self.pp, self.pokes, float(t), float(dt)],
                   outputs=[grid_mv], device=dev)
-        wp.launch(kern.grid_update, self.box_nodes(g),
+        launch(kern.grid_update, self.box_nodes(g),
                   inputs=[grid_mv, self.fixed, self.has_fixed, g, self.bnd,
                           wp.vec3(*body_dv), float(damp), float(self.grid.dx / dt), float(t), int(clear)],
                   outputs=[grid_v], device=dev)
-        wp.launch(kern.g2p, self.n_particles,
+        launch(kern.g2p, self.n_particles,
                   inputs=[st_in.x, st_in.F, st_in.plastic, self.material, self.anchor, mu, lam, grid_v,
                           g, self.pp, float(dt), int(k)],
                   outputs=[st_out.x, st_out.v, st_out.C, st_out.F, st_out.plastic, self.bad], device=dev)
