@@ -1,4 +1,4 @@
-"""Differentiable MPM rollouts with checkpointed wp.Tape backward and a torch.autograd bridge.
+"""Differentiable MPM rollouts with a checkpointed, recorded backward and a torch.autograd bridge.
 
 Gradients flow from frame outputs (positions, covariances) to per-particle log E, nu, rho and
 the initial velocity v0, including the path through the grid mass (the position dependence of
@@ -32,6 +32,7 @@ from .grid import GridMapping, SubstepPlan, plan_substeps
 from .kernels import covariance, material_from_params
 from .particles import ParticleState, rest_shape_matrices
 from .solver import max_wave_speed
+from .threads import LaunchRecord
 
 
 @dataclass
@@ -104,6 +105,7 @@ class DifferentiableSim:
         self.grid = GridMapping.build(self.config, ps.positions)
         vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, self.device)
+        self.n_threads = self.core.use_threads(self.config.threads)
         self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
         a0 = rest_shape_matrices(ps.cov0, vol)
         self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)
@@ -232,14 +234,14 @@ class DifferentiableSim:
             nodes = self.core.box_nodes(box)
             buf.grid_mv.append(wp.zeros(nodes, dtype=wp.vec4, device=dev, requires_grad=True))
             buf.grid_v.append(wp.zeros(nodes, dtype=wp.vec3, device=dev, requires_grad=True))
-            tape = wp.Tape()
-            with tape:
-                self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
-                                  buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box)
-                if (s + 1) % n_sub == 0:
-                    wp.launch(covariance, self.n, inputs=[buf.states[k + 1].F, self.cov0], outputs=[buf.cov[k]],
-                              device=self.device)
-            buf.tapes.append(tape)
+            record = LaunchRecord(self.core.launch)
+            self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
+                              buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box,
+                              launch=record)
+            if (s + 1) % n_sub == 0:
+                record(covariance, self.n, inputs=[buf.states[k + 1].F, self.cov0], outputs=[buf.cov[k]],
+                       device=self.device)
+            buf.tapes.append(record)
             if check_frames and (s + 1) % n_sub == 0:
                 self._frame_check(s // n_sub, plan)
                 self.core.reset_bad()
@@ -310,7 +312,7 @@ class DifferentiableSim:
                 cov.grad.assign(wp.array(np.ascontiguousarray(grad_cov[f], dtype=np.float32), dtype=wp.mat33,
                                          device=self.device))
         for k in reversed(range(off, off + length)):
-            buf.tapes[k].backward()
+            buf.tapes[k].backward(self.core.adjoint)
         return tuple(a.grad.numpy().copy() for a in buf.states[off].arrays())
 
 

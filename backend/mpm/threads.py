@@ -42,11 +42,18 @@ MAX_THREADS = 8
 
 
 @wp.kernel
-def add_and_clear(total: wp.array(dtype=wp.vec4), part: wp.array(dtype=wp.vec4)):
+def add_and_clear4(total: wp.array(dtype=wp.vec4), part: wp.array(dtype=wp.vec4)):
     """total += part; part = 0 (one node each)."""
     i = wp.tid()
     total[i] = total[i] + part[i]
     part[i] = wp.vec4(0.0)
+
+
+@wp.kernel
+def add_and_clear3(total: wp.array(dtype=wp.vec3), part: wp.array(dtype=wp.vec3)):
+    i = wp.tid()
+    total[i] = total[i] + part[i]
+    part[i] = wp.vec3(0.0)
 
 
 def usable_cores() -> int:
@@ -118,8 +125,9 @@ class _Workers:
 
 
 class SlabLauncher:
-    """Drop-in for wp.launch in SimCore.substep's forward path: p2g, grid_update and g2p run on
-    n_threads threads (see the module docstring); any other kernel runs as a plain launch."""
+    """Drop-in for wp.launch in SimCore.substep: p2g, grid_update and g2p run on n_threads
+    threads (see the module docstring); any other kernel runs as a plain launch. `adjoint` runs
+    the reverse of a recorded launch the same way (see LaunchRecord)."""
 
     def __init__(self, n_particles: int, n_threads: int, device: str):
         if n_threads < 2:
@@ -129,7 +137,8 @@ class SlabLauncher:
         self.device = device
         cuts = [n_particles * t // n_threads for t in range(n_threads + 1)]
         self.ranges = list(zip(cuts[:-1], cuts[1:]))
-        self._private: list[wp.array] = []  # grids of slabs 1..T-1, zero between substeps
+        # private grids of threads 1..T-1 (P2G momentum; G2P adjoint velocity), zero between launches
+        self._private = {wp.vec4: [], wp.vec3: []}
         self._views: dict = {}
         # Load the modules here: two threads must not compile or load one at the same time.
         for module in (kernels, kernels_forward, __name__):
@@ -142,41 +151,64 @@ class SlabLauncher:
         """CPU seconds each thread has spent in the substep kernels so far."""
         return list(self._workers.cpu_seconds)
 
-    # -- the hook ---------------------------------------------------------------------------
+    # -- the hooks --------------------------------------------------------------------------
     def __call__(self, kernel, dim, inputs=(), outputs=(), device=None, **kwargs) -> None:
+        self._dispatch(kernel, dim, list(inputs) + list(outputs), None, device, kwargs)
+
+    def adjoint(self, kernel, dim, args: list, adj_args: list, device=None) -> None:
+        """Reverse launch of kernel(args): accumulates into adj_args (the arguments' gradients)."""
+        self._dispatch(kernel, dim, args, adj_args, device, {})
+
+    def _dispatch(self, kernel, dim, args, adj, device, kwargs) -> None:
         if kernel in (kernels_forward.p2g, kernels.p2g):
-            self._p2g(kernel, inputs, outputs)
+            self._particles(kernel, args, adj, private=("grid_mv", wp.vec4) if adj is None else None)
         elif kernel in (kernels_forward.grid_update, kernels.grid_update):
-            self._grid_update(kernel, dim, inputs, outputs)
+            self._grid_update(kernel, dim, args, adj)
         elif kernel in (kernels_forward.g2p, kernels.g2p):
-            self._particles(kernel, inputs, outputs)
+            # forward: gathers from the grid; reverse: scatters into the grid velocity's gradient
+            self._particles(kernel, args, adj, private=None if adj is None else ("grid_v", wp.vec3))
+        elif adj is None:
+            wp.launch(kernel, dim, inputs=args, device=device, **kwargs)
         else:
-            wp.launch(kernel, dim, inputs=inputs, outputs=outputs, device=device, **kwargs)
+            wp.launch(kernel, dim, inputs=args, adj_inputs=adj, adjoint=True, device=device)
 
     # -- particle kernels -------------------------------------------------------------------
-    def _p2g(self, kernel, inputs, outputs) -> None:
+    def _particles(self, kernel, args, adj, private) -> None:
+        """Launch kernel on each particle slab. private = (argument name, dtype) of the grid array
+        this launch scatters into (the gradient's, in reverse): threads 1.. scatter into private
+        copies, which are added into the real one on node slabs afterwards."""
         names = _arg_names(kernel)
-        grid_mv = list(inputs + outputs)[names.index("grid_mv")]
-        self._ensure_private(grid_mv.shape[0])
-        self._particles(kernel, inputs, outputs, grid_mv=grid_mv)
-
-    def _particles(self, kernel, inputs, outputs, grid_mv=None) -> None:
-        names = _arg_names(kernel)
-        args = list(inputs) + list(outputs)
+        target = None
+        if private is not None:
+            target = args[names.index(private[0])] if adj is None else adj[names.index(private[0])]
+            parts = self._ensure_private(private[1], target.shape[0])
 
         def slab(t: int) -> None:
             a, b = self.ranges[t]
-            sliced = []
-            for name, arg in zip(names, args):
-                if name == "grid_mv" and grid_mv is not None and t > 0:
-                    arg = self._private[t - 1][: grid_mv.shape[0]]
-                elif isinstance(arg, wp.array) and name not in GRID_ARGS:
-                    arg = self._view(arg, t)
-                sliced.append(arg)
-            if b > a:
+            if b <= a:
+                return
+            sliced = [self._slice(name, arg, t) for name, arg in zip(names, args)]
+            sliced_adj = None if adj is None else [self._slice(name, g, t) for name, g in zip(names, adj)]
+            if target is not None and t > 0:
+                i = names.index(private[0])
+                (sliced if adj is None else sliced_adj)[i] = parts[t - 1][: target.shape[0]]
+            if adj is None:
                 wp.launch(kernel, b - a, inputs=sliced, device=self.device)
+            else:
+                wp.launch(kernel, b - a, inputs=sliced, adj_inputs=sliced_adj, adjoint=True, device=self.device)
 
-        self._workers.run(slab)
+        try:
+            self._workers.run(slab)
+        except BaseException:
+            self.clear()
+            raise
+        if target is not None and adj is not None:
+            self._reduce(target, parts)  # the reverse grid update reads it next
+
+    def _slice(self, name: str, arg, t: int):
+        if isinstance(arg, wp.array) and name not in GRID_ARGS:
+            return self._view(arg, t)
+        return arg
 
     def _view(self, arr: wp.array, t: int) -> wp.array:
         """arr[a:b] of slab t, cached (a view costs ~10 us to build; arrays are reused every substep)."""
@@ -186,27 +218,44 @@ class SlabLauncher:
             return hit[1]
         if arr.shape[0] != self.n:
             raise ValueError(f"per-particle launch argument has {arr.shape[0]} rows, expected {self.n}")
-        if len(self._views) > 256:  # arrays of finished runs
+        if len(self._views) > 1024:  # arrays of finished runs
             self._views.clear()
         a, b = self.ranges[t]
         view = arr[a:b]
         self._views[key] = (arr, view)
         return view
 
-    def _ensure_private(self, nodes: int) -> None:
-        if self._private and self._private[0].shape[0] >= nodes:
-            return
-        self._private = [wp.zeros(nodes, dtype=wp.vec4, device=self.device) for _ in range(self.n_threads - 1)]
+    def _ensure_private(self, dtype, nodes: int) -> list:
+        parts = self._private[dtype]
+        if not parts or parts[0].shape[0] < nodes:
+            parts = [wp.zeros(nodes, dtype=dtype, device=self.device) for _ in range(self.n_threads - 1)]
+            self._private[dtype] = parts
+        return parts
 
     def clear(self) -> None:
-        """Zero the private grids (after an interrupted substep)."""
-        for g in self._private:
-            g.zero_()
+        """Zero the private grids (after an interrupted launch)."""
+        for parts in self._private.values():
+            for g in parts:
+                g.zero_()
+
+    def _reduce(self, total: wp.array, parts: list) -> None:
+        """total += every private grid, which are zeroed; node slabs on all threads."""
+        nodes = total.shape[0]
+        kernel = add_and_clear4 if total.dtype == wp.vec4 else add_and_clear3
+
+        def slab(t: int) -> None:
+            a, b = nodes * t // self.n_threads, nodes * (t + 1) // self.n_threads
+            if b > a:
+                for part in parts:
+                    wp.launch(kernel, b - a, inputs=[total[a:b], part[a:b]], device=self.device)
+
+        self._workers.run(slab)
 
     # -- grid update ------------------------------------------------------------------------
-    def _grid_update(self, kernel, dim, inputs, outputs) -> None:
+    def _grid_update(self, kernel, dim, args, adj) -> None:
+        """Forward: add the private P2G grids into the real one, then update, per x-slab of the
+        node box. Reverse: the adjoint per x-slab (each node is independent)."""
         names = _arg_names(kernel)
-        args = list(inputs) + list(outputs)
         g = args[names.index("g")]
         nx, ny, nz = (int(g.box_dims[a]) for a in range(3))
         plane = ny * nz
@@ -214,7 +263,14 @@ class SlabLauncher:
             raise ValueError(f"grid update over {dim} nodes, but its box holds {nx * plane}")
         cuts = [nx * t // self.n_threads for t in range(self.n_threads + 1)]
         grid_mv = args[names.index("grid_mv")]
-        private = self._private
+        private = self._private[wp.vec4] if adj is None else []
+
+        def cut(name, arg, a, b, sub):
+            if name == "g":
+                return sub
+            if name in NODE_ARGS and arg is not None:
+                return arg[a:b]
+            return arg
 
         def slab(t: int) -> None:
             i0, i1 = cuts[t], cuts[t + 1]
@@ -222,18 +278,39 @@ class SlabLauncher:
                 return
             a, b = i0 * plane, i1 * plane
             for part in private:
-                wp.launch(add_and_clear, b - a, inputs=[grid_mv[a:b], part[a:b]], device=self.device)
+                wp.launch(add_and_clear4, b - a, inputs=[grid_mv[a:b], part[a:b]], device=self.device)
             sub = _sub_box(g, i0, i1 - i0)
-            sliced = []
-            for name, arg in zip(names, args):
-                if name == "g":
-                    arg = sub
-                elif name in NODE_ARGS:
-                    arg = arg[a:b]
-                sliced.append(arg)
-            wp.launch(kernel, b - a, inputs=sliced, device=self.device)
+            sliced = [cut(name, arg, a, b, sub) for name, arg in zip(names, args)]
+            if adj is None:
+                wp.launch(kernel, b - a, inputs=sliced, device=self.device)
+            else:
+                sliced_adj = [cut(name, arg, a, b, GridInfo()) for name, arg in zip(names, adj)]
+                wp.launch(kernel, b - a, inputs=sliced, adj_inputs=sliced_adj, adjoint=True, device=self.device)
 
         self._workers.run(slab)
+
+
+def plain_adjoint(kernel, dim, args: list, adj_args: list, device=None) -> None:
+    """One-thread reverse launch (the counterpart of SlabLauncher.adjoint)."""
+    wp.launch(kernel, dim, inputs=args, adj_inputs=adj_args, adjoint=True, device=device)
+
+
+class LaunchRecord:
+    """The launches of one taped substep, replayed in reverse by `backward` (warp's Tape does the
+    same, but its reverse pass runs each kernel on one thread)."""
+
+    def __init__(self, launch):
+        self._launch = launch
+        self.launches: list = []
+
+    def __call__(self, kernel, dim, inputs=(), outputs=(), device=None, **kwargs) -> None:
+        self._launch(kernel, dim, inputs=inputs, outputs=outputs, device=device, **kwargs)
+        self.launches.append((kernel, dim, list(inputs) + list(outputs), device))
+
+    def backward(self, adjoint=plain_adjoint) -> None:
+        tape = wp.Tape()  # only for its mapping of arguments to their adjoints (grads, struct mirrors)
+        for kernel, dim, args, device in reversed(self.launches):
+            adjoint(kernel, dim, args, [tape.get_adjoint(a) for a in args], device)
 
 
 def _arg_names(kernel) -> list[str]:
