@@ -61,7 +61,8 @@ class _Buffers:
         for st in self.states:
             st.zero_grad()
         for a in self.grid_mv + self.grid_v + self.cov:
-            a.grad.zero_()
+            if a is not None:
+                a.grad.zero_()
 
 
 @dataclass
@@ -81,6 +82,8 @@ class DifferentiableSim:
     positions (N,3) m, material_id, anchor, cov0 (N,3,3) m^2 or None, volume (N,) m^3 or None:
     as in ParticleState. bptt_substeps: None (exact) or K (truncated window per frame).
     checkpoint_every: substeps per recomputed segment, or None to keep the full tape.
+    full_tape_mb: keep the full tape anyway when it needs at most this many MB (no recomputation:
+    the backward then costs about a forward less); 0 = always checkpoint when checkpoint_every is set.
 
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
@@ -88,7 +91,7 @@ class DifferentiableSim:
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
-                 volume=None):
+                 volume=None, full_tape_mb: float = 0.0):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
@@ -99,6 +102,7 @@ class DifferentiableSim:
             raise ValueError(f"checkpoint_every must be None or >= 1, got {checkpoint_every}")
         self.bptt_substeps = None if bptt_substeps is None else int(bptt_substeps)
         self.checkpoint_every = None if checkpoint_every is None else int(checkpoint_every)
+        self.full_tape_mb = float(full_tape_mb)
         self.n = ps.n
         self.positions = ps.positions
         self.material_id = ps.material_id
@@ -164,11 +168,17 @@ class DifferentiableSim:
         plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
         init = State.from_numpy(initial_state(self.positions, v0, self.material_id), self.device)
         self.core.set_fixed_nodes(init.x, params.mass)
-        if self.checkpoint_every is None:
+        if self.checkpoint_every is None or self._tape_mb(plan.n * n_frames, n_frames, init) <= self.full_tape_mb:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)
             return pos, cov, _Run(params, plan, n_frames, {}, full)
         pos, cov, ckpts = self._forward_checkpointed(params, plan, init, n_frames)
         return pos, cov, _Run(params, plan, n_frames, ckpts, None)
+
+    def _tape_mb(self, n_substeps: int, n_frames: int, init: State) -> float:
+        """Memory of the whole tape (MB): states and grids with their gradients, covariances at frame ends."""
+        nodes = self.core.box_nodes(self.core.particle_box(init.x, 1))
+        per_substep = self.n * 2 * (3 + 3 + 9 + 9 + 1) * 4 + nodes * 2 * (4 + 3) * 4
+        return (n_substeps * per_substep + n_frames * self.n * 2 * 9 * 4) / 2**20
 
     def _windows(self, n_frames: int, n_sub: int) -> list[tuple[int, int, list[int]]]:
         """(start, end, frames seeded) of each backward window, in substeps."""
@@ -218,7 +228,7 @@ class DifferentiableSim:
         return _Buffers(
             states=[State.zeros(self.n, dev, requires_grad=True) for _ in range(n_substeps + 1)],
             grid_mv=[], grid_v=[],
-            cov=[wp.zeros(self.n, dtype=wp.mat33, device=dev, requires_grad=True) for _ in range(n_substeps)],
+            cov=[None] * n_substeps,  # allocated at the frame ends (see _record)
         )
 
     def _record(self, buf: _Buffers, params: _Params, plan: SubstepPlan, a: int, b: int,
@@ -239,6 +249,8 @@ class DifferentiableSim:
                               buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box,
                               launch=record)
             if (s + 1) % n_sub == 0:
+                if buf.cov[k] is None:
+                    buf.cov[k] = wp.zeros(self.n, dtype=wp.mat33, device=dev, requires_grad=True)
                 record(covariance, self.n, inputs=[buf.states[k + 1].F, self.cov0], outputs=[buf.cov[k]],
                        device=self.device)
             buf.tapes.append(record)
