@@ -308,9 +308,31 @@ class LaunchRecord:
         self.launches.append((kernel, dim, list(inputs) + list(outputs), device))
 
     def backward(self, adjoint=plain_adjoint) -> None:
-        tape = wp.Tape()  # only for its mapping of arguments to their adjoints (grads, struct mirrors)
         for kernel, dim, args, device in reversed(self.launches):
-            adjoint(kernel, dim, args, [tape.get_adjoint(a) for a in args], device)
+            adjoint(kernel, dim, args, [_adjoint_of(a) for a in args], device)
+
+
+_TAPE = wp.Tape()  # only for its mapping of a struct argument to its adjoint mirror
+_ZERO_MIRRORS: dict = {}
+
+
+def _adjoint_of(arg):
+    """The adjoint argument of a launch argument: an array's grad, a struct's mirror (shared per
+    struct type when none of its arrays has a gradient: building one costs ~50 us), else None."""
+    if isinstance(arg, wp.array):
+        return arg.grad
+    if not wp.types.is_struct(arg):
+        return _TAPE.get_adjoint(arg)
+    fields = [getattr(arg, name) for name in arg._cls.vars]
+    if any(isinstance(f, wp.array) and f.grad is not None for f in fields):
+        mirror = _TAPE.get_adjoint(arg)
+        _TAPE.gradients.clear()
+        return mirror
+    key = arg._cls
+    if key not in _ZERO_MIRRORS:
+        _ZERO_MIRRORS[key] = _TAPE.get_adjoint(arg)
+        _TAPE.gradients.clear()
+    return _ZERO_MIRRORS[key]
 
 
 def _arg_names(kernel) -> list[str]:
