@@ -19,9 +19,10 @@ prior figures measure the pipeline's overhead, not a real UNet's cost; "referenc
 L2 + SSIM loss against a clip.
 
 Each case runs in a fresh subprocess after one warm-up iteration; the figures are those of the
-fastest of the timed iterations. peak_mb is the growth of the resident set over the timed
-iterations (VmHWM reset through /proc/self/clear_refs; getrusage's ru_maxrss growth where that is
-not allowed), so it includes what torch's allocator caches; on CUDA it is
+fastest of the timed iterations. iteration_cpu_s is the process CPU time of the cheapest iteration
+(all threads together; steadier than the wall time on a shared machine). peak_mb is the growth of
+the resident set over the timed iterations (VmHWM reset through /proc/self/clear_refs; getrusage's
+ru_maxrss growth where that is not allowed), so it includes what torch's allocator caches; on CUDA it is
 torch.cuda.max_memory_allocated. The machine is shared: the times are noisy, and under contention
 torch's OpenMP threads spin (prior and render figures several times too high); running with
 OMP_WAIT_POLICY=PASSIVE in the environment avoids most of that.
@@ -107,7 +108,7 @@ def split_iteration(field, dsim, scene, supervision, optimizer, it: int, total: 
 
     sync()
     t = time.perf_counter()
-    t_start = t
+    t_start, c_start = t, time.process_time()
     optimizer.zero_grad(set_to_none=True)
     mats = field()
     reg = field.regularizer()
@@ -141,7 +142,8 @@ def split_iteration(field, dsim, scene, supervision, optimizer, it: int, total: 
     torch.nn.utils.clip_grad_norm_(field.parameters(), 1.0)
     optimizer.step()
     t = lap("field", t)
-    return {**{f"{k}_s": v for k, v in clock.items()}, "iteration_s": t - t_start, "loss": float(loss.detach())}
+    return {**{f"{k}_s": v for k, v in clock.items()}, "iteration_s": t - t_start,
+            "iteration_cpu_s": time.process_time() - c_start, "loss": float(loss.detach())}
 
 
 def _grad(x: torch.Tensor) -> torch.Tensor:
@@ -182,6 +184,7 @@ def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, de
     line.update({k: round(best[k], 4) for k in ("sim_s", "render_s", "prior_s", "field_s", "iteration_s")})
     line.update(peak_mb=round(peak_mb, 1), device=device, setup_s=round(setup_s, 2), repeats=repeats,
                 iteration_s_median=round(float(np.median([r["iteration_s"] for r in runs])), 4),
+                iteration_cpu_s=round(min(r["iteration_cpu_s"] for r in runs), 4),
                 threads=torch.get_num_threads(), loss=best["loss"])
     return line
 
