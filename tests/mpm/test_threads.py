@@ -74,9 +74,20 @@ def test_thread_count_setting():
     assert thread_count(None, 10**6, "cuda:0") == 1
     assert thread_count(None, 100, "cpu") == 1  # too few particles to gain
     assert 1 <= thread_count(None, 10**6, "cpu") <= 8
-    with pytest.raises(ValueError, match="threads"):
-        SimConfig(threads=0)
     assert SimConfig.from_dict({"threads": 2}).threads == 2
+
+
+def test_job_thread_setting_is_validated(tmp_path):
+    from backend import protocol
+    from backend.simulate import sim_config
+
+    (tmp_path / protocol.SCENE_FILE).write_bytes(b"")
+    for bad in (0, 1.5, "two"):
+        with pytest.raises(protocol.BadJob, match="simulation.threads"):
+            protocol.validate_job(protocol.default_job("simulate", simulation={"threads": bad}), tmp_path)
+    job = protocol.validate_job(protocol.default_job("simulate", simulation={"threads": 2}), tmp_path)
+    assert sim_config(job.simulation).threads == 2
+    assert sim_config(protocol.validate_job(protocol.default_job("simulate"), tmp_path).simulation).threads is None
 
 
 def test_two_thread_gradients_equal_one_thread_gradients():
