@@ -321,18 +321,18 @@ def _adjoint_of(arg):
     struct type when none of its arrays has a gradient: building one costs ~50 us), else None."""
     if isinstance(arg, wp.array):
         return arg.grad
+    if isinstance(arg, (int, float)):
+        return None
     if not wp.types.is_struct(arg):
         return _TAPE.get_adjoint(arg)
-    fields = [getattr(arg, name) for name in arg._cls.vars]
-    if any(isinstance(f, wp.array) and f.grad is not None for f in fields):
+    mirror = _ZERO_MIRRORS.get(arg._cls)
+    if mirror is None or any(isinstance(f, wp.array) and f.grad is not None
+                             for f in (getattr(arg, name) for name in arg._cls.vars)):
         mirror = _TAPE.get_adjoint(arg)
         _TAPE.gradients.clear()
-        return mirror
-    key = arg._cls
-    if key not in _ZERO_MIRRORS:
-        _ZERO_MIRRORS[key] = _TAPE.get_adjoint(arg)
-        _TAPE.gradients.clear()
-    return _ZERO_MIRRORS[key]
+        if not any(isinstance(getattr(mirror, name), wp.array) for name in arg._cls.vars):
+            _ZERO_MIRRORS[arg._cls] = mirror
+    return mirror
 
 
 def _arg_names(kernel) -> list[str]:
