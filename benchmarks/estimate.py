@@ -151,7 +151,8 @@ def _grad(x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- one case (own process)
-def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, device: str, repeats: int) -> dict:
+def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, device: str, repeats: int,
+             sim_threads: int | None = None) -> dict:
     torch.manual_seed(0)
     model = "" if model == "-" else model
     quiet = Reporter(open(os.devnull, "w"))
@@ -159,6 +160,8 @@ def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, de
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         sim, est = job_sections(kind, model, res, frames)
+        if sim_threads:
+            sim["threads"] = sim_threads
         scene = prepare_scene(arrays, sim, est, quiet, device)
         field = make_material_field(est, scene.particles, device, quiet)
         dsim = make_differentiable_sim(scene.particles, sim, est, device)
@@ -185,7 +188,7 @@ def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, de
     line.update(peak_mb=round(peak_mb, 1), device=device, setup_s=round(setup_s, 2), repeats=repeats,
                 iteration_s_median=round(float(np.median([r["iteration_s"] for r in runs])), 4),
                 iteration_cpu_s=round(min(r["iteration_cpu_s"] for r in runs), 4),
-                threads=torch.get_num_threads(), loss=best["loss"])
+                threads=torch.get_num_threads(), sim_threads=getattr(dsim, "n_threads", 1), loss=best["loss"])
     return line
 
 
@@ -220,13 +223,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="N=500 particles, 4 frames")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--svd-xt", default=None, help="local SVD-xt folder or hub id for the CUDA case")
+    ap.add_argument("--sim-threads", type=int, default=None, help="simulation.threads (default: automatic)")
     ap.add_argument("--case", nargs=8, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.case:
         case, kind, model, n, res, frames, device, repeats = a.case
-        print(json.dumps(run_case(case, kind, model, int(n), int(res), int(frames), device, int(repeats))))
+        print(json.dumps(run_case(case, kind, model, int(n), int(res), int(frames), device, int(repeats),
+                                  a.sim_threads)))
         return
     from backend.prior.tiny import save_tiny_modelscope, save_tiny_svd
 
