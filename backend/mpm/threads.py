@@ -178,9 +178,10 @@ class SlabLauncher:
         this launch scatters into (the gradient's, in reverse): threads 1.. scatter into private
         copies, which are added into the real one on node slabs afterwards."""
         names = _arg_names(kernel)
-        target = None
+        target, parts = None, []
         if private is not None:
             target = args[names.index(private[0])] if adj is None else adj[names.index(private[0])]
+        if target is not None:  # (an array without gradient gets no scatter in reverse)
             parts = self._ensure_private(private[1], target.shape[0])
 
         def slab(t: int) -> None:
