@@ -27,11 +27,13 @@ from .jobctl import CancelToken, Reporter, log
 from .particles import SceneParticles, build_particles
 from .simulate import sim_config
 from .statefile import StateRejected, load_state, save_state
-from .supervision import Supervision, check_inputs, make_supervision
+from .supervision import Supervision, check_inputs, first_frame, make_supervision
 
 
 # Adam steps on the field's raw parameters. A global or per-particle value maps one-to-one to log E;
 # a triplane's planes and head move every particle at once, so a step must be far smaller.
+# Below this much tape memory the simulation keeps its whole tape (no recomputation in backward).
+FULL_TAPE_MB = 512.0
 DEFAULT_LEARNING_RATES = {"global": 0.1, "per_particle": 0.1, "kan_triplane": 0.005, "mlp_triplane": 0.005}
 # After the ladder a global or per-particle start is within a quarter decade (~0.6 in ln E), and a raw step of
 # 0.1 moves ln E by up to ~0.3: smaller steps refine without overshooting. (A triplane's steps are small already.)
@@ -49,6 +51,7 @@ class Scene:
     background: torch.Tensor
     all_positions: np.ndarray  # (N, 3) every visible point of the object, for the final materials
     subset: np.ndarray | None  # indices of the simulated visible points among all N, or None for all
+    rest_frame: torch.Tensor | None = None  # frame 0 (3, H, W), rendered once (see simulate_and_render)
 
 
 def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, token: CancelToken, device: str) -> dict:
@@ -214,16 +217,20 @@ def simulate_and_render(dsim, mats: dict, scene: Scene, n_render: int) -> torch.
     n = p.n_visible
     velocity = torch.as_tensor(p.velocity, device=mats["log_E"].device)
     positions, covs = dsim(mats["log_E"], mats["nu"], mats["rho"], velocity, n_render - 1)
-    rest_pos = torch.as_tensor(p.positions[:n], device=positions.device)
-    rest_cov = torch.as_tensor(p.cov0[:n], device=covs.device)
-    frames = []
-    for f in range(n_render):
-        means = rest_pos if f == 0 else positions[f - 1, :n]
-        cov = rest_cov if f == 0 else covs[f - 1, :n]
-        out = render_splats(means, colors=scene.colors, opacities=scene.opacities, covars=cov,
-                            camera=scene.cameras[f], background=scene.background)
+    frames = [rest_frame(scene)]
+    for f in range(1, n_render):
+        out = render_splats(positions[f - 1, :n], colors=scene.colors, opacities=scene.opacities,
+                            covars=covs[f - 1, :n], camera=scene.cameras[f], background=scene.background)
         frames.append(out.rgb.permute(2, 0, 1))
     return torch.stack(frames)
+
+
+def rest_frame(scene: Scene) -> torch.Tensor:
+    """Frame 0, the rest pose from the first camera: the same every iteration and free of any
+    learned parameter, so it is rendered once."""
+    if scene.rest_frame is None:
+        scene.rest_frame = first_frame(scene).to(scene.colors.device)
+    return scene.rest_frame
 
 
 def _clean_gradients(field) -> tuple[int, bool]:
@@ -410,7 +417,7 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
     from .mpm import DifferentiableSim
 
     return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, sim_config(sim), device=warp_device(device),
-                             bptt_substeps=est["bptt_substeps"])
+                             bptt_substeps=est["bptt_substeps"], full_tape_mb=FULL_TAPE_MB)
 
 
 def check_budget(est: dict, sim: dict, scene: Scene, device: str, n_render: int, reporter: Reporter) -> None:

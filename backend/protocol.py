@@ -401,6 +401,8 @@ SIMULATION = Section(doc="the simulation (bake and estimation alike)", rules=(_d
         "cohesion": Number(0.0, lo=0.0), "snow_theta_c": Number(2.5e-2, lo=0.0, hi=0.99),
         "snow_theta_s": Number(7.5e-3, lo=0.0), "snow_hardening": Number(10.0, lo=0.0)}),
     "damping": Number(0.0, lo=0.0, hi=1e4, doc="grid velocity damping rate, 1/s"),
+    "threads": Number(None, lo=1, hi=256, integer=True, optional=True,
+                      doc="CPU threads of the simulation; null = the usable cores (1 = one thread)"),
 })
 
 ESTIMATE = Section(doc="material estimation", rules=(

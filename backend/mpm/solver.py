@@ -39,6 +39,7 @@ class MPMSolver:
     None disables it) so P2G / G2P touch memory in order; every input and output uses the
     caller's particle order. Grid work covers only the node box around the particles, refreshed
     every `box_every` substeps (default 4 on CPU, 8 on CUDA: one small device read each time).
+    On the CPU the substeps run on `config.threads` threads (see threads.py).
     """
 
     def __init__(self, particles: ParticleState, config: SimConfig | None = None, device: str = "cpu",
@@ -65,6 +66,7 @@ class MPMSolver:
         dev = self.device
         self.mu, self.lam, self.mass, self.vol = (wp.zeros(self.n, dtype=float, device=dev) for _ in range(4))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, dev)
+        self.n_threads = self.core.use_threads(self.config.threads)
         self.splats = SplatOutputs(self._constants["A0"], dev)
         self.state = State.zeros(self.n, dev)
         self._order = np.arange(self.n)
