@@ -30,10 +30,10 @@ from .statefile import StateRejected, load_state, save_state
 from .supervision import Supervision, check_inputs, first_frame, make_supervision
 
 
-# Adam steps on the field's raw parameters. A global or per-particle value maps one-to-one to log E;
-# a triplane's planes and head move every particle at once, so a step must be far smaller.
 # Below this much tape memory the simulation keeps its whole tape (no recomputation in backward).
 FULL_TAPE_MB = 512.0
+# Adam steps on the field's raw parameters. A global or per-particle value maps one-to-one to log E;
+# a triplane's planes and head move every particle at once, so a step must be far smaller.
 DEFAULT_LEARNING_RATES = {"global": 0.1, "per_particle": 0.1, "kan_triplane": 0.005, "mlp_triplane": 0.005}
 # After the ladder a global or per-particle start is within a quarter decade (~0.6 in ln E), and a raw step of
 # 0.1 moves ln E by up to ~0.3: smaller steps refine without overshooting. (A triplane's steps are small already.)
