@@ -8,14 +8,15 @@ load only once the job is known to be good.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
 import sys
 from pathlib import Path
 
 from . import protocol
-from .jobctl import CancelToken, Reporter, log, setup_logging
-from .protocol import ExitCode, JobError
+from .jobctl import CancelToken, JobLock, Reporter, log, setup_logging
+from .protocol import ExitCode, JobError, MissingResource
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,34 +67,75 @@ def cmd_run(job_dir: Path, verbose: bool = False) -> int:
     sys.stdout = sys.stderr
     reporter = Reporter(events_stream)
     setup_logging(verbose=verbose)
+    lock = None
     try:
+        reporter.current = "reading the job"
         job = protocol.read_job(job_dir)
+        reporter.current = "reading the scene"
         scene = protocol.load_npz(job.scene_path)
         n = protocol.validate_scene(scene)
+        protocol.check_scene_fits(job, scene)
+        protocol.check_output_tree(job.output_dir)
+        reporter.current = "preparing the job folder"
+        lock = JobLock(job.folder)
+        took_over = lock.acquire()
+        job.output_dir.mkdir(parents=True, exist_ok=True)
         setup_logging(job.output_dir / protocol.LOG_FILE, verbose=verbose)
         token = CancelToken(job.cancel_path)
         job.cancel_path.unlink(missing_ok=True)  # a stale request from an earlier run
         token.install_signal_handlers()
-        job.output_dir.mkdir(parents=True, exist_ok=True)
         protocol.remove_temp_files(job.output_dir)
         (job.output_dir / protocol.RESULT_FILE).unlink(missing_ok=True)  # written last, on success only
         reporter.emit("start", stage=job.command, message=f"{job.command}: {n} points", data={"n_points": n})
+        if took_over:
+            reporter.warning(took_over[:1].upper() + took_over[1:])
         result = _dispatch(job, scene, reporter, token)
+        reporter.current = "writing the result"
         protocol.atomic_write_json(job.output_dir / protocol.RESULT_FILE, result)
         reporter.emit("result", stage=job.command, message="finished", data=result)
         return ExitCode.OK
-    except JobError as exc:
-        # One line, no traceback: the message is the whole story for input errors.
-        print(f"error: {exc.message}", file=sys.stderr)
-        reporter.emit("error", message=exc.message, data={"exit_code": int(exc.exit_code)})
-        return exc.exit_code
-    except Exception as exc:  # a bug: full traceback into the log, a short line for the artist
-        log.exception("internal error")
-        msg = f"Internal error ({type(exc).__name__}: {exc}). The log has the details."
-        reporter.emit("error", message=msg, data={"exit_code": int(ExitCode.INTERNAL)})
-        return ExitCode.INTERNAL
+    except BaseException as exc:  # noqa: BLE001 - every failure becomes one message and an exit code
+        error = explain(exc, reporter.current)
+        if error is None:
+            raise  # KeyboardInterrupt/SystemExit outside the cancel handling: not ours to swallow
+        if error.exit_code == ExitCode.INTERNAL:  # a bug: full traceback into the log
+            log.error("internal error while %s", reporter.current, exc_info=exc)
+        else:  # one line, no traceback: the message is the whole story
+            print(f"error: {error.message}", file=sys.stderr)
+        reporter.emit("error", message=error.message, data={"exit_code": int(error.exit_code)})
+        return error.exit_code
     finally:
+        if lock is not None:
+            lock.release()
         sys.stdout = events_stream
+
+
+def explain(exc: BaseException, doing: str) -> JobError | None:
+    """The user's words and exit code for a failure; None for interrupts that must propagate."""
+    if isinstance(exc, JobError):
+        return exc
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        return None
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc):
+        return MissingResource(f"Out of memory while {doing}. Use fewer points (estimate.max_particles), a coarser "
+                               "grid (simulation.n_grid, simulation.fill.resolution) or a machine with more memory")
+    if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
+        return MissingResource(f"The disk is full (while {doing}{_on(exc)}). Free some space and run the job "
+                               "again; it resumes where it stopped")
+    if isinstance(exc, OSError) and exc.errno in _NOT_ALLOWED:
+        return protocol.BadJob(f"No permission for{_on(exc)} while {doing} ({exc.strerror}). The job folder must be "
+                               "writable and its inputs readable; copy the job to a folder you own")
+    if isinstance(exc, RecursionError):
+        return protocol.BadJob(f"The input is nested too deeply to read (while {doing})")
+    return JobError(f"Internal error while {doing} ({type(exc).__name__}: {exc}). The log has the details.")
+
+
+_NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+_NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
+
+
+def _on(exc: OSError) -> str:
+    return f" {exc.filename}" if exc.filename else ""
 
 
 def _dispatch(job: protocol.Job, scene: dict, reporter: Reporter, token: CancelToken) -> dict:

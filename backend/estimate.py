@@ -11,7 +11,6 @@ ends the loop early.
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from .device import warp_device
 from .jobctl import CancelToken, Reporter, log
 from .particles import SceneParticles, build_particles
 from .simulate import rest_state, sim_config
+from .statefile import StateRejected, load_state, save_state
 from .supervision import Supervision, check_inputs, make_supervision
 
 
@@ -279,29 +279,28 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
 
 # --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, fingerprint: str, field, optimizer, history: list) -> None:
-    state = {"fingerprint": fingerprint, "field": field.state_dict(), "optimizer": optimizer.state_dict(),
-             "history": history}
-
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    protocol.atomic_write_bytes(path, buffer.getvalue())
+    """Plain arrays + JSON (backend.statefile): a checkpoint can never carry code."""
+    state = {"field": field.state_dict(), "optimizer": optimizer.state_dict(), "history": history}
+    save_state(path, fingerprint, state)
 
 
 def load_checkpoint(path: Path, fingerprint: str, field, optimizer, reporter: Reporter):
-    """(history, first iteration to run). A checkpoint of other settings is ignored, not trusted."""
+    """(history, first iteration to run). A checkpoint that is foreign (other settings), unreadable or holds
+    NaN is never used: the run starts over and says why. Job folders travel, so the file is untrusted."""
     if not path.exists():
         return [], 0
+    before = {k: v.detach().clone() for k, v in field.state_dict().items()}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # a truncated file from an older crash: start over rather than fail
-        log.warning("unreadable estimation checkpoint (%s): starting over", exc)
+        state = load_state(path, fingerprint, as_tensor=torch.from_numpy)
+        field.load_state_dict(state["field"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = [dict(h) for h in state["history"]]
+    except (StateRejected, KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = str(exc) if isinstance(exc, StateRejected) else f"its layout does not fit this field ({exc})"
+        reporter.warning(f"Not resuming from {path.name}: {reason}. Starting over")
+        field.load_state_dict(before)  # nothing of a rejected file may stay in the field or the optimizer
+        optimizer.state.clear()
         return [], 0
-    if state.get("fingerprint") != fingerprint:
-        log.info("estimation checkpoint belongs to other settings: starting over")
-        return [], 0
-    field.load_state_dict(state["field"])
-    optimizer.load_state_dict(state["optimizer"])
-    history = list(state["history"])
     reporter.warning(f"Resuming from iteration {len(history) + 1}")
     return history, len(history)
 

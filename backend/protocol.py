@@ -13,10 +13,11 @@ Layout of a job folder (all paths in ``job.json`` are relative to it)::
     job.json            command + settings (this schema)
     scene.npz           particle arrays, world space (SCENE_ARRAYS)
     CANCEL              created by the add-on to ask for a stop at the next safe point
+    backend.lock        the PID and host of the run working on the folder (one run at a time)
     out/                results, each written atomically
         materials.npz   per-particle materials (MATERIAL_ARRAYS)
         frames/frame_000001.npz   one simulated frame each (FRAME_ARRAYS)
-        checkpoint.npz / estimate_ckpt.pt   resume state
+        sim_checkpoint.npz / estimate_checkpoint.npz   resume state: plain arrays + JSON, no pickles
         summary.json    settings, history, timing
         result.json     written last: what the run produced (its presence means success)
 """
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
+import io
 import json
 import math
 import os
@@ -35,7 +37,8 @@ from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
 
-from .io.atomic import TEMP_MARKER, atomic_path
+from .io.atomic import TEMP_MARKER, atomic_path, remove_own_temps
+from .schema import REQUIRED, Choice, Flag, ListOf, Number, Rule, Section, SettingError, Text, Vector, bounds_text
 
 SCHEMA_VERSION = 1
 
@@ -44,12 +47,13 @@ JOB_FILE = "job.json"
 SCENE_FILE = "scene.npz"
 CANCEL_FILE = "CANCEL"
 OUT_DIR = "out"
+LOCK_FILE = "backend.lock"  # held by the run working on the folder: {"pid", "host", "started"}
 MATERIALS_FILE = "materials.npz"
 FRAMES_DIR = "frames"
 SUMMARY_FILE = "summary.json"
 RESULT_FILE = "result.json"
 SIM_CHECKPOINT_FILE = "sim_checkpoint.npz"
-ESTIMATE_CHECKPOINT_FILE = "estimate_checkpoint.pt"
+ESTIMATE_CHECKPOINT_FILE = "estimate_checkpoint.npz"  # arrays + JSON (backend.statefile), never a pickle
 PREVIEW_FILE = "preview.mp4"
 PREVIEW_FRAMES_DIR = "preview_frames"  # lossless PNGs of the preview (usable as a reference video)
 LOSS_PLOT_FILE = "loss.png"
@@ -110,51 +114,7 @@ class Diverged(JobError):
     exit_code = ExitCode.DIVERGED
 
 
-# ---------------------------------------------------------------------------- array layouts
-@dataclass(frozen=True)
-class ArraySpec:
-    """Shape with -1 for N (the particle count) and None for "any length"."""
-
-    shape: tuple
-    kind: str  # numpy dtype kind accepted: "f" float, "i" int, "b" bool-ish (bool/uint8)
-    required: bool
-    finite: bool = True
-    doc: str = ""
-
-
-N = -1
-# scene.npz, written by the add-on. N = number of points of the Blender object.
-SCENE_ARRAYS: dict[str, ArraySpec] = {
-    "positions": ArraySpec((N, 3), "f", True, doc="world-space centres, metres"),
-    "f_dc": ArraySpec((N, 3), "f", False, doc="SH DC colour coefficients"),
-    "f_rest": ArraySpec((N, None), "f", False, doc="higher SH, channel-major as in 3DGS PLY"),
-    "opacity": ArraySpec((N,), "f", False, doc="opacity logit"),
-    "scale": ArraySpec((N, 3), "f", False, doc="log scale, metres"),
-    "rotation": ArraySpec((N, 4), "f", False, doc="unit quaternion, w first"),
-    "youngs_modulus": ArraySpec((N,), "f", False, doc="Pa; the current or painted values"),
-    "poisson_ratio": ArraySpec((N,), "f", False, doc="dimensionless"),
-    "density": ArraySpec((N,), "f", False, doc="kg/m^3"),
-    "anchor": ArraySpec((N,), "b", False, doc="1 = fixed in place"),
-    "material_lock": ArraySpec((N,), "b", False, doc="1 = estimation keeps the given E, nu, rho"),
-    "material_id": ArraySpec((N,), "i", False, doc="constitutive model per point (MATERIAL_MODELS)"),
-    "initial_velocity": ArraySpec((N, 3), "f", False, doc="m/s"),
-}
-
-# out/materials.npz
-MATERIAL_ARRAYS: dict[str, ArraySpec] = {
-    "youngs_modulus": ArraySpec((N,), "f", True, doc="Pa"),
-    "poisson_ratio": ArraySpec((N,), "f", True),
-    "density": ArraySpec((N,), "f", True, doc="kg/m^3"),
-}
-
-# out/frames/frame_XXXXXX.npz. Only the object's N points; interior fill particles are omitted.
-FRAME_ARRAYS: dict[str, ArraySpec] = {
-    "positions": ArraySpec((N, 3), "f", True, doc="world-space centres"),
-    "rotations": ArraySpec((N, 4), "f", True, doc="wxyz: principal axes of the deformed covariance"),
-    "scales": ArraySpec((N, 3), "f", True, doc="linear metres along those axes (A = R diag(s))"),
-    "time": ArraySpec((), "f", True, doc="seconds since the simulation start"),
-}
-
+# ---------------------------------------------------------------------------- enumerations
 MATERIAL_MODELS = (
     "fixed_corotated",
     "neo_hookean",
@@ -171,7 +131,66 @@ FIELDS = ("kan_triplane", "mlp_triplane", "per_particle", "global")
 LOSSES = ("mds", "sds_t")
 BOUNDARY_KINDS = ("sticky", "slip", "frictional")
 DEVICES = ("auto", "cpu", "cuda")
+BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # the Blender side's caches
 
+
+# ---------------------------------------------------------------------------- array layouts
+@dataclass(frozen=True)
+class ArraySpec:
+    """Shape with -1 for N (the particle count) and None for "any length"."""
+
+    shape: tuple
+    kind: str  # numpy dtype kind accepted: "f" float, "i" int, "b" bool-ish (bool/uint8)
+    required: bool
+    finite: bool = True
+    doc: str = ""
+    bounds: tuple | None = None  # (lo, hi) every value must lie in; ends are inclusive unless open_bounds
+    open_bounds: bool = False
+
+
+N = -1
+NU_LIMITS = (-1.0, 0.5)  # Poisson ratio of a stable isotropic solid (open interval), scene and estimate alike
+# Splat inputs beyond these are not a real object: exp(log scale) squared or exp(-logit) would overflow float32.
+POSITION_LIMIT = 1.0e6  # metres from the world origin
+LOG_SCALE_LIMITS = (-30.0, 10.0)  # natural log of metres: 1e-13 m .. 22 km
+OPACITY_LOGIT_LIMIT = 80.0
+SH_LIMIT = 100.0  # spherical-harmonic colour coefficients
+SPEED_LIMIT = 1.0e4  # m/s
+# scene.npz, written by the add-on. N = number of points of the Blender object.
+SCENE_ARRAYS: dict[str, ArraySpec] = {
+    "positions": ArraySpec((N, 3), "f", True, doc="world-space centres, metres",
+                           bounds=(-POSITION_LIMIT, POSITION_LIMIT)),
+    "f_dc": ArraySpec((N, 3), "f", False, doc="SH DC colour coefficients", bounds=(-SH_LIMIT, SH_LIMIT)),
+    "f_rest": ArraySpec((N, None), "f", False, doc="higher SH, channel-major as in 3DGS PLY",
+                        bounds=(-SH_LIMIT, SH_LIMIT)),
+    "opacity": ArraySpec((N,), "f", False, doc="opacity logit", bounds=(-OPACITY_LOGIT_LIMIT, OPACITY_LOGIT_LIMIT)),
+    "scale": ArraySpec((N, 3), "f", False, doc="log scale, metres", bounds=LOG_SCALE_LIMITS),
+    "rotation": ArraySpec((N, 4), "f", False, doc="unit quaternion, w first"),
+    "youngs_modulus": ArraySpec((N,), "f", False, doc="Pa; the current or painted values", bounds=(0.0, math.inf),
+                                open_bounds=True),
+    "poisson_ratio": ArraySpec((N,), "f", False, doc="dimensionless", bounds=NU_LIMITS, open_bounds=True),
+    "density": ArraySpec((N,), "f", False, doc="kg/m^3", bounds=(0.0, math.inf), open_bounds=True),
+    "anchor": ArraySpec((N,), "b", False, doc="1 = fixed in place"),
+    "material_lock": ArraySpec((N,), "b", False, doc="1 = estimation keeps the given E, nu, rho"),
+    "material_id": ArraySpec((N,), "i", False, doc="constitutive model per point (MATERIAL_MODELS)",
+                             bounds=(0, len(MATERIAL_MODELS) - 1)),
+    "initial_velocity": ArraySpec((N, 3), "f", False, doc="m/s", bounds=(-SPEED_LIMIT, SPEED_LIMIT)),
+}
+
+# out/materials.npz
+MATERIAL_ARRAYS: dict[str, ArraySpec] = {
+    "youngs_modulus": ArraySpec((N,), "f", True, doc="Pa"),
+    "poisson_ratio": ArraySpec((N,), "f", True),
+    "density": ArraySpec((N,), "f", True, doc="kg/m^3"),
+}
+
+# out/frames/frame_XXXXXX.npz. Only the object's N points; interior fill particles are omitted.
+FRAME_ARRAYS: dict[str, ArraySpec] = {
+    "positions": ArraySpec((N, 3), "f", True, doc="world-space centres"),
+    "rotations": ArraySpec((N, 4), "f", True, doc="wxyz: principal axes of the deformed covariance"),
+    "scales": ArraySpec((N, 3), "f", True, doc="linear metres along those axes (A = R diag(s))"),
+    "time": ArraySpec((), "f", True, doc="seconds since the simulation start"),
+}
 
 def check_arrays(arrays: Mapping[str, np.ndarray], specs: Mapping[str, ArraySpec], what: str) -> int:
     """Validate arrays against their specs; return N. Raises BadJob naming the array and the problem."""
@@ -201,7 +220,23 @@ def check_arrays(arrays: Mapping[str, np.ndarray], specs: Mapping[str, ArraySpec
         if spec.finite and a.dtype.kind == "f" and not np.all(np.isfinite(a)):
             bad = int(np.count_nonzero(~np.isfinite(a).reshape(a.shape[0], -1).all(axis=1))) if a.ndim else 1
             raise BadJob(f"{what}: array '{name}' has NaN or infinite values ({bad} of {a.shape[0] if a.ndim else 1} rows)")
+        if spec.bounds is not None and a.size:
+            _check_bounds(a, name, spec, what)
     return int(n or 0)
+
+
+def _check_bounds(a: np.ndarray, name: str, spec: ArraySpec, what: str) -> None:
+    """Name the first point with a value out of bounds, and the value."""
+    lo, hi = spec.bounds
+    bad = (a <= lo) | (a >= hi) if spec.open_bounds else (a < lo) | (a > hi)
+    if not bad.any():
+        return
+    rows = bad.reshape(len(a), -1).any(axis=1)
+    i = int(np.argmax(rows))
+    value = a[i].reshape(-1)[np.argmax(bad[i].reshape(-1))]
+    raise BadJob(f"{what}: '{name}' ({spec.doc}) of point {i} is {value:g}, outside "
+                 f"{bounds_text(lo, hi, spec.open_bounds, spec.open_bounds)}"
+                 f"{f' ({int(rows.sum())} points in all)' if rows.sum() > 1 else ''}")
 
 
 _KIND_NAMES = {"f": "a float type", "i": "an integer type", "b": "bool or uint8"}
@@ -227,81 +262,194 @@ def validate_scene(arrays: Mapping[str, np.ndarray]) -> int:
     n = check_arrays(arrays, SCENE_ARRAYS, SCENE_FILE)
     if n == 0:
         raise BadJob(f"{SCENE_FILE}: the object has no points")
-    for name, lo, hi in (("youngs_modulus", 0.0, None), ("density", 0.0, None), ("poisson_ratio", -1.0, 0.5)):
-        if name in arrays:
-            a = np.asarray(arrays[name])
-            if np.any(a <= lo) or (hi is not None and np.any(a >= hi)):
-                bound = f"in ({lo}, {hi})" if hi is not None else f"> {lo}"
-                raise BadJob(f"{SCENE_FILE}: '{name}' must be {bound}; got range [{a.min():g}, {a.max():g}]")
-    if "material_id" in arrays:
-        ids = np.asarray(arrays["material_id"])
-        if ids.size and (ids.min() < 0 or ids.max() >= len(MATERIAL_MODELS)):
-            raise BadJob(f"{SCENE_FILE}: 'material_id' must be in 0..{len(MATERIAL_MODELS) - 1}")
     return n
 
 
-# ---------------------------------------------------------------------------- job schema
-# Defaults of every setting the backend reads. The add-on writes a full job; a hand-written one may omit
-# anything that has a default here. Keys not listed here are rejected (typos must not pass silently).
-SIMULATION_DEFAULTS: dict[str, Any] = {
-    "n_grid": 64,
-    "domain_min": None,  # world AABB; None = the object's bounds, enlarged
-    "domain_max": None,
-    "fps": 24.0,
-    "n_frames": 48,
-    "frame_start": 1,  # Blender frame number of the first output frame
-    "substep_dt": None,  # None = automatic (CFL)
-    "gravity": [0.0, 0.0, -9.81],
-    "material_model": "fixed_corotated",
-    "walls": {"kind": "slip", "friction": 0.3},
-    "ground": None,  # {"height": z, "kind": ..., "friction": ...}
-    "fill": {"enabled": False, "max_particles": 200000, "resolution": 0},
-    "pokes": [],  # {"center", "radius", "direction", "strength" (m/s^2), "start", "end" (s)}
-    "winds": [],  # {"direction", "strength" (m/s^2), "gust_frequency" (Hz), "gust_amplitude", "start", "end"}
-    "colliders": [],  # {"times", "centers", "half_extents", "kind", "friction"}
-    "plasticity": {},
-    "damping": 0.0,
-    # Refuse (exit 2) a job whose stable step needs more substeps per frame than this.
-    "max_substeps_per_frame": 10000,
-    # The captured shape as the equilibrium under gravity (backend/mpm/rest.py). enabled None = on when
-    # gravity is on; tolerance: drift left / object size; max_substeps: over all of its solves.
-    "rest_state": {"enabled": None, "tolerance": 1.0e-3, "max_iterations": 4, "max_substeps": 200000},
-}
+def check_scene_fits(job: "Job", arrays: Mapping[str, np.ndarray]) -> None:
+    """The object must start inside the simulation domain the job gives (the solver's grid covers only it)."""
+    lo, hi = job.simulation["domain_min"], job.simulation["domain_max"]
+    if lo is None:
+        return
+    pos = np.asarray(arrays["positions"], np.float64)
+    outside = ((pos < np.asarray(lo)) | (pos > np.asarray(hi))).any(axis=1)
+    if outside.any():
+        i = int(np.argmax(outside))
+        raise BadJob(f"{int(outside.sum())} of {len(pos)} points lie outside the simulation domain "
+                     f"{lo} .. {hi} (the first is point {i} at {pos[i].round(4).tolist()}); enlarge the domain "
+                     "(simulation.domain_min / domain_max) or move the object into it")
 
+
+# ---------------------------------------------------------------------------- job schema
+# One typed definition of every setting the backend reads (backend/schema.py has the types). Adding a
+# setting is one line here. The add-on writes a full job; a hand-written one may omit anything that has
+# a default. Unknown keys are refused (typos must not pass silently). The job is validated once, in
+# read_job, before anything heavy loads; the simulator, the fields and the priors trust it.
+N_GRID_MAX = 512  # grid nodes per axis; 512^3 nodes already need about 10 GB of grid memory
+FILL_RESOLUTION_MAX = 2 * N_GRID_MAX  # density-grid cells along the longest axis of the interior fill
+N_GRID_MIN = 12  # the solver keeps 3 cells of padding on each side, so a smaller grid has no room inside
+MAX_FRAME = 1048574  # Blender's largest frame number
+MAX_NESTING = 64  # job.json deeper than this is refused before it can exhaust the parser's stack
+MAX_JOB_BYTES = 64 << 20  # a job.json larger than this is not a job (settings are a few kB)
 CAMERA_KEYS = ("viewmat", "K", "width", "height")
 
-ESTIMATE_DEFAULTS: dict[str, Any] = {
-    "prior": "reference",
-    "model": "",  # hub id or local folder of the diffusers model
-    "prompt": "",
-    "negative_prompt": "",
-    "reference_video": "",  # file or folder (relative to the job folder, or absolute)
-    "loss": "mds",
-    "field": "kan_triplane",
-    "estimate_density": False,
-    "iterations": 30,
-    "tolerance_decades": 1.0,
-    "learning_rate": None,  # None = the field's own default (triplanes need far smaller steps)
-    "frames_per_group": 8,  # T
-    "boost_groups": 1,  # M (frame boosting)
-    "cfg_scale": 100.0,
-    "t_range": [0.02, 0.98],
-    "anneal_t": False,
-    "bptt_substeps": None,  # None = the whole frame
-    "E_range": [1.0e3, 1.0e8],
-    "nu_range": [0.05, 0.45],
-    "camera": None,  # {"viewmat": 4x4, "K": 3x3, "width", "height"}
-    "orbit_degrees": 0.0,  # 0 = fixed camera
-    "seed": 0,
-    "max_particles": 0,  # simulate a voxel subsample of at most this many points while estimating (0 = all)
-}
 
-TOP_LEVEL_KEYS = {"schema_version", "command", "scene", "device", "simulation", "estimate", "output", "label"}
+def _window_rule(d: dict, key: str) -> None:
+    if d["end"] is not None and d["end"] <= d["start"]:
+        raise SettingError(f"{key}.end", f"= {d['end']!r} must be after its start ({d['start']!r}); "
+                                         "a window of zero length does nothing")
+
+
+def _domain_rule(d: dict, key: str) -> None:
+    lo, hi = d["domain_min"], d["domain_max"]
+    if (lo is None) != (hi is None):
+        raise SettingError(f"{key}.domain_min", "and domain_max must be given together (or both left out)")
+    if lo is not None and not all(a < b for a, b in zip(lo, hi)):
+        raise SettingError(f"{key}.domain_max", f"= {hi} must exceed domain_min = {lo} on every axis")
+
+
+def _substep_rule(d: dict, key: str) -> None:
+    if d["substep_dt"] is not None and d["substep_dt"] > (1.0 / d["fps"]) * (1 + 1e-9):
+        raise SettingError(f"{key}.substep_dt", f"= {d['substep_dt']!r} must not exceed the frame time "
+                                                f"1/fps = {1.0 / d['fps']:g} s")
+
+
+def _keyframes_rule(d: dict, key: str) -> None:
+    times, centers = d["times"], d["centers"]
+    if not times:
+        raise SettingError(f"{key}.times", "needs at least one keyframe")
+    if len(centers) != len(times):
+        raise SettingError(f"{key}.centers", f"has {len(centers)} entries but times has {len(times)}")
+    if any(b <= a for a, b in zip(times, times[1:])):
+        raise SettingError(f"{key}.times", f"= {times} must be strictly increasing")
+
+
+def _range_rule(name: str, lo: float, hi: float, lo_open: bool = True, hi_open: bool = True, unit: str = "") -> Rule:
+    """A [low, high] pair that must satisfy lo (<|<=) low < high (<|<=) hi."""
+    def rule(d: dict, key: str) -> None:
+        a, b = d[name]
+        ok_lo = a > lo if lo_open else a >= lo
+        ok_hi = b < hi if hi_open else b <= hi
+        if not (ok_lo and a < b and ok_hi):
+            raise SettingError(f"{key}.{name}", f"= {d[name]} must be low < high inside "
+                                                f"{bounds_text(lo, hi, lo_open, hi_open)}{unit}")
+    return rule
+
+
+def _fill_rule(d: dict, key: str) -> None:
+    if 0 < d["resolution"] < 8:
+        raise SettingError(f"{key}.resolution", f"= {d['resolution']} must be 0 (automatic) or at least 8")
+
+
+def _near_far_rule(d: dict, key: str) -> None:
+    if d["far"] <= d["near"]:
+        raise SettingError(f"{key}.far", f"= {d['far']!r} must exceed near = {d['near']!r}")
+
+
+_FRICTION = Number(0.3, lo=0.0, hi=10.0, doc="Coulomb coefficient (frictional boundaries)")
+_START = Number(0.0, lo=0.0, doc="seconds after the simulation start")
+_END = Number(None, lo=0.0, optional=True, doc="seconds; null = until the end")
+_POSITIVE = Number(lo=0.0, lo_open=True)
+
+SIMULATION = Section(doc="the simulation (bake and estimation alike)", rules=(_domain_rule, _substep_rule), fields={
+    "n_grid": Number(64, lo=N_GRID_MIN, hi=N_GRID_MAX, integer=True, doc="grid nodes per axis of the cubic grid"),
+    "domain_min": Vector(None, optional=True, doc="world AABB corner (m); null = the object's bounds, enlarged"),
+    "domain_max": Vector(None, optional=True, doc="world AABB corner (m), with domain_min"),
+    "fps": Number(24.0, lo=1e-3, hi=1e4, doc="output frames per second"),
+    "n_frames": Number(48, lo=1, hi=100000, integer=True, doc="frames to write, the rest state first"),
+    "frame_start": Number(1, lo=-MAX_FRAME, hi=MAX_FRAME, integer=True, doc="Blender frame of the first frame"),
+    "substep_dt": Number(None, lo=0.0, hi=1.0, lo_open=True, optional=True, doc="seconds; null = automatic (CFL)"),
+    "gravity": Vector([0.0, 0.0, -9.81], doc="m/s^2, world"),
+    "material_model": Choice("fixed_corotated", choices=MATERIAL_MODELS, doc="for points without material_id"),
+    "walls": Section(doc="the domain's faces", fields={
+        "kind": Choice("slip", choices=BOUNDARY_KINDS), "friction": _FRICTION}),
+    "ground": Section(default_none=True, optional=True, doc="horizontal plane; null = none", fields={
+        "height": Number(0.0, doc="world z (m)"), "kind": Choice("frictional", choices=BOUNDARY_KINDS),
+        "friction": Number(0.5, lo=0.0, hi=10.0)}),
+    "fill": Section(doc="interior fill of hollow splat shells", fields={
+        "enabled": Flag(False), "max_particles": Number(200000, lo=0, hi=1e8, integer=True),
+        "resolution": Number(0, lo=0, hi=FILL_RESOLUTION_MAX, integer=True, doc="voxels per axis; 0 = twice n_grid")},
+        rules=(_fill_rule,)),
+    "pokes": ListOf(doc="pushes on the particles inside a sphere", item=Section(rules=(_window_rule,), fields={
+        "center": Vector(REQUIRED, doc="m, world"), "radius": Number(REQUIRED, lo=0.0, lo_open=True, doc="m"),
+        "direction": Vector(REQUIRED, nonzero=True), "strength": Number(REQUIRED, lo=0.0, doc="m/s^2"),
+        "start": _START, "end": _END})),
+    "winds": ListOf(doc="uniform accelerations with gusts", item=Section(rules=(_window_rule,), fields={
+        "direction": Vector(REQUIRED, nonzero=True), "strength": Number(REQUIRED, lo=0.0, doc="m/s^2"),
+        "gust_frequency": Number(0.0, lo=0.0, doc="Hz"), "gust_amplitude": Number(0.0, lo=0.0, hi=1.0),
+        "start": _START, "end": _END})),
+    "colliders": ListOf(doc="kinematic boxes following keyframes", item=Section(rules=(_keyframes_rule,), fields={
+        "times": ListOf(REQUIRED, item=Number(), doc="seconds, increasing"),
+        "centers": ListOf(REQUIRED, item=Vector(), doc="m, one per time"),
+        "half_extents": Vector(REQUIRED, element=_POSITIVE, doc="m"),
+        "kind": Choice("sticky", choices=BOUNDARY_KINDS), "friction": _FRICTION})),
+    "plasticity": Section(doc="parameters of the plastic models", fields={
+        "yield_stress": Number(1.0e4, lo=0.0, doc="Pa (von Mises, foam, plasticine)"),
+        "hardening": Number(0.0, lo=0.0), "softening": Number(0.5, lo=0.0),
+        "viscosity": Number(10.0, lo=0.0, doc="Pa s (foam)"),
+        "friction_angle_deg": Number(30.0, lo=0.0, hi=89.0, doc="Drucker-Prager"),
+        "cohesion": Number(0.0, lo=0.0), "snow_theta_c": Number(2.5e-2, lo=0.0, hi=0.99),
+        "snow_theta_s": Number(7.5e-3, lo=0.0), "snow_hardening": Number(10.0, lo=0.0)}),
+    "damping": Number(0.0, lo=0.0, hi=1e4, doc="grid velocity damping rate, 1/s"),
+    "max_substeps_per_frame": Number(10000, lo=1, hi=1e7, integer=True,
+                                     doc="a bake whose stable step needs more is refused before it starts"),
+    "rest_state": Section(doc="the captured shape as the equilibrium under gravity (backend/mpm/rest.py)", fields={
+        "enabled": Flag(None, optional=True, doc="null = on when gravity is on and something holds the object"),
+        "tolerance": Number(1.0e-3, lo=1e-7, hi=0.5, doc="drift left, as a fraction of the object's size"),
+        "max_iterations": Number(4, lo=1, hi=100, integer=True, doc="quasi-static solves at most"),
+        "max_substeps": Number(200000, lo=1, hi=1e9, integer=True, doc="substeps over all of its solves")}),
+})
+
+ESTIMATE = Section(doc="material estimation", rules=(
+    _range_rule("t_range", 0.0, 1.0, lo_open=False, hi_open=False),
+    _range_rule("E_range", 0.0, math.inf, hi_open=True, unit=" Pa"),
+    _range_rule("nu_range", *NU_LIMITS)), fields={
+    "prior": Choice("reference", choices=PRIORS, doc="what judges the rendered motion"),
+    "model": Text("", doc="hub id or local folder of the diffusers model (read only)"),
+    "prompt": Text("", doc="the motion, for the text-to-video prior"),
+    "negative_prompt": Text(""),
+    "reference_video": Text("", doc="file or folder, relative to the job folder or absolute (read only)"),
+    "loss": Choice("mds", choices=LOSSES),
+    "field": Choice("kan_triplane", choices=FIELDS),
+    "estimate_density": Flag(False),
+    "iterations": Number(30, lo=1, hi=100000, integer=True),
+    "tolerance_decades": Number(1.0, lo=1e-6, hi=10),
+    "learning_rate": Number(None, lo=1e-8, hi=10, optional=True, doc="null = the field's own default"),
+    "frames_per_group": Number(8, lo=1, hi=1000, integer=True, doc="T"),
+    "boost_groups": Number(1, lo=1, hi=100, integer=True, doc="M (frame boosting)"),
+    "cfg_scale": Number(100.0, lo=0.0, hi=1000),
+    "t_range": Vector([0.02, 0.98], shape=(2,), doc="diffusion time range"),
+    "anneal_t": Flag(False),
+    "bptt_substeps": Number(None, lo=1, hi=1e6, integer=True, optional=True, doc="null = the whole frame"),
+    "E_range": Vector([1.0e3, 1.0e8], shape=(2,), doc="Pa"),
+    "nu_range": Vector([0.05, 0.45], shape=(2,)),
+    "camera": Section(default_none=True, optional=True, rules=(_near_far_rule,), doc="the view the video is "
+                      "rendered from", fields={
+        "viewmat": Vector(REQUIRED, shape=(4, 4)), "K": Vector(REQUIRED, shape=(3, 3)),
+        "width": Number(REQUIRED, lo=8, hi=8192, integer=True), "height": Number(REQUIRED, lo=8, hi=8192, integer=True),
+        "near": Number(0.01, lo=0.0, lo_open=True), "far": Number(1e10, lo=0.0, lo_open=True)}),
+    "orbit_degrees": Number(0.0, lo=-3600, hi=3600, doc="0 = fixed camera"),
+    "seed": Number(0, lo=0, hi=2**32 - 1, integer=True),
+    "max_particles": Number(0, lo=0, hi=1e9, integer=True, doc="simulate a voxel subsample while estimating; 0 = all"),
+})
+
+JOB = Section(fields={
+    "schema_version": Number(SCHEMA_VERSION, integer=True),
+    "command": Choice(REQUIRED, choices=COMMANDS),
+    "scene": Text(SCENE_FILE, doc="inside the job folder"),
+    "device": Choice("auto", choices=DEVICES),
+    "output": Text(OUT_DIR, doc="inside the job folder"),
+    "label": Text(""),
+    "simulation": SIMULATION,
+    "estimate": ESTIMATE,
+})
+TOP_LEVEL_KEYS = set(JOB.fields)
+SIMULATION_DEFAULTS: dict[str, Any] = SIMULATION.defaults()
+ESTIMATE_DEFAULTS: dict[str, Any] = ESTIMATE.defaults()
 
 
 @dataclass
 class Job:
-    """A validated job. Paths are absolute."""
+    """A validated job. Paths are absolute and inside the job folder (except read-only inputs)."""
 
     folder: Path
     command: str
@@ -319,15 +467,8 @@ class Job:
 
 def default_job(command: str, **sections: dict) -> dict:
     """A complete job dict with defaults, for writers (the add-on, the demo, tests)."""
-    job = {
-        "schema_version": SCHEMA_VERSION,
-        "command": command,
-        "scene": SCENE_FILE,
-        "device": "auto",
-        "output": OUT_DIR,
-        "simulation": json.loads(json.dumps(SIMULATION_DEFAULTS)),
-        "estimate": json.loads(json.dumps(ESTIMATE_DEFAULTS)),
-    }
+    job = JOB.default_value()
+    job.update(command=command, simulation=SIMULATION.defaults(), estimate=ESTIMATE.defaults())
     for name, values in sections.items():
         if isinstance(values, dict) and isinstance(job.get(name), dict):
             job[name].update(values)
@@ -343,12 +484,39 @@ def read_job(folder: str | os.PathLike) -> Job:
         raise BadJob(f"job folder not found: {folder}")
     path = folder / JOB_FILE
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        if path.stat().st_size > MAX_JOB_BYTES:
+            raise BadJob(f"{JOB_FILE} is {path.stat().st_size >> 20} MB; a job is a few kB, so this is not one")
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise BadJob(f"no {JOB_FILE} in {folder}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError as exc:
+        raise BadJob(f"{JOB_FILE} is not UTF-8 text: {exc}") from None
+    except OSError as exc:
+        raise BadJob(f"cannot read {path}: {exc.strerror or exc}") from None
+    _check_nesting(text)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
         raise BadJob(f"{JOB_FILE} is not valid JSON: {exc}") from None
     return validate_job(raw, folder)
+
+
+def _check_nesting(text: str) -> None:
+    """Refuse absurdly nested JSON before parsing it (the parser would recurse until it crashes)."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for ch in text:
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_NESTING:
+                raise BadJob(f"{JOB_FILE} is nested more than {MAX_NESTING} levels deep; it is not a job")
+        elif ch in "]}":
+            depth -= 1
 
 
 def validate_job(raw: Any, folder: Path) -> Job:
@@ -360,193 +528,96 @@ def validate_job(raw: Any, folder: Path) -> Job:
             f"{JOB_FILE} has schema_version {version!r}, but this backend reads version {SCHEMA_VERSION}; "
             "update the add-on and the backend together"
         )
-    unknown = set(raw) - TOP_LEVEL_KEYS
-    if unknown:
-        raise BadJob(f"{JOB_FILE}: unknown key(s) {', '.join(sorted(unknown))}")
-    command = raw.get("command")
-    if command not in COMMANDS:
-        raise BadJob(f"{JOB_FILE}: 'command' must be one of {', '.join(COMMANDS)}; got {command!r}")
-    device = raw.get("device", "auto")
-    if device not in DEVICES:
-        raise BadJob(f"{JOB_FILE}: 'device' must be one of {', '.join(DEVICES)}; got {device!r}")
-    scene_path = _job_path(folder, raw.get("scene", SCENE_FILE), "scene")
+    try:
+        job = _check_setting(JOB, raw)
+        _check_command_needs(job, folder)
+    except SettingError as exc:
+        raise BadJob(f"{JOB_FILE}: {exc}") from None
+    scene_path = confined_path(folder, job["scene"], "scene")
     if not scene_path.is_file():
         raise BadJob(f"scene file not found: {scene_path}")
-    output = _job_path(folder, raw.get("output", OUT_DIR), "output")
-    sim = _merge_section(raw.get("simulation", {}), SIMULATION_DEFAULTS, "simulation")
-    est = _merge_section(raw.get("estimate", {}), ESTIMATE_DEFAULTS, "estimate")
-    _check_simulation(sim)
-    if command == "estimate":
-        _check_estimate(est, folder)
-    if command in ("estimate", "preview"):
-        _check_camera(est)
-    return Job(folder, command, scene_path, output, device, sim, est, str(raw.get("label", "")))
+    output = confined_path(folder, job["output"], "output")
+    return Job(folder, job["command"], scene_path, output, job["device"], job["simulation"], job["estimate"],
+               job["label"])
 
 
-def _job_path(folder: Path, value: Any, key: str) -> Path:
-    if not isinstance(value, str) or not value:
-        raise BadJob(f"{JOB_FILE}: '{key}' must be a non-empty path string")
-    p = Path(value)
+def _check_setting(spec: Section, raw: dict) -> dict:
+    """The whole job, key by key; section names lead the dotted keys (``simulation.pokes[0].end``)."""
+    unknown = sorted(set(raw) - set(spec.fields))
+    if unknown:
+        raise SettingError("job", f"has unknown key(s) {', '.join(map(str, unknown))}")
+    return {name: sub.check(raw[name] if name in raw else sub.default_value(), name)
+            for name, sub in spec.fields.items()}
+
+
+def _check_command_needs(job: dict, folder: Path) -> None:
+    """Settings a command needs that others do not (a prior's model, the estimation camera)."""
+    e = job["estimate"]
+    if job["command"] == "estimate":
+        _check_prior_needs(e, folder)
+    if job["command"] in ("estimate", "preview") and e["camera"] is None:
+        raise SettingError("estimate.camera", "is needed (the view the video is rendered from)")
+
+
+def _check_prior_needs(e: dict, folder: Path) -> None:
+    if e["prior"] == "modelscope" and not e["prompt"].strip():
+        raise SettingError("estimate.prompt", "is empty: the text-to-video prior needs a prompt describing the "
+                                              "motion, e.g. 'a red flower swaying in the wind'")
+    if e["prior"] in ("svd", "modelscope") and not e["model"].strip():
+        raise SettingError("estimate.model", "must name a hub id or a local model folder")
+    if e["prior"] in ("reference", "analytic"):
+        if not e["reference_video"]:
+            raise SettingError("estimate.reference_video", f"is needed by the {e['prior']} prior")
+        path = input_path(folder, e["reference_video"])
+        if not path.exists():
+            raise BadJob(f"reference video not found: {path}")
+    if e["prior"] != "reference" and e["boost_groups"] > 1 and e["frames_per_group"] < 2:
+        raise SettingError("estimate.frames_per_group", "must be at least 2 for frame boosting (boost_groups > 1)")
+
+
+def input_path(folder: Path, value: str) -> Path:
+    """A file the user names as input (reference clip, model folder): relative to the job folder, or absolute.
+    Inputs are only ever read."""
+    if "\x00" in value:
+        raise BadJob(f"{JOB_FILE}: the path {value!r:.80} holds a NUL character")
+    p = Path(value).expanduser()
     return p if p.is_absolute() else folder / p
 
 
-def _merge_section(given: Any, defaults: dict, name: str) -> dict:
-    if not isinstance(given, dict):
-        raise BadJob(f"{JOB_FILE}: '{name}' must be an object")
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise BadJob(f"{JOB_FILE}: unknown {name} setting(s) {', '.join(sorted(unknown))}")
-    merged = json.loads(json.dumps(defaults))
-    merged.update(given)
-    return merged
-
-
-def _number(section: str, key: str, value: Any, lo: float | None = None, hi: float | None = None,
-            integer: bool = False, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not float(value).is_integer()):
-        raise BadJob(f"{JOB_FILE}: {section}.{key} must be {'an integer' if integer else 'a number'}; got {value!r}")
-    if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
-        rng = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise BadJob(f"{JOB_FILE}: {section}.{key} = {value!r} is outside {rng}")
-
-
-def _vector(section: str, key: str, value: Any, length: int = 3, allow_none: bool = False) -> None:
-    if value is None and allow_none:
-        return
-    if not isinstance(value, (list, tuple)) or len(value) != length:
-        raise BadJob(f"{JOB_FILE}: {section}.{key} must be a list of {length} numbers; got {value!r}")
-    for i, v in enumerate(value):
-        _number(section, f"{key}[{i}]", v)
-
-
-def _check_simulation(s: dict) -> None:
-    sec = "simulation"
-    _number(sec, "n_grid", s["n_grid"], 8, 512, integer=True)
-    _number(sec, "fps", s["fps"], 1e-3, 1e4)
-    _number(sec, "n_frames", s["n_frames"], 1, 100000, integer=True)
-    _number(sec, "frame_start", s["frame_start"], integer=True)
-    _number(sec, "substep_dt", s["substep_dt"], 1e-9, 1.0, allow_none=True)
-    _number(sec, "damping", s["damping"], 0.0, 1e4)
-    _vector(sec, "gravity", s["gravity"])
-    _vector(sec, "domain_min", s["domain_min"], allow_none=True)
-    _vector(sec, "domain_max", s["domain_max"], allow_none=True)
-    if (s["domain_min"] is None) != (s["domain_max"] is None):
-        raise BadJob(f"{JOB_FILE}: simulation.domain_min and domain_max must be given together")
-    if s["domain_min"] is not None and not all(a < b for a, b in zip(s["domain_min"], s["domain_max"])):
-        raise BadJob(f"{JOB_FILE}: simulation.domain_min must be below domain_max on every axis")
-    if s["material_model"] not in MATERIAL_MODELS:
-        raise BadJob(f"{JOB_FILE}: simulation.material_model must be one of {', '.join(MATERIAL_MODELS)}")
-    for key in ("walls", "ground"):
-        b = s[key]
-        if b is None and key == "ground":
-            continue
-        if not isinstance(b, dict) or b.get("kind", "slip") not in BOUNDARY_KINDS:
-            raise BadJob(f"{JOB_FILE}: simulation.{key}.kind must be one of {', '.join(BOUNDARY_KINDS)}")
-        _number(sec, f"{key}.friction", b.get("friction", 0.0), 0.0, 10.0)
-    for i, p in enumerate(s["pokes"]):
-        where = f"pokes[{i}]"
-        _vector(sec, f"{where}.center", p.get("center"))
-        _vector(sec, f"{where}.direction", p.get("direction"))
-        _number(sec, f"{where}.radius", p.get("radius"), 1e-6)
-        _number(sec, f"{where}.strength", p.get("strength"), 0.0)
-        _window(sec, where, p)
-    for i, w in enumerate(s["winds"]):
-        where = f"winds[{i}]"
-        _vector(sec, f"{where}.direction", w.get("direction"))
-        _number(sec, f"{where}.strength", w.get("strength"), 0.0)
-        _number(sec, f"{where}.gust_frequency", w.get("gust_frequency", 0.0), 0.0)
-        _number(sec, f"{where}.gust_amplitude", w.get("gust_amplitude", 0.0), 0.0, 1.0)
-        _window(sec, where, w)
-    for i, c in enumerate(s["colliders"]):
-        where = f"colliders[{i}]"
-        times, centers = c.get("times"), c.get("centers")
-        if not isinstance(times, list) or not isinstance(centers, list) or len(times) != len(centers) or not times:
-            raise BadJob(f"{JOB_FILE}: simulation.{where} needs 'times' and 'centers' lists of equal, non-zero length")
-        for j, ctr in enumerate(centers):
-            _vector(sec, f"{where}.centers[{j}]", ctr)
-        _vector(sec, f"{where}.half_extents", c.get("half_extents"))
-        if c.get("kind", "sticky") not in BOUNDARY_KINDS:
-            raise BadJob(f"{JOB_FILE}: simulation.{where}.kind must be one of {', '.join(BOUNDARY_KINDS)}")
-    fill = s["fill"]
-    if not isinstance(fill, dict):
-        raise BadJob(f"{JOB_FILE}: simulation.fill must be an object")
-    _number(sec, "fill.max_particles", fill.get("max_particles", 0), 0, 1e8, integer=True)
-    _number(sec, "max_substeps_per_frame", s["max_substeps_per_frame"], 1, 1e7, integer=True)
-    rest = s["rest_state"]
-    if not isinstance(rest, dict) or set(rest) - set(SIMULATION_DEFAULTS["rest_state"]):
-        raise BadJob(f"{JOB_FILE}: simulation.rest_state must be an object with keys "
-                     f"{', '.join(SIMULATION_DEFAULTS['rest_state'])}")
-    if rest.get("enabled") not in (None, True, False):
-        raise BadJob(f"{JOB_FILE}: simulation.rest_state.enabled must be true, false or null (on with gravity)")
-    _number(sec, "rest_state.tolerance", rest.get("tolerance", 1e-3), 1e-7, 0.5)
-    _number(sec, "rest_state.max_iterations", rest.get("max_iterations", 4), 1, 100, integer=True)
-    _number(sec, "rest_state.max_substeps", rest.get("max_substeps", 200000), 1, 1e9, integer=True)
-
-
-def _window(sec: str, where: str, d: dict) -> None:
-    _number(sec, f"{where}.start", d.get("start", 0.0), 0.0)
-    _number(sec, f"{where}.end", d.get("end"), 0.0, allow_none=True)
-    if d.get("end") is not None and d["end"] < d.get("start", 0.0):
-        raise BadJob(f"{JOB_FILE}: simulation.{where}.end must not be before its start")
-
-
-def _check_estimate(e: dict, folder: Path) -> None:
-    sec = "estimate"
-    if e["prior"] not in PRIORS:
-        raise BadJob(f"{JOB_FILE}: estimate.prior must be one of {', '.join(PRIORS)}; got {e['prior']!r}")
-    if e["field"] not in FIELDS:
-        raise BadJob(f"{JOB_FILE}: estimate.field must be one of {', '.join(FIELDS)}; got {e['field']!r}")
-    if e["loss"] not in LOSSES:
-        raise BadJob(f"{JOB_FILE}: estimate.loss must be one of {', '.join(LOSSES)}; got {e['loss']!r}")
-    if e["prior"] == "modelscope" and not str(e["prompt"]).strip():
-        raise BadJob(f"{JOB_FILE}: the text-to-video prior needs a prompt describing the motion")
-    if e["prior"] in ("svd", "modelscope") and not str(e["model"]).strip():
-        raise BadJob(f"{JOB_FILE}: estimate.model must name a hub id or a local model folder")
-    if e["prior"] in ("reference", "analytic"):
-        ref = str(e["reference_video"])
-        if not ref:
-            raise BadJob(f"{JOB_FILE}: the {e['prior']} prior needs estimate.reference_video")
-        path = Path(ref) if Path(ref).is_absolute() else folder / ref
-        if not path.exists():
-            raise BadJob(f"reference video not found: {path}")
-    _number(sec, "iterations", e["iterations"], 1, 100000, integer=True)
-    _number(sec, "tolerance_decades", e["tolerance_decades"], 1e-6, 10)
-    _number(sec, "learning_rate", e["learning_rate"], 1e-8, 10, allow_none=True)
-    _number(sec, "frames_per_group", e["frames_per_group"], 1, 1000, integer=True)
-    _number(sec, "boost_groups", e["boost_groups"], 1, 100, integer=True)
-    _number(sec, "cfg_scale", e["cfg_scale"], 0.0, 1000)
-    _number(sec, "bptt_substeps", e["bptt_substeps"], 1, 1e6, integer=True, allow_none=True)
-    _vector(sec, "t_range", e["t_range"], 2)
-    if not 0.0 <= e["t_range"][0] < e["t_range"][1] <= 1.0:
-        raise BadJob(f"{JOB_FILE}: estimate.t_range must satisfy 0 <= lo < hi <= 1")
-    _vector(sec, "E_range", e["E_range"], 2)
-    if not 0 < e["E_range"][0] < e["E_range"][1]:
-        raise BadJob(f"{JOB_FILE}: estimate.E_range must satisfy 0 < lo < hi (Pa)")
-    _vector(sec, "nu_range", e["nu_range"], 2)
-    if not -1 < e["nu_range"][0] < e["nu_range"][1] < 0.5:
-        raise BadJob(f"{JOB_FILE}: estimate.nu_range must satisfy -1 < lo < hi < 0.5")
-    _number(sec, "max_particles", e["max_particles"], 0, 1e9, integer=True)
-
-
-def _check_camera(e: dict) -> None:
-    sec = "estimate"
-    cam = e["camera"]
-    if cam is None:
-        raise BadJob(f"{JOB_FILE}: estimate.camera is needed (the view the video is rendered from)")
-    if not isinstance(cam, dict) or any(k not in cam for k in CAMERA_KEYS):
-        raise BadJob(f"{JOB_FILE}: estimate.camera needs {', '.join(CAMERA_KEYS)}")
+def confined_path(folder: Path, value: str, key: str) -> Path:
+    """A path of job.json that must stay inside the job folder: relative, no '..', no symlink leading out."""
+    if not value or "\x00" in value:
+        raise BadJob(f"{JOB_FILE}: '{key}' must be a non-empty path without NUL characters")
+    p = Path(value)
+    if p.is_absolute() or p.drive or ".." in p.parts or "\\" in value:
+        raise BadJob(f"{JOB_FILE}: '{key}' = {value!r:.200} must be a path inside the job folder "
+                     "(relative, without '..')")
+    target = folder / p
     try:
-        shapes = np.asarray(cam["viewmat"], dtype=float).shape, np.asarray(cam["K"], dtype=float).shape
-    except (TypeError, ValueError):
-        shapes = None
-    if shapes != ((4, 4), (3, 3)):
-        raise BadJob(f"{JOB_FILE}: estimate.camera.viewmat must be 4x4 and K 3x3 numbers")
-    _number(sec, "camera.width", cam["width"], 8, 8192, integer=True)
-    _number(sec, "camera.height", cam["height"], 8, 8192, integer=True)
-    _number(sec, "frames_per_group", e["frames_per_group"], 1, 1000, integer=True)
-    _number(sec, "boost_groups", e["boost_groups"], 1, 100, integer=True)
+        for i in range(1, len(p.parts) + 1):
+            if (folder / Path(*p.parts[:i])).is_symlink():
+                raise BadJob(f"{JOB_FILE}: '{key}' = {value!r}: {Path(*p.parts[:i])} in the job folder is a "
+                             "symbolic link; the backend reads and writes only real files inside the job folder")
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise BadJob(f"{JOB_FILE}: '{key}' = {value!r:.80} is not a usable path ({exc.strerror})") from None
+    return target
+
+
+def check_output_tree(output_dir: Path) -> None:
+    """Nothing in the output folder may be a symbolic link: a write or cleanup through one would reach outside
+    the job folder (a job folder from elsewhere is untrusted)."""
+    if output_dir.is_symlink():
+        raise BadJob(f"the output folder {output_dir} is a symbolic link; the backend writes only inside the job folder")
+    if not output_dir.exists():
+        return
+    if not output_dir.is_dir():
+        raise BadJob(f"the output folder {output_dir} is a file, not a folder")
+    for root, dirs, files in os.walk(output_dir):  # does not descend into linked folders
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                link = Path(root, name)
+                raise BadJob(f"{link} is a symbolic link; the backend writes only inside the job folder. "
+                             "Remove it (or the whole output folder) and run again")
 
 
 # ---------------------------------------------------------------------------- progress events
@@ -633,20 +704,20 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
 
 
 def atomic_save_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
-    """np.savez to a temp file then rename; the target keeps its exact name (no '.npz' appended)."""
-    return _atomic(path, lambda f: np.savez(f, **arrays), "wb")
+    """np.savez to a temp file then rename; the target keeps its exact name (no '.npz' appended).
+
+    The archive is built in memory first: np.savez leaves its zip writer open when a write fails (a full
+    disk), and the writer's destructor then fails again with a traceback on stderr."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return _atomic(path, lambda f: f.write(buffer.getbuffer()), "wb")
 
 
-def remove_temp_files(folder: str | os.PathLike) -> int:
-    """Delete leftovers of atomic writes interrupted by a kill. Returns how many were removed."""
-    count = 0
-    for p in Path(folder).rglob(f".*{TEMP_MARKER}*"):
-        try:
-            p.unlink()
-            count += 1
-        except OSError:
-            pass
-    return count
+def remove_temp_files(output_dir: str | os.PathLike) -> int:
+    """Delete leftovers of our atomic writes interrupted by a kill: only our own temp names (io.atomic), only
+    in the folders the backend writes (the output folder and its frame folders). Returns how many."""
+    out = Path(output_dir)
+    return sum(remove_own_temps(d) for d in (out, out / FRAMES_DIR, out / PREVIEW_FRAMES_DIR))
 
 
 def write_job(folder: str | os.PathLike, job: dict, scene: Mapping[str, np.ndarray] | None = None) -> Path:

@@ -174,10 +174,7 @@ def sim_config(sim: dict):
     from .mpm import SimConfig
 
     keys = {k: v for k, v in sim.items() if k not in ("n_frames", "frame_start", "material_model", "fill", "rest_state")}
-    try:
-        return SimConfig.from_dict(keys)
-    except ValueError as exc:
-        raise protocol.BadJob(f"{protocol.JOB_FILE}: {exc}") from None
+    return SimConfig.from_dict(keys)  # validated by the job schema
 
 
 def resume_point(out: Path, solver, fingerprint: str, reporter: Reporter, frame_start: int) -> int:
@@ -187,14 +184,20 @@ def resume_point(out: Path, solver, fingerprint: str, reporter: Reporter, frame_
         return 0
     try:
         state = protocol.load_npz(path)
-    except protocol.BadJob:
-        log.warning("unreadable checkpoint %s: starting over", path)
+    except protocol.BadJob as exc:
+        reporter.warning(f"Not resuming: {exc.message}. Starting over")
         return 0
     if str(state.pop("fingerprint", "")) != fingerprint:
-        log.info("checkpoint belongs to other settings: starting over")
+        reporter.warning("The checkpoint was made with other settings or another scene: starting over")
         return 0
-    k = int(state.pop("frame_index"))
-    solver.set_state(state)
+    try:  # set_state refuses NaN, wrong shapes and missing arrays
+        k = int(state.pop("frame_index"))
+        if k < 0 or not (out / protocol.FRAMES_DIR / protocol.frame_file_name(frame_start + k)).is_file():
+            raise ValueError(f"its frame {frame_start + k} is not on disk")
+        solver.set_state(state)
+    except (KeyError, TypeError, ValueError) as exc:
+        reporter.warning(f"Not resuming from {path.name}: {exc}. Starting over")
+        return 0
     reporter.warning(f"Resuming from frame {frame_start + k + 1} (earlier frames are already simulated)")
     return k + 1
 

@@ -48,8 +48,6 @@ def check_inputs(est: dict, folder: Path, n_render: int) -> None:
         ok, message = check_model(kind, est["model"])
         if not ok:
             raise protocol.MissingResource(message)
-    if kind != "reference" and est["boost_groups"] > 1 and est["frames_per_group"] < 2:
-        raise protocol.BadJob(f"{protocol.JOB_FILE}: frame boosting needs at least 2 frames per group")
 
 
 class Supervision:

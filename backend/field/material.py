@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..protocol import FIELDS
 from .bounds import FieldConfigError, SigmoidRange
 from .kan import KANLayer
 from .triplane import Triplane
@@ -78,9 +79,8 @@ class MaterialField(nn.Module):
             raise FieldConfigError("positions contain NaN or infinite values")
         n = positions.shape[0]
         self.n = n
+        # The ranges come validated from the job schema (protocol.ESTIMATE: E_range, nu_range).
         self.maps = {"E": SigmoidRange(*E_range, log=True), "nu": SigmoidRange(*nu_range)}
-        if not (0.0 <= self.maps["nu"].lo and self.maps["nu"].hi < 0.5):
-            raise FieldConfigError(f"nu_range must lie in [0, 0.5), got {nu_range}")
         if rho_range is not None:
             self.maps["rho"] = SigmoidRange(*rho_range)
             if self.maps["rho"].lo <= 0:
@@ -309,6 +309,7 @@ class MLPTriplaneField(_TriplaneField):
 
 
 FIELD_KINDS = {cls.kind: cls for cls in (KANTriplaneField, MLPTriplaneField, PerParticleField, GlobalField)}
+assert set(FIELD_KINDS) == set(FIELDS), "every field the job schema names has a class"
 
 
 def make_field(kind, positions, bounds=None, E_range=(1e3, 1e8), nu_range=(0.05, 0.45), rho_range=None,

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 import warp as wp
 
-from .config import BOUNDARY_KINDS, SimConfig
+from ..protocol import BOUNDARY_KINDS
+from .config import SimConfig
 
 STICKY = wp.constant(0)
 SLIP = wp.constant(1)

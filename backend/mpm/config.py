@@ -1,7 +1,11 @@
-"""Simulation settings for the MPM solver, with JSON parsing and validation.
+"""Simulation settings for the MPM solver.
 
 Units everywhere: metres, seconds, Pa, kg/m^3, m/s^2. Times are simulation time in seconds
 from the start of the simulation (t = 0 at the initial state).
+
+The job's settings are validated once, by the job schema in ``backend.protocol``; the classes here
+take them as they are. Their defaults and enumerations come from that schema too, and ``validate()``
+only normalises types and asserts what the solver's code relies on (a programming error, not user input).
 """
 
 from __future__ import annotations
@@ -14,20 +18,15 @@ from typing import Any
 
 import numpy as np
 
-BOUNDARY_KINDS = ("sticky", "slip", "frictional")
+from ..protocol import BOUNDARY_KINDS, MATERIAL_MODELS, SIMULATION
+
+_DEFAULTS = SIMULATION.defaults()
+_WALLS, _PLASTIC = _DEFAULTS["walls"], _DEFAULTS["plasticity"]
+_GROUND = SIMULATION.fields["ground"].defaults()
 
 
-class MaterialModel(enum.IntEnum):
+class _MaterialModelBase(enum.IntEnum):
     """Constitutive model per particle (the integer is the particle's material id)."""
-
-    FIXED_COROTATED = 0
-    NEO_HOOKEAN = 1
-    STVK_HENCKY = 2
-    VON_MISES = 3
-    DRUCKER_PRAGER = 4
-    FOAM = 5
-    PLASTICINE = 6
-    SNOW = 7
 
     @classmethod
     def parse(cls, value: Any) -> "MaterialModel":
@@ -50,75 +49,19 @@ class MaterialModel(enum.IntEnum):
         raise ValueError(f"unknown material model {value!r}; expected a name or an id 0..{len(cls) - 1}")
 
 
-def _err(path: str, msg: str) -> ValueError:
-    return ValueError(f"{path}: {msg}")
+# FIXED_COROTATED = 0, NEO_HOOKEAN, STVK_HENCKY, VON_MISES, DRUCKER_PRAGER, FOAM, PLASTICINE, SNOW:
+# the order of protocol.MATERIAL_MODELS, which is what scene.npz's material_id counts in.
+MaterialModel = _MaterialModelBase("MaterialModel", [(m.upper(), i) for i, m in enumerate(MATERIAL_MODELS)])
 
 
-def _float(v: Any, path: str, lo: float | None = None, hi: float | None = None,
-           lo_open: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
-        raise _err(path, f"expected a number, got {v!r}")
-    f = float(v)
-    if not math.isfinite(f):
-        raise _err(path, f"must be finite, got {v!r}")
-    if lo is not None and (f < lo or (lo_open and f == lo)):
-        raise _err(path, f"must be {'>' if lo_open else '>='} {lo}, got {f}")
-    if hi is not None and f > hi:
-        raise _err(path, f"must be <= {hi}, got {f}")
-    return f
-
-
-def _int(v: Any, path: str, lo: int | None = None, hi: int | None = None) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
-        if isinstance(v, float) and v.is_integer():
-            v = int(v)
-        else:
-            raise _err(path, f"expected an integer, got {v!r}")
-    i = int(v)
-    if lo is not None and i < lo:
-        raise _err(path, f"must be >= {lo}, got {i}")
-    if hi is not None and i > hi:
-        raise _err(path, f"must be <= {hi}, got {i}")
-    return i
-
-
-def _vec3(v: Any, path: str, nonzero: bool = False) -> tuple[float, float, float]:
-    try:
-        seq = list(v)
-    except TypeError:
-        raise _err(path, f"expected 3 numbers, got {v!r}") from None
-    if len(seq) != 3:
-        raise _err(path, f"expected 3 numbers, got {len(seq)}")
-    out = tuple(_float(x, f"{path}[{i}]") for i, x in enumerate(seq))
-    if nonzero and all(x == 0.0 for x in out):
-        raise _err(path, "must not be the zero vector")
+def _vec3(v: Any) -> tuple[float, float, float]:
+    out = tuple(float(x) for x in v)
+    assert len(out) == 3, f"expected 3 numbers, got {v!r}"
     return out  # type: ignore[return-value]
 
 
-def _kind(v: Any, path: str) -> str:
-    if not isinstance(v, str) or v.lower() not in BOUNDARY_KINDS:
-        raise _err(path, f"must be one of {', '.join(BOUNDARY_KINDS)}; got {v!r}")
-    return v.lower()
-
-
-def _window(start: Any, end: Any, path: str) -> tuple[float, float | None]:
-    s = _float(start, f"{path}.start")
-    if end is None:
-        return s, None
-    e = _float(end, f"{path}.end")
-    if e <= s:
-        raise _err(f"{path}.end", f"must be after start ({s}), got {e}")
-    return s, e
-
-
-def _check_keys(d: Any, cls: type, path: str) -> dict:
-    if not isinstance(d, dict):
-        raise _err(path, f"expected an object, got {type(d).__name__}")
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(d) - allowed)
-    if unknown:
-        raise _err(path, f"unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    return d
+def _end(end: Any) -> float | None:
+    return None if end is None else float(end)
 
 
 @dataclass
@@ -126,36 +69,35 @@ class Boundary:
     """Response of the domain walls. kind: "sticky" (velocity zeroed), "slip" (inward normal
     velocity removed, tangential kept) or "frictional" (Coulomb, coefficient `friction`)."""
 
-    kind: str = "slip"
-    friction: float = 0.3
+    kind: str = _WALLS["kind"]
+    friction: float = _WALLS["friction"]
 
-    def validate(self, path: str = "walls") -> "Boundary":
-        self.kind = _kind(self.kind, f"{path}.kind")
-        self.friction = _float(self.friction, f"{path}.friction", lo=0.0)
+    def validate(self) -> "Boundary":
+        assert self.kind in BOUNDARY_KINDS, self.kind
+        self.friction = float(self.friction)
         return self
 
     @classmethod
-    def from_dict(cls, d: dict, path: str = "walls") -> "Boundary":
-        return cls(**_check_keys(d, cls, path)).validate(path)
+    def from_dict(cls, d: dict) -> "Boundary":
+        return cls(**d).validate()
 
 
 @dataclass
 class Ground:
     """Horizontal ground plane at world height z = `height` (metres), normal +Z."""
 
-    height: float = 0.0
-    kind: str = "frictional"
-    friction: float = 0.5
+    height: float = _GROUND["height"]
+    kind: str = _GROUND["kind"]
+    friction: float = _GROUND["friction"]
 
-    def validate(self, path: str = "ground") -> "Ground":
-        self.height = _float(self.height, f"{path}.height")
-        self.kind = _kind(self.kind, f"{path}.kind")
-        self.friction = _float(self.friction, f"{path}.friction", lo=0.0)
+    def validate(self) -> "Ground":
+        assert self.kind in BOUNDARY_KINDS, self.kind
+        self.height, self.friction = float(self.height), float(self.friction)
         return self
 
     @classmethod
-    def from_dict(cls, d: dict, path: str = "ground") -> "Ground":
-        return cls(**_check_keys(d, cls, path)).validate(path)
+    def from_dict(cls, d: dict) -> "Ground":
+        return cls(**d).validate()
 
 
 @dataclass
@@ -174,17 +116,16 @@ class Poke:
     start: float = 0.0
     end: float | None = 0.1
 
-    def validate(self, path: str = "poke") -> "Poke":
-        self.center = _vec3(self.center, f"{path}.center")
-        self.radius = _float(self.radius, f"{path}.radius", lo=0.0, lo_open=True)
-        self.direction = _vec3(self.direction, f"{path}.direction", nonzero=True)
-        self.strength = _float(self.strength, f"{path}.strength")
-        self.start, self.end = _window(self.start, self.end, path)
+    def validate(self) -> "Poke":
+        self.center, self.direction = _vec3(self.center), _vec3(self.direction)
+        self.radius, self.strength, self.start, self.end = (float(self.radius), float(self.strength),
+                                                            float(self.start), _end(self.end))
+        assert self.radius > 0 and any(self.direction), "a poke needs a radius and a direction"
         return self
 
     @classmethod
-    def from_dict(cls, d: dict, path: str = "poke") -> "Poke":
-        return cls(**_check_keys(d, cls, path)).validate(path)
+    def from_dict(cls, d: dict) -> "Poke":
+        return cls(**d).validate()
 
 
 @dataclass
@@ -199,12 +140,12 @@ class Wind:
     start: float = 0.0
     end: float | None = None
 
-    def validate(self, path: str = "wind") -> "Wind":
-        self.direction = _vec3(self.direction, f"{path}.direction", nonzero=True)
-        self.strength = _float(self.strength, f"{path}.strength")
-        self.gust_frequency = _float(self.gust_frequency, f"{path}.gust_frequency", lo=0.0)
-        self.gust_amplitude = _float(self.gust_amplitude, f"{path}.gust_amplitude", lo=0.0, hi=1.0)
-        self.start, self.end = _window(self.start, self.end, path)
+    def validate(self) -> "Wind":
+        self.direction = _vec3(self.direction)
+        assert any(self.direction), "a wind needs a direction"
+        self.strength, self.gust_frequency, self.gust_amplitude = (float(self.strength), float(self.gust_frequency),
+                                                                   float(self.gust_amplitude))
+        self.start, self.end = float(self.start), _end(self.end)
         return self
 
     def acceleration(self, t: float) -> np.ndarray:
@@ -216,8 +157,8 @@ class Wind:
         return d / np.linalg.norm(d) * self.strength * gust
 
     @classmethod
-    def from_dict(cls, d: dict, path: str = "wind") -> "Wind":
-        return cls(**_check_keys(d, cls, path)).validate(path)
+    def from_dict(cls, d: dict) -> "Wind":
+        return cls(**d).validate()
 
 
 @dataclass
@@ -232,32 +173,18 @@ class BoxCollider:
     kind: str = "sticky"
     friction: float = 0.3
 
-    def validate(self, path: str = "collider") -> "BoxCollider":
-        try:
-            times = np.asarray(self.times, dtype=np.float64).reshape(-1)
-            centers = np.asarray(self.centers, dtype=np.float64)
-        except (TypeError, ValueError):
-            raise _err(path, "times must be numbers and centers a (K,3) list of numbers") from None
-        if times.size == 0:
-            raise _err(f"{path}.times", "needs at least one keyframe")
-        if centers.shape != (times.size, 3):
-            raise _err(f"{path}.centers", f"expected shape ({times.size}, 3), got {centers.shape}")
-        if not (np.isfinite(times).all() and np.isfinite(centers).all()):
-            raise _err(path, "times and centers must be finite")
-        if times.size > 1 and not np.all(np.diff(times) > 0):
-            raise _err(f"{path}.times", "must be strictly increasing")
-        self.times = tuple(float(t) for t in times)
-        self.centers = tuple(tuple(float(c) for c in row) for row in centers)
-        self.half_extents = _vec3(self.half_extents, f"{path}.half_extents")
-        if min(self.half_extents) <= 0:
-            raise _err(f"{path}.half_extents", "must all be > 0")
-        self.kind = _kind(self.kind, f"{path}.kind")
-        self.friction = _float(self.friction, f"{path}.friction", lo=0.0)
+    def validate(self) -> "BoxCollider":
+        self.times = tuple(float(t) for t in np.asarray(self.times, dtype=np.float64).reshape(-1))
+        self.centers = tuple(_vec3(c) for c in self.centers)
+        self.half_extents = _vec3(self.half_extents)
+        assert len(self.centers) == len(self.times) >= 1 and min(self.half_extents) > 0
+        assert self.kind in BOUNDARY_KINDS, self.kind
+        self.friction = float(self.friction)
         return self
 
     @classmethod
-    def from_dict(cls, d: dict, path: str = "collider") -> "BoxCollider":
-        return cls(**_check_keys(d, cls, path)).validate(path)
+    def from_dict(cls, d: dict) -> "BoxCollider":
+        return cls(**d).validate()
 
 
 @dataclass
@@ -274,26 +201,20 @@ class Plasticity:
     snow_hardening: xi in mu(Jp) = mu0 exp(xi (1 - Jp)).
     """
 
-    yield_stress: float = 1.0e4
-    hardening: float = 0.0
-    softening: float = 0.5
-    viscosity: float = 10.0
-    friction_angle_deg: float = 30.0
-    cohesion: float = 0.0
-    snow_theta_c: float = 2.5e-2
-    snow_theta_s: float = 7.5e-3
-    snow_hardening: float = 10.0
+    yield_stress: float = _PLASTIC["yield_stress"]
+    hardening: float = _PLASTIC["hardening"]
+    softening: float = _PLASTIC["softening"]
+    viscosity: float = _PLASTIC["viscosity"]
+    friction_angle_deg: float = _PLASTIC["friction_angle_deg"]
+    cohesion: float = _PLASTIC["cohesion"]
+    snow_theta_c: float = _PLASTIC["snow_theta_c"]
+    snow_theta_s: float = _PLASTIC["snow_theta_s"]
+    snow_hardening: float = _PLASTIC["snow_hardening"]
 
-    def validate(self, path: str = "plasticity") -> "Plasticity":
-        self.yield_stress = _float(self.yield_stress, f"{path}.yield_stress", lo=0.0)
-        self.hardening = _float(self.hardening, f"{path}.hardening", lo=0.0)
-        self.softening = _float(self.softening, f"{path}.softening", lo=0.0)
-        self.viscosity = _float(self.viscosity, f"{path}.viscosity", lo=0.0)
-        self.friction_angle_deg = _float(self.friction_angle_deg, f"{path}.friction_angle_deg", lo=0.0, hi=89.0)
-        self.cohesion = _float(self.cohesion, f"{path}.cohesion", lo=0.0)
-        self.snow_theta_c = _float(self.snow_theta_c, f"{path}.snow_theta_c", lo=0.0, hi=0.99)
-        self.snow_theta_s = _float(self.snow_theta_s, f"{path}.snow_theta_s", lo=0.0)
-        self.snow_hardening = _float(self.snow_hardening, f"{path}.snow_hardening", lo=0.0)
+    def validate(self) -> "Plasticity":
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, float(getattr(self, f.name)))
+        assert 0.0 <= self.friction_angle_deg < 90.0
         return self
 
     @property
@@ -303,8 +224,8 @@ class Plasticity:
         return math.sqrt(2.0 / 3.0) * 2.0 * s / (3.0 - s)
 
     @classmethod
-    def from_dict(cls, d: dict, path: str = "plasticity") -> "Plasticity":
-        return cls(**_check_keys(d, cls, path)).validate(path)
+    def from_dict(cls, d: dict) -> "Plasticity":
+        return cls(**d).validate()
 
 
 @dataclass
@@ -325,22 +246,22 @@ class SimConfig:
     damping: grid velocity damping rate in 1/s (velocity decays as exp(-damping t)).
     """
 
-    n_grid: int = 64
+    n_grid: int = _DEFAULTS["n_grid"]
     domain_min: tuple | None = None
     domain_max: tuple | None = None
     padding: int = 3
-    fps: float = 24.0
+    fps: float = _DEFAULTS["fps"]
     substep_dt: float | None = None
     cfl: float = 0.3
     max_substeps_per_frame: int = 10000
-    gravity: tuple = (0.0, 0.0, -9.81)
+    gravity: tuple = tuple(_DEFAULTS["gravity"])
     walls: Boundary = field(default_factory=Boundary)
     ground: Ground | None = None
     pokes: list = field(default_factory=list)
     winds: list = field(default_factory=list)
     colliders: list = field(default_factory=list)
     plasticity: Plasticity = field(default_factory=Plasticity)
-    damping: float = 0.0
+    damping: float = _DEFAULTS["damping"]
 
     def __post_init__(self) -> None:
         self.validate()
@@ -350,63 +271,42 @@ class SimConfig:
         return 1.0 / self.fps
 
     def validate(self) -> "SimConfig":
-        self.n_grid = _int(self.n_grid, "n_grid", lo=8, hi=1024)
-        self.padding = _int(self.padding, "padding", lo=2, hi=self.n_grid // 4)
-        if (self.domain_min is None) != (self.domain_max is None):
-            raise _err("domain_min/domain_max", "give both or neither")
+        """Normalise types; the values were validated by the job schema (or by the code that built this)."""
+        self.n_grid, self.padding = int(self.n_grid), int(self.padding)
+        assert 8 <= self.n_grid and 2 <= self.padding <= self.n_grid // 4, (self.n_grid, self.padding)
+        assert (self.domain_min is None) == (self.domain_max is None), "give both domain corners or neither"
         if self.domain_min is not None:
-            self.domain_min = _vec3(self.domain_min, "domain_min")
-            self.domain_max = _vec3(self.domain_max, "domain_max")
-            for a in range(3):
-                if self.domain_max[a] <= self.domain_min[a]:
-                    raise _err("domain_max", f"must exceed domain_min on every axis (axis {a}: "
-                                             f"{self.domain_min[a]} .. {self.domain_max[a]})")
-        self.fps = _float(self.fps, "fps", lo=0.0, lo_open=True)
+            self.domain_min, self.domain_max = _vec3(self.domain_min), _vec3(self.domain_max)
+            assert all(a < b for a, b in zip(self.domain_min, self.domain_max)), "empty domain"
+        self.fps, self.cfl = float(self.fps), float(self.cfl)
+        assert self.fps > 0 and 0 < self.cfl <= 1
         if self.substep_dt is not None:
-            self.substep_dt = _float(self.substep_dt, "substep_dt", lo=0.0, lo_open=True)
-            if self.substep_dt > self.frame_dt * (1 + 1e-9):
-                raise _err("substep_dt", f"must not exceed the frame time 1/fps = {self.frame_dt:g} s")
-        self.cfl = _float(self.cfl, "cfl", lo=0.0, hi=1.0, lo_open=True)
-        self.max_substeps_per_frame = _int(self.max_substeps_per_frame, "max_substeps_per_frame", lo=1)
-        self.gravity = _vec3(self.gravity, "gravity")
-        self.damping = _float(self.damping, "damping", lo=0.0)
-        if not isinstance(self.walls, Boundary):
-            raise _err("walls", "expected a Boundary")
-        self.walls.validate("walls")
+            self.substep_dt = float(self.substep_dt)
+            assert 0 < self.substep_dt <= self.frame_dt * (1 + 1e-9), "substep_dt must fit in a frame"
+        self.max_substeps_per_frame = int(self.max_substeps_per_frame)
+        self.gravity, self.damping = _vec3(self.gravity), float(self.damping)
+        self.walls.validate()
         if self.ground is not None:
-            if not isinstance(self.ground, Ground):
-                raise _err("ground", "expected a Ground or None")
-            self.ground.validate("ground")
-        for name, cls in (("pokes", Poke), ("winds", Wind), ("colliders", BoxCollider)):
-            items = getattr(self, name)
-            if not isinstance(items, (list, tuple)):
-                raise _err(name, "expected a list")
-            for i, item in enumerate(items):
-                if not isinstance(item, cls):
-                    raise _err(f"{name}[{i}]", f"expected a {cls.__name__}")
-                item.validate(f"{name}[{i}]")
-            setattr(self, name, list(items))
-        if not isinstance(self.plasticity, Plasticity):
-            raise _err("plasticity", "expected a Plasticity")
-        self.plasticity.validate("plasticity")
+            self.ground.validate()
+        for name in ("pokes", "winds", "colliders"):
+            setattr(self, name, [item.validate() for item in getattr(self, name)])
+        self.plasticity.validate()
         return self
 
     @classmethod
     def from_dict(cls, d: dict) -> "SimConfig":
-        """Build from a JSON-style dict (nested dicts for walls, ground, pokes, winds,
-        colliders, plasticity). Raises ValueError naming the bad key."""
-        d = dict(_check_keys(d, cls, "config"))
+        """Build from a JSON-style dict (nested dicts for walls, ground, pokes, winds, colliders,
+        plasticity), such as a job's validated simulation section."""
+        d = dict(d)
         if "walls" in d:
-            d["walls"] = Boundary.from_dict(d["walls"], "walls")
+            d["walls"] = Boundary.from_dict(d["walls"])
         if d.get("ground") is not None:
-            d["ground"] = Ground.from_dict(d["ground"], "ground")
+            d["ground"] = Ground.from_dict(d["ground"])
         if "plasticity" in d:
-            d["plasticity"] = Plasticity.from_dict(d["plasticity"], "plasticity")
+            d["plasticity"] = Plasticity.from_dict(d["plasticity"])
         for name, sub in (("pokes", Poke), ("winds", Wind), ("colliders", BoxCollider)):
             if name in d:
-                if not isinstance(d[name], (list, tuple)):
-                    raise _err(name, "expected a list")
-                d[name] = [sub.from_dict(x, f"{name}[{i}]") for i, x in enumerate(d[name])]
+                d[name] = [sub.from_dict(x) for x in d[name]]
         return cls(**d)
 
     def to_dict(self) -> dict:

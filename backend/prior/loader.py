@@ -23,18 +23,16 @@ _LOAD_ONLY = {"attention_slicing", "vae_checkpointing", "variant", "cond_image",
 
 
 def validate_options(kind: str, opts: dict) -> None:
-    """Cheap checks of a prior's settings (no torch import): raises PriorConfigError."""
+    """Cheap checks of the options a caller passes (no torch import): raises PriorConfigError.
+
+    A job's settings were validated by the job schema (protocol) already; the prompt of a text model
+    is checked where it is used (ModelScopePrior.prepare)."""
     if kind not in KIND_OPTIONS:
         raise PriorConfigError(f"unknown video prior {kind!r}; choose 'svd' (image-to-video) or 'modelscope' "
                                f"(text-to-video)")
     unknown = set(opts) - COMMON_OPTIONS - KIND_OPTIONS[kind]
     if unknown:
         raise PriorConfigError(f"options {sorted(unknown)} do not apply to the {kind} prior")
-    if kind == "modelscope":
-        prompt = opts.get("prompt")
-        if prompt is None or not str(prompt).strip():
-            raise PriorConfigError("the text-to-video prior needs a prompt describing the motion, "
-                                   "e.g. 'a red flower swaying in the wind'")
     res = opts.get("resolution")
     if res is not None:
         try:
@@ -51,7 +49,7 @@ def validate_options(kind: str, opts: dict) -> None:
 def _variant(folder: str, dtype_is_half: bool) -> str | None:
     """Use the fp16 weight files when those are the only ones present (or when loading fp16 and both are)."""
     names = os.listdir(folder)
-    weights = [n for n in names if n.endswith((".safetensors", ".bin", ".index.json"))]
+    weights = [n for n in names if n.endswith((".safetensors", ".safetensors.index.json"))]
     has_full = any(".fp16." not in n for n in weights)
     has_half = any(".fp16." in n for n in weights)
     if has_half and (not has_full or dtype_is_half):
@@ -130,8 +128,9 @@ def _vae_dtype(folder, dtype):
 
 
 # low_cpu_mem_usage needs `accelerate`, which is not a dependency; diffusers falls back (noisily) without it.
-_DIFFUSERS = dict(local_files_only=True, low_cpu_mem_usage=False)
-_TRANSFORMERS = dict(local_files_only=True)
+# use_safetensors: weights are read only from .safetensors files; a .bin file is a pickle that can run code.
+_DIFFUSERS = dict(local_files_only=True, low_cpu_mem_usage=False, use_safetensors=True)
+_TRANSFORMERS = dict(local_files_only=True, use_safetensors=True)
 
 
 def _load_svd(folder, device, dtype, pick, opts):

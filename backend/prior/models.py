@@ -27,7 +27,7 @@ MODEL_KINDS = {
 DEFAULT_MODELS = {"svd": "stabilityai/stable-video-diffusion-img2vid-xt",
                   "modelscope": "ali-vilab/text-to-video-ms-1.7b"}
 
-_WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+_WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")  # never *.bin: pickles can run code
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -63,7 +63,10 @@ def _check_component(folder: str, name: str, role: str) -> str | None:
             return f"'{name}/config.json' is unreadable ({err})"
         weights = [p for pat in _WEIGHT_PATTERNS for p in glob.glob(os.path.join(sub, pat)) if os.path.isfile(p)]
         if not weights:
-            return f"'{name}/' has no weights (*.safetensors or *.bin)"
+            if glob.glob(os.path.join(sub, "*.bin")):
+                return (f"'{name}/' has only .bin weights, which are pickles that can run code; this backend "
+                        "loads .safetensors only (download the safetensors files of the model)")
+            return f"'{name}/' has no weights (*.safetensors)"
         for p in weights:
             if p.endswith(".safetensors"):
                 bad = _check_safetensors(p)

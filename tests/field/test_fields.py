@@ -159,5 +159,12 @@ def test_bad_settings_raise_clear_errors(scene):
         make_field("global", pos[:, :2])
     with pytest.raises(FieldConfigError, match="bad option"):
         make_field("global", pos, resolution=8)
-    with pytest.raises(FieldConfigError, match="nu_range"):
-        make_field("global", pos, nu_range=(0.1, 0.6))
+    with pytest.raises(FieldConfigError, match="low < high"):
+        make_field("global", pos, nu_range=(0.4, 0.1))
+
+
+def test_negative_poisson_range_is_usable(scene):
+    """The job schema allows any nu_range inside (-1, 0.5) (stable isotropic solids); the field takes it."""
+    pos, _, _ = scene
+    nu = make_field("per_particle", pos, nu_range=(-0.2, 0.4), init=dict(nu=-0.1))()["nu"]
+    assert torch.allclose(nu, torch.full_like(nu, -0.1), atol=1e-5)

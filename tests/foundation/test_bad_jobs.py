@@ -83,7 +83,7 @@ def test_unknown_setting_is_refused(tmp_path):
     data = json.loads((job / protocol.JOB_FILE).read_text())
     data["simulation"]["n_gird"] = 32
     (job / protocol.JOB_FILE).write_text(json.dumps(data))
-    _assert_bad(job, "unknown simulation setting(s) n_gird")
+    _assert_bad(job, "simulation has unknown setting(s) n_gird")
 
 
 def test_bad_value_names_the_setting(tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -31,26 +32,40 @@ def test_round_trip_through_json():
     assert again.ground.kind == "slip" and again.walls.friction == 0.4
 
 
+_POKE = {"center": [0, 0, 0], "radius": 0.1, "direction": [1, 0, 0], "strength": 1.0}
+_BOX = {"half_extents": [0.1, 0.1, 0.1]}
+
+
 @pytest.mark.parametrize("patch, needle", [
-    ({"n_grid": 4}, "n_grid"),
-    ({"fps": 0}, "fps"),
-    ({"walls": {"kind": "bouncy"}}, "walls.kind"),
-    ({"ground": {"height": "low"}}, "ground.height"),
-    ({"pokes": [{"radius": -1}]}, "pokes[0].radius"),
-    ({"pokes": [{"start": 1.0, "end": 0.5}]}, "pokes[0].end"),
-    ({"winds": [{"gust_amplitude": 2}]}, "winds[0].gust_amplitude"),
-    ({"colliders": [{"times": [0, 1], "centers": [[0, 0, 0]]}]}, "colliders[0].centers"),
-    ({"colliders": [{"times": [1, 0], "centers": [[0, 0, 0], [1, 1, 1]]}]}, "colliders[0].times"),
-    ({"domain_min": [0, 0, 0]}, "domain_min/domain_max"),
-    ({"domain_min": [0, 0, 0], "domain_max": [1, -1, 1]}, "domain_max"),
-    ({"substep_dt": 1.0}, "substep_dt"),
-    ({"plasticity": {"friction_angle_deg": 95}}, "plasticity.friction_angle_deg"),
-    ({"gravity": [0, 0]}, "gravity"),
-    ({"colour": 1}, "unknown key"),
+    ({"n_grid": 4}, "simulation.n_grid = 4"),
+    ({"n_grid": 1024}, "simulation.n_grid = 1024"),
+    ({"fps": 0}, "simulation.fps"),
+    ({"walls": {"kind": "bouncy"}}, "simulation.walls.kind"),
+    ({"ground": {"height": "low"}}, "simulation.ground.height"),
+    ({"pokes": [dict(_POKE, radius=-1)]}, "simulation.pokes[0].radius"),
+    ({"pokes": [dict(_POKE, start=1.0, end=0.5)]}, "simulation.pokes[0].end"),
+    ({"pokes": [dict(_POKE, start=0.5, end=0.5)]}, "simulation.pokes[0].end"),
+    ({"pokes": [dict(_POKE, direction=[0, 0, 0])]}, "simulation.pokes[0].direction"),
+    ({"pokes": [{"radius": 0.1}]}, "simulation.pokes[0].center is required"),
+    ({"winds": [{"direction": [1, 0, 0], "strength": 1, "gust_amplitude": 2}]}, "simulation.winds[0].gust_amplitude"),
+    ({"colliders": [dict(_BOX, times=[0, 1], centers=[[0, 0, 0]])]}, "simulation.colliders[0].centers"),
+    ({"colliders": [dict(_BOX, times=[1, 0], centers=[[0, 0, 0], [1, 1, 1]])]}, "simulation.colliders[0].times"),
+    ({"colliders": [{"times": [0], "centers": [[0, 0, 0]], "half_extents": [0.1, 0, 0.1]}]},
+     "simulation.colliders[0].half_extents[1]"),
+    ({"domain_min": [0, 0, 0]}, "simulation.domain_min"),
+    ({"domain_min": [0, 0, 0], "domain_max": [1, -1, 1]}, "simulation.domain_max"),
+    ({"substep_dt": 1.0}, "simulation.substep_dt"),
+    ({"plasticity": {"friction_angle_deg": 95}}, "simulation.plasticity.friction_angle_deg"),
+    ({"gravity": [0, 0]}, "simulation.gravity"),
+    ({"colour": 1}, "unknown setting(s) colour"),
 ])
-def test_bad_values_name_the_key(patch, needle):
-    with pytest.raises(ValueError, match=needle.replace("[", r"\[").replace("]", r"\]")):
-        SimConfig.from_dict(patch)
+def test_bad_values_name_the_key(tmp_path, patch, needle):
+    """The job schema (protocol) is the one place simulation settings are checked; the key is named."""
+    from backend import protocol
+
+    (tmp_path / protocol.SCENE_FILE).write_bytes(b"")
+    with pytest.raises(protocol.BadJob, match=re.escape(needle)):
+        protocol.validate_job(protocol.default_job("simulate", simulation=patch), tmp_path)
 
 
 def test_material_names_and_ids():
