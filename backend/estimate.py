@@ -268,13 +268,13 @@ def make_material_field(est: dict, p: SceneParticles, device: str, reporter: Rep
 
 def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str, reporter: Reporter | None = None):
     """The rollout starts from the same rest state under gravity as a bake (solved once with the starting
-    materials, then a constant initial condition)."""
+    materials; each rollout rescales its strain to the candidate E, see DifferentiableSim)."""
     from .mpm import DifferentiableSim
 
     config = sim_config(sim)
     rest = rest_state(p, sim, config, reporter or Reporter(), device)
     return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, config, device=warp_device(device),
-                             bptt_substeps=est["bptt_substeps"], F0=None if rest is None else rest.F)
+                             bptt_substeps=est["bptt_substeps"], F0=None if rest is None else rest.F, F0_E=p.E)
 
 
 # --------------------------------------------------------------------------- checkpoints

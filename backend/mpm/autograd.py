@@ -82,8 +82,12 @@ class DifferentiableSim:
     checkpoint_every: substeps per recomputed segment, or None to keep the full tape.
     The rollout runs domain-local (metres from the grid's first node, `grid.origin` in world);
     outputs are world positions, or domain-local with local_outputs=True (float32 cannot hold
-    millimetres a kilometre from the world origin). F0: the rest state under gravity (mpm/rest.py),
-    a constant initial condition: no gradient flows into it.
+    millimetres a kilometre from the world origin).
+
+    F0: the rest state under gravity (mpm/rest.py), solved with Young's moduli F0_E (N,) Pa. Each call
+    rescales its strain to the call's E, F0(E) = I + (F0 - I) F0_E / E, so the rest stress (which balances
+    the same weight) stays put while the estimator changes E; dL/dlog E includes this path through the
+    initial F. The splats' rest shapes use F0 as given.
 
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
@@ -91,12 +95,17 @@ class DifferentiableSim:
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
-                 volume=None, local_outputs: bool = False, F0=None):
+                 volume=None, local_outputs: bool = False, F0=None, F0_E=None):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
         ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume, F0=F0)
         self.F0 = ps.F0
+        self.F0_log_E = None
+        if ps.F0 is not None:
+            if F0_E is None:
+                raise ValueError("F0 needs F0_E, the Young's moduli (Pa) it was solved with")
+            self.F0_log_E = np.log(np.broadcast_to(np.asarray(F0_E, np.float64), (ps.n,)))
         if bptt_substeps is not None and int(bptt_substeps) < 1:
             raise ValueError(f"bptt_substeps must be None or >= 1, got {bptt_substeps}")
         if checkpoint_every is not None and int(checkpoint_every) < 1:
@@ -167,13 +176,20 @@ class DifferentiableSim:
         params = self._params(log_E, nu, rho)
         c_max = max_wave_speed(np.exp(log_E), nu, rho, self.material_id)
         plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
-        init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self.F0), self.device)
+        init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self._rest_F(log_E)), self.device)
         self.core.set_fixed_nodes(init.x, params.mass)
         if self.checkpoint_every is None:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)
             return pos, cov, _Run(params, plan, n_frames, {}, full)
         pos, cov, ckpts = self._forward_checkpointed(params, plan, init, n_frames)
         return pos, cov, _Run(params, plan, n_frames, ckpts, None)
+
+    def _rest_F(self, log_E: np.ndarray) -> np.ndarray | None:
+        """F0 with its strain rescaled to these moduli (see the class docstring)."""
+        if self.F0 is None:
+            return None
+        scale = np.exp(self.F0_log_E - np.asarray(log_E, np.float64))[:, None, None]
+        return (np.eye(3) + (self.F0 - np.eye(3)) * scale).astype(np.float32)
 
     def _windows(self, n_frames: int, n_sub: int) -> list[tuple[int, int, list[int]]]:
         """(start, end, frames seeded) of each backward window, in substeps."""
@@ -276,6 +292,7 @@ class DifferentiableSim:
         for a in (p.mu, p.lam, p.mass):
             a.grad.zero_()
         grad_v0 = np.zeros((self.n, 3), np.float32)
+        grad_F0 = np.zeros((self.n, 3, 3), np.float32)
         for start, end, frames in self._windows(run.n_frames, n_sub):
             carry = None
             for a, b in reversed(self._segments(start, end)):
@@ -284,6 +301,7 @@ class DifferentiableSim:
                 carry = self._backprop(buf, off, b - a, seeds, carry, grad_pos, grad_cov)
             if start == 0:
                 grad_v0 += carry[1]
+                grad_F0 += carry[3]
         tape = wp.Tape()
         for a in (p.log_E, p.nu, p.rho):
             a.grad.zero_()
@@ -291,7 +309,11 @@ class DifferentiableSim:
             wp.launch(material_from_params, self.n, inputs=[p.log_E, p.nu, p.rho, self.vol],
                       outputs=[p.mu, p.lam, p.mass], device=dev)
         tape.backward()
-        return p.log_E.grad.numpy().copy(), p.nu.grad.numpy().copy(), p.rho.grad.numpy().copy(), grad_v0
+        grad_log_E = p.log_E.grad.numpy().copy()
+        if self.F0 is not None:  # d F0(E) / d log E = -(F0(E) - I)
+            strain = self._rest_F(p.log_E.numpy()) - np.eye(3, dtype=np.float32)
+            grad_log_E -= (grad_F0 * strain).sum(axis=(1, 2))
+        return grad_log_E, p.nu.grad.numpy().copy(), p.rho.grad.numpy().copy(), grad_v0
 
     def _segment_buffers(self, run: _Run, a: int, b: int) -> tuple[_Buffers, int]:
         """Taped buffers covering substeps a..b and the offset of substep a inside them."""
