@@ -1,4 +1,4 @@
-"""Differentiable MPM rollouts with checkpointed wp.Tape backward and a torch.autograd bridge.
+"""Differentiable MPM rollouts with a checkpointed, recorded backward and a torch.autograd bridge.
 
 Gradients flow from frame outputs (positions, covariances) to per-particle log E, nu, rho and
 the initial velocity v0, including the path through the grid mass (the position dependence of
@@ -19,6 +19,8 @@ window reaches the initial state.
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +34,7 @@ from .grid import GridMapping, SubstepPlan, displaced, plan_substeps
 from .kernels import covariance, material_from_params
 from .particles import ParticleState, rest_shape_matrices
 from .solver import max_wave_speed
+from .threads import LaunchRecord
 
 
 @dataclass
@@ -50,17 +53,19 @@ class _Params:
 class _Buffers:
     """Per-substep states, grids and tapes for a contiguous range of substeps."""
 
-    states: list
+    states: list               # views into `blocks`, one State per substep boundary
+    blocks: list               # one array per state field holding every substep's values (one memset to zero)
     grid_mv: list
     grid_v: list
     cov: list
     tapes: list = field(default_factory=list)
 
     def zero_grads(self) -> None:
-        for st in self.states:
-            st.zero_grad()
-        for a in self.grid_mv + self.grid_v + self.cov:
+        for a in self.blocks:
             a.grad.zero_()
+        for a in self.grid_mv + self.grid_v + self.cov:
+            if a is not None:
+                a.grad.zero_()
 
 
 @dataclass
@@ -89,13 +94,16 @@ class DifferentiableSim:
     the same weight) stays put while the estimator changes E; dL/dlog E includes this path through the
     initial F. The splats' rest shapes use F0 as given.
 
+    full_tape_mb: keep the full tape anyway when it needs at most this many MB (no recomputation:
+    the backward then costs about a forward less); 0 = always checkpoint when checkpoint_every is set.
+
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
     """
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
-                 volume=None, local_outputs: bool = False, F0=None, F0_E=None):
+                 volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
@@ -112,6 +120,7 @@ class DifferentiableSim:
             raise ValueError(f"checkpoint_every must be None or >= 1, got {checkpoint_every}")
         self.bptt_substeps = None if bptt_substeps is None else int(bptt_substeps)
         self.checkpoint_every = None if checkpoint_every is None else int(checkpoint_every)
+        self.full_tape_mb = float(full_tape_mb)
         self.n = ps.n
         self.material_id = ps.material_id
         self.grid = GridMapping.build(self.config, ps.positions)
@@ -120,6 +129,7 @@ class DifferentiableSim:
         self.local_outputs = bool(local_outputs)
         vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, self.device)
+        self.n_threads = self.core.use_threads(self.config.threads)
         self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
         a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
         self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)
@@ -178,7 +188,7 @@ class DifferentiableSim:
         plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
         init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self._rest_F(log_E)), self.device)
         self.core.set_fixed_nodes(init.x, params.mass)
-        if self.checkpoint_every is None:
+        if self.checkpoint_every is None or self._tape_mb(plan.n * n_frames, n_frames, init) <= self.full_tape_mb:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)
             return pos, cov, _Run(params, plan, n_frames, {}, full)
         pos, cov, ckpts = self._forward_checkpointed(params, plan, init, n_frames)
@@ -190,6 +200,12 @@ class DifferentiableSim:
             return None
         scale = np.exp(self.F0_log_E - np.asarray(log_E, np.float64))[:, None, None]
         return (np.eye(3) + (self.F0 - np.eye(3)) * scale).astype(np.float32)
+
+    def _tape_mb(self, n_substeps: int, n_frames: int, init: State) -> float:
+        """Memory of the whole tape (MB): states and grids with their gradients, covariances at frame ends."""
+        nodes = self.core.box_nodes(self.core.particle_box(init.x, 1))
+        per_substep = self.n * 2 * (3 + 3 + 9 + 9 + 1 + 3 + 9) * 4 + nodes * 2 * (4 + 3) * 4
+        return (n_substeps * per_substep + n_frames * self.n * 2 * 9 * 4) / 2**20
 
     def _windows(self, n_frames: int, n_sub: int) -> list[tuple[int, int, list[int]]]:
         """(start, end, frames seeded) of each backward window, in substeps."""
@@ -241,12 +257,13 @@ class DifferentiableSim:
         return displaced(self._world0, self.positions.astype(np.float64), local).astype(np.float32)
 
     def _alloc(self, n_substeps: int) -> _Buffers:
-        dev = self.device
-        return _Buffers(
-            states=[State.zeros(self.n, dev, requires_grad=True) for _ in range(n_substeps + 1)],
-            grid_mv=[], grid_v=[],
-            cov=[wp.zeros(self.n, dtype=wp.mat33, device=dev, requires_grad=True) for _ in range(n_substeps)],
-        )
+        """States for n_substeps + 1 boundaries as views of one array per field: ~1,000 small
+        allocations per rollout cost more than the kernels of a few thousand particles."""
+        n, count = self.n, n_substeps + 1
+        whole = State.zeros(n * count, self.device, requires_grad=True)
+        states = [State(*(a[k * n:(k + 1) * n] for a in whole.arrays())) for k in range(count)]
+        return _Buffers(states=states, blocks=list(whole.arrays()), grid_mv=[], grid_v=[],
+                        cov=[None] * n_substeps)  # covariances: allocated at the frame ends (see _record)
 
     def _record(self, buf: _Buffers, params: _Params, plan: SubstepPlan, a: int, b: int,
                 check_frames: bool = False) -> None:
@@ -261,14 +278,16 @@ class DifferentiableSim:
             nodes = self.core.box_nodes(box)
             buf.grid_mv.append(wp.zeros(nodes, dtype=wp.vec4, device=dev, requires_grad=True))
             buf.grid_v.append(wp.zeros(nodes, dtype=wp.vec3, device=dev, requires_grad=True))
-            tape = wp.Tape()
-            with tape:
-                self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
-                                  buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box)
-                if (s + 1) % n_sub == 0:
-                    wp.launch(covariance, self.n, inputs=[buf.states[k + 1].F, self.cov0], outputs=[buf.cov[k]],
-                              device=self.device)
-            buf.tapes.append(tape)
+            record = LaunchRecord(self.core.launch)
+            self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
+                              buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box,
+                              launch=record)
+            if (s + 1) % n_sub == 0:
+                if buf.cov[k] is None:
+                    buf.cov[k] = wp.zeros(self.n, dtype=wp.mat33, device=dev, requires_grad=True)
+                record(covariance, self.n, inputs=[buf.states[k + 1].F, self.cov0], outputs=[buf.cov[k]],
+                       device=self.device)
+            buf.tapes.append(record)
             if check_frames and (s + 1) % n_sub == 0:
                 self._frame_check(s // n_sub, plan)
                 self.core.reset_bad()
@@ -294,6 +313,8 @@ class DifferentiableSim:
         grad_v0 = np.zeros((self.n, 3), np.float32)
         grad_F0 = np.zeros((self.n, 3, 3), np.float32)
         for start, end, frames in self._windows(run.n_frames, n_sub):
+            if run.full is not None:
+                run.full.zero_grads()  # the whole tape once per window (segments only carry state adjoints)
             carry = None
             for a, b in reversed(self._segments(start, end)):
                 buf, off = self._segment_buffers(run, a, b)
@@ -318,7 +339,6 @@ class DifferentiableSim:
     def _segment_buffers(self, run: _Run, a: int, b: int) -> tuple[_Buffers, int]:
         """Taped buffers covering substeps a..b and the offset of substep a inside them."""
         if run.full is not None:
-            run.full.zero_grads()
             return run.full, a
         length = b - a
         if self._segment is None or len(self._segment.cov) < length:
@@ -331,7 +351,7 @@ class DifferentiableSim:
 
     def _backprop(self, buf: _Buffers, off: int, length: int, seeds, carry, grad_pos, grad_cov):
         """Seed output/carried adjoints, run the substep tapes backwards; returns the state adjoint
-        at the segment start as numpy (x, v, C, F, plastic)."""
+        at the segment start as numpy (x, v, C, F, plastic, x_err, F_err)."""
         end_state = buf.states[off + length]
         if carry is not None:
             for arr, g in zip(end_state.arrays(), carry):
@@ -345,8 +365,23 @@ class DifferentiableSim:
                 cov.grad.assign(wp.array(np.ascontiguousarray(grad_cov[f], dtype=np.float32), dtype=wp.mat33,
                                          device=self.device))
         for k in reversed(range(off, off + length)):
-            buf.tapes[k].backward()
+            buf.tapes[k].backward(self.core.adjoint)
         return tuple(a.grad.numpy().copy() for a in buf.states[off].arrays())
+
+
+# Test hook (tests only, never set by the product): SPLAT_TEST_NONFINITE_GRAD="2,3" makes the 2nd and
+# 3rd backward pass of this process return NaN for dL/dlog_E, "2-" every backward pass from the 2nd on;
+# it reproduces the MPM adjoint's rare NaN so the estimator's recovery from it can be tested end to end.
+NONFINITE_GRAD_HOOK = "SPLAT_TEST_NONFINITE_GRAD"
+_backward_calls = itertools.count(1)
+
+
+def _injected_nonfinite(call: int) -> bool:
+    spec = os.environ.get(NONFINITE_GRAD_HOOK, "").strip()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if part.endswith("-") and call >= int(part[:-1]) or part == str(call):
+            return True
+    return False
 
 
 class _MPMFunction(torch.autograd.Function):
@@ -371,5 +406,7 @@ class _MPMFunction(torch.autograd.Function):
 
         grads = ctx.sim.backward_numpy(ctx.run, np32(grad_pos), np32(grad_cov))
         ctx.run = None
+        if _injected_nonfinite(next(_backward_calls)):
+            grads = (np.full_like(grads[0], np.nan), *grads[1:])
         out = [torch.from_numpy(np.asarray(g)).to(device=d, dtype=dt) for g, (dt, d) in zip(grads, ctx.meta)]
         return out[0], out[1], out[2], out[3], None, None
