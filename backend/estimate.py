@@ -25,7 +25,7 @@ from .convergence import make_stop_rule
 from .device import warp_device
 from .jobctl import CancelToken, Reporter, log
 from .particles import SceneParticles, build_particles
-from .simulate import sim_config
+from .simulate import rest_state, sim_config
 from .statefile import StateRejected, load_state, save_state
 from .supervision import Supervision, check_inputs, first_frame, make_supervision
 
@@ -64,7 +64,7 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
     check_budget(est, sim, scene, device, n_render, reporter)  # before a video model loads
     supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
     token.check()
-    dsim = make_differentiable_sim(scene.particles, sim, est, device)
+    dsim = make_differentiable_sim(scene.particles, sim, est, device, reporter)
     out = job.output_dir
     ckpt_path = out / protocol.ESTIMATE_CHECKPOINT_FILE
     fingerprint = protocol.arrays_fingerprint(scene_arrays, [job.simulation, {k: v for k, v in est.items()
@@ -417,11 +417,16 @@ def global_look(est: dict, scene: Scene, dsim, supervision: Supervision, n_rende
     return result
 
 
-def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str):
+def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str, reporter: Reporter | None = None):
+    """The rollout starts from the same rest state under gravity as a bake (solved once with the starting
+    materials; each rollout rescales its strain to the candidate E, see DifferentiableSim)."""
     from .mpm import DifferentiableSim
 
-    return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, sim_config(sim), device=warp_device(device),
-                             bptt_substeps=est["bptt_substeps"], full_tape_mb=FULL_TAPE_MB)
+    config = sim_config(sim)
+    rest = rest_state(p, sim, config, reporter or Reporter(), device)
+    return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, config, device=warp_device(device),
+                             bptt_substeps=est["bptt_substeps"], full_tape_mb=FULL_TAPE_MB,
+                             F0=None if rest is None else rest.F, F0_E=p.E)
 
 
 def check_budget(est: dict, sim: dict, scene: Scene, device: str, n_render: int, reporter: Reporter) -> None:

@@ -83,11 +83,41 @@ def build_particles(scene: dict, sim: dict, reporter: Reporter | None = None) ->
         rest_rotations=quat,
         rest_scales=np.exp(log_scale).astype(np.float32),
     )
+    check_physical(base, reporter)
     cap_anchored_stiffness(base, reporter)
     fill = sim.get("fill") or {}
     if fill.get("enabled"):
         base = add_fill(base, scene, fill, sim, reporter)
     return base
+
+
+# Inputs no real material has: refused (exit 2) before anything is simulated.
+MIN_DENSITY = 1.0  # kg/m^3 (air is 1.2)
+MIN_POISSON = -0.9  # auxetic foams reach about -0.8; below -0.9 the bulk modulus all but vanishes
+MAX_MACH = 10.0  # initial speed / P-wave speed; above 1 is a shock, warned
+
+
+def check_physical(p: SceneParticles, reporter: Reporter | None) -> None:
+    """Refuse (BadJob, exit 2) or warn, with the reason, on unphysical densities, Poisson ratios and speeds."""
+    from .mpm.grid import p_wave_speed
+
+    def refuse(what: str, bad: np.ndarray, why: str) -> None:
+        raise protocol.BadJob(f"{int(bad.sum())} of {len(bad)} points have {what}: {why}")
+
+    if (p.rho < MIN_DENSITY).any():
+        refuse(f"a density below {MIN_DENSITY:g} kg/m^3 (lowest {float(p.rho.min()):.3g})", p.rho < MIN_DENSITY,
+               "lighter than air; no solid is. Check the density attribute (kg/m^3: water is 1000).")
+    if (p.nu <= MIN_POISSON).any():
+        refuse(f"a Poisson ratio at or below {MIN_POISSON:g} (lowest {float(p.nu.min()):.3g})", p.nu <= MIN_POISSON,
+               "such a material has almost no resistance to volume change and collapses. Use -0.9 < nu < 0.5.")
+    nu = np.clip(p.nu, MIN_POISSON + 1e-6, 0.499)
+    mach = np.linalg.norm(p.velocity, axis=1) / p_wave_speed(p.E, nu, p.rho)
+    if (mach > MAX_MACH).any():
+        refuse(f"an initial speed above {MAX_MACH:g}x the material's wave speed (up to {float(mach.max()):.3g}x)",
+               mach > MAX_MACH, "no material holds together at that speed. Lower the initial velocity or raise E.")
+    if (mach > 1.0).any() and reporter:
+        reporter.warning(f"{int((mach > 1).sum())} points start faster than the material's wave speed "
+                         f"(up to {float(mach.max()):.2g}x): expect a shock and heavy substepping")
 
 
 def cap_anchored_stiffness(p: SceneParticles, reporter: Reporter | None) -> None:

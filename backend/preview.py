@@ -19,7 +19,7 @@ def run_preview(job: protocol.Job, arrays: dict, reporter: Reporter, token: Canc
     reporter.stage("load", "Preparing particles and camera")
     scene = prepare_scene(arrays, sim, est, reporter, device)
     n_render = est["frames_per_group"] * est["boost_groups"]
-    dsim = make_differentiable_sim(scene.particles, sim, est, device)
+    dsim = make_differentiable_sim(scene.particles, sim, est, device, reporter)
     p = scene.particles
     token.check()
     reporter.stage("simulate", f"Simulating and rendering {n_render} frames")

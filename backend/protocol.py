@@ -401,6 +401,13 @@ SIMULATION = Section(doc="the simulation (bake and estimation alike)", rules=(_d
         "cohesion": Number(0.0, lo=0.0), "snow_theta_c": Number(2.5e-2, lo=0.0, hi=0.99),
         "snow_theta_s": Number(7.5e-3, lo=0.0), "snow_hardening": Number(10.0, lo=0.0)}),
     "damping": Number(0.0, lo=0.0, hi=1e4, doc="grid velocity damping rate, 1/s"),
+    "max_substeps_per_frame": Number(10000, lo=1, hi=1e7, integer=True,
+                                     doc="a bake whose stable step needs more is refused before it starts"),
+    "rest_state": Section(doc="the captured shape as the equilibrium under gravity (backend/mpm/rest.py)", fields={
+        "enabled": Flag(None, optional=True, doc="null = on when gravity is on and something holds the object"),
+        "tolerance": Number(1.0e-3, lo=1e-7, hi=0.5, doc="drift left, as a fraction of the object's size"),
+        "max_iterations": Number(4, lo=1, hi=100, integer=True, doc="quasi-static solves at most"),
+        "max_substeps": Number(200000, lo=1, hi=1e9, integer=True, doc="substeps over all of its solves")}),
     "threads": Number(None, lo=1, hi=256, integer=True, optional=True,
                       doc="CPU threads of the simulation; null = the usable cores (1 = one thread)"),
 })

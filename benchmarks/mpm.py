@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/mpm.py            # full run (a few minutes on 2 cores)
     .venv/bin/python benchmarks/mpm.py --quick    # tiny smoke run
+    .venv/bin/python benchmarks/mpm.py --baseline DIR   # forward A/B: another source tree (DIR) vs this one
 
 Forward: a fixed-corotated jelly block falling under gravity inside walls onto a ground plane,
 warp CPU (or --device cuda). particle_substeps_per_s uses wall time; *_cpu uses this process's
@@ -10,6 +11,10 @@ repetitions. The forward cases use the default thread count; "threads_*" runs 1 
 the same block in one run, frames interleaved, and prints each thread's CPU time per substep (a
 measure of the split that does not depend on other jobs' load) and how far the two trajectories
 end apart.
+
+Rest state: the cost of the rest-state step under gravity (backend/mpm/rest.py) on a clamped bar,
+reported apart from the forward throughput: substeps, seconds, residual, and its cost in seconds of
+bake time (the same substeps simulated forward).
 
 Gradient: N particles, one frame of 32 substeps, loss on the final positions, backward to
 per-particle log E / nu / rho / v0, with and without checkpointing, on 1 thread and on the default
@@ -30,7 +35,8 @@ import numpy as np
 
 from peak_memory import status_kb
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# MPM_BENCH_ROOT: run against another source tree (the --baseline A/B runs its cases in subprocesses).
+ROOT = os.environ.get("MPM_BENCH_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
@@ -184,11 +190,29 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
          grads_finite=ok)
 
 
-def run_subprocess(args: list[str]) -> None:
-    out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True)
+def rest_case(device: str) -> None:
+    """Rest state of a clamped bar 6 cells thick (20 long, E 2 MPa: it sags about 1% of its length)."""
+    from backend.mpm import ParticleState, SimConfig
+    from backend.mpm.rest import solve_rest_state
+
+    dx, sp = 0.01, 0.005
+    axes = [np.arange(a + sp / 2, b, sp) for a, b in ((0.02, 0.25), (0.05, 0.07), (0.10, 0.16))]
+    pos = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    cfg = SimConfig(n_grid=40, domain_min=(0, 0, 0), domain_max=(0.34, 0.12, 0.24), fps=24)
+    ps = ParticleState(pos, E=2e6, nu=0.3, rho=1000.0, anchor=pos[:, 0] < 0.05, volume=sp ** 3)
+    solve_rest_state(ps, cfg, device, max_iterations=1, max_substeps=50)  # warm-up (kernel loads)
+    rest = solve_rest_state(ps, cfg, device, tolerance=1e-3)
+    emit(case="rest_state", device=device, n=len(pos), n_grid=40, dx=dx, iterations=rest.iterations,
+         substeps=rest.substeps, seconds=rest.seconds, residual=rest.residual, converged=rest.converged,
+         ms_per_substep=1e3 * rest.seconds / max(rest.substeps, 1))
+
+
+def run_subprocess(args: list[str], root: str | None = None, label: str | None = None) -> None:
+    env = dict(os.environ, MPM_BENCH_ROOT=root) if root else None
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True, env=env)
     for line in out.stdout.splitlines():
         if line.startswith("{"):
-            print(line, flush=True)
+            print(line if label is None else json.dumps({"tree": label, **json.loads(line)}), flush=True)
     if out.returncode != 0:
         emit(case="error", args=args, stderr=out.stderr[-2000:])
 
@@ -198,12 +222,24 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--grad-case", nargs=5, metavar=("N", "NGRID", "SUBSTEPS", "CKPT", "THREADS"), help=argparse.SUPPRESS)
+    ap.add_argument("--forward-case", nargs=3, metavar=("N", "NGRID", "REPS"), help=argparse.SUPPRESS)
+    ap.add_argument("--baseline", metavar="DIR", help="A/B the forward throughput against the source tree DIR")
     args = ap.parse_args()
     import warp as wp
 
     from backend.mpm.core import init_warp
     init_warp(args.device)  # keeps warp's INFO logging off stdout
 
+    if args.forward_case:
+        n, ng, reps = map(int, args.forward_case)
+        forward_case(n, ng, args.device, reps)
+        return
+    if args.baseline:
+        emit(case="info", note="A/B in one run, alternating subprocesses: A = --baseline tree, B = this tree")
+        for _ in range(2):
+            for label, root in (("A_baseline", os.path.abspath(args.baseline)), ("B_this", None)):
+                run_subprocess(["--forward-case", "50000", "64", "5", "--device", args.device], root, label)
+        return
     if args.grad_case:
         n, ng, ss, ck, th = args.grad_case
         gradient_case(int(n), int(ng), int(ss), None if ck == "none" else int(ck), args.device,
@@ -215,6 +251,7 @@ def main() -> None:
         forward_case(2000, 32, args.device, reps=2)
         if args.device == "cpu":
             threads_case(5000, 32, args.device, reps=2)
+        rest_case(args.device)
         run_subprocess(["--grad-case", "1000", "16", "8", "4", "auto", "--device", args.device])
         return
     cpu = args.device == "cpu"
@@ -224,6 +261,7 @@ def main() -> None:
     if cpu:  # threads are a CPU matter; the cell sort A/B is known
         threads_case(50_000, 64, args.device, reps=5)
         ab_case(50_000, 64, args.device, reps=5)
+    rest_case(args.device)
     for threads in (("1", "auto") if cpu else ("auto",)):
         for ck in ("none", "8"):
             run_subprocess(["--grad-case", "10000", "64", "32", ck, threads, "--device", args.device])

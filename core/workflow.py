@@ -154,8 +154,15 @@ def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJ
             level = "WARNING" if result.state is RunState.CANCELLED else "ERROR"
             set_status(target, level, result.message, result.log_path)
 
+    def on_event(event) -> None:
+        # The backend's plan (projected bake time, substeps) shows as soon as it is known, before any frame.
+        if event.kind == "stage" and event.stage == "plan":
+            target = bpy.data.objects.get(name)
+            if target is not None:
+                set_status(target, "INFO", event.message, job_dir / RUN_LOG)
+
     try:
-        active = jobs.start(kind, runner, on_done=on_done, label=name)
+        active = jobs.start(kind, runner, on_done=on_done, on_event=on_event, label=name)
     except RuntimeError as exc:
         raise SetupError(str(exc)) from None
     if not active.done_called:

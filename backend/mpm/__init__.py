@@ -1,9 +1,10 @@
 """Differentiable MLS-MPM simulator (warp) for Gaussian-splat objects.
 
-World units throughout: metres, seconds, Pa, kg/m^3 (Z up). Modules: config (settings), particles
-(inputs), grid (world <-> grid mapping, CFL), constitutive / boundary / kernels (warp code), core
-(one substep), solver (forward baking), autograd (checkpointed gradients + torch bridge), splats
-(covariances and ellipsoids), fill (interior filling).
+World units at the interface (metres, seconds, Pa, kg/m^3, Z up), domain-local positions inside.
+Modules: config (settings), particles (inputs), grid (world <-> domain-local <-> grid mapping, CFL),
+constitutive / boundary / kernels (warp code), core (one substep), solver (forward baking), rest
+(rest state under gravity), autograd (checkpointed gradients + torch bridge), splats (covariances
+and ellipsoids), fill (interior filling).
 """
 
 from .config import Boundary, BoxCollider, Ground, MaterialModel, Plasticity, Poke, SimConfig, Wind

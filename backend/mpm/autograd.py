@@ -30,7 +30,7 @@ import warp as wp
 from .config import SimConfig
 from .core import SimCore, State, init_warp, initial_state
 from .errors import SimulationDiverged
-from .grid import GridMapping, SubstepPlan, plan_substeps
+from .grid import GridMapping, SubstepPlan, displaced, plan_substeps
 from .kernels import covariance, material_from_params
 from .particles import ParticleState, rest_shape_matrices
 from .solver import max_wave_speed
@@ -85,6 +85,15 @@ class DifferentiableSim:
     positions (N,3) m, material_id, anchor, cov0 (N,3,3) m^2 or None, volume (N,) m^3 or None:
     as in ParticleState. bptt_substeps: None (exact) or K (truncated window per frame).
     checkpoint_every: substeps per recomputed segment, or None to keep the full tape.
+    The rollout runs domain-local (metres from the grid's first node, `grid.origin` in world);
+    outputs are world positions, or domain-local with local_outputs=True (float32 cannot hold
+    millimetres a kilometre from the world origin).
+
+    F0: the rest state under gravity (mpm/rest.py), solved with Young's moduli F0_E (N,) Pa. Each call
+    rescales its strain to the call's E, F0(E) = I + (F0 - I) F0_E / E, so the rest stress (which balances
+    the same weight) stays put while the estimator changes E; dL/dlog E includes this path through the
+    initial F. The splats' rest shapes use F0 as given.
+
     full_tape_mb: keep the full tape anyway when it needs at most this many MB (no recomputation:
     the backward then costs about a forward less); 0 = always checkpoint when checkpoint_every is set.
 
@@ -94,11 +103,17 @@ class DifferentiableSim:
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
-                 volume=None, full_tape_mb: float = 0.0):
+                 volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
-        ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume)
+        ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume, F0=F0)
+        self.F0 = ps.F0
+        self.F0_log_E = None
+        if ps.F0 is not None:
+            if F0_E is None:
+                raise ValueError("F0 needs F0_E, the Young's moduli (Pa) it was solved with")
+            self.F0_log_E = np.log(np.broadcast_to(np.asarray(F0_E, np.float64), (ps.n,)))
         if bptt_substeps is not None and int(bptt_substeps) < 1:
             raise ValueError(f"bptt_substeps must be None or >= 1, got {bptt_substeps}")
         if checkpoint_every is not None and int(checkpoint_every) < 1:
@@ -107,14 +122,16 @@ class DifferentiableSim:
         self.checkpoint_every = None if checkpoint_every is None else int(checkpoint_every)
         self.full_tape_mb = float(full_tape_mb)
         self.n = ps.n
-        self.positions = ps.positions
         self.material_id = ps.material_id
         self.grid = GridMapping.build(self.config, ps.positions)
+        self.positions = self.grid.to_local(ps.positions)
+        self._world0 = ps.positions
+        self.local_outputs = bool(local_outputs)
         vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, self.device)
         self.n_threads = self.core.use_threads(self.config.threads)
         self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
-        a0 = rest_shape_matrices(ps.cov0, vol)
+        a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
         self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)
         self._segment: _Buffers | None = None
 
@@ -169,7 +186,7 @@ class DifferentiableSim:
         params = self._params(log_E, nu, rho)
         c_max = max_wave_speed(np.exp(log_E), nu, rho, self.material_id)
         plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
-        init = State.from_numpy(initial_state(self.positions, v0, self.material_id), self.device)
+        init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self._rest_F(log_E)), self.device)
         self.core.set_fixed_nodes(init.x, params.mass)
         if self.checkpoint_every is None or self._tape_mb(plan.n * n_frames, n_frames, init) <= self.full_tape_mb:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)
@@ -177,10 +194,17 @@ class DifferentiableSim:
         pos, cov, ckpts = self._forward_checkpointed(params, plan, init, n_frames)
         return pos, cov, _Run(params, plan, n_frames, ckpts, None)
 
+    def _rest_F(self, log_E: np.ndarray) -> np.ndarray | None:
+        """F0 with its strain rescaled to these moduli (see the class docstring)."""
+        if self.F0 is None:
+            return None
+        scale = np.exp(self.F0_log_E - np.asarray(log_E, np.float64))[:, None, None]
+        return (np.eye(3) + (self.F0 - np.eye(3)) * scale).astype(np.float32)
+
     def _tape_mb(self, n_substeps: int, n_frames: int, init: State) -> float:
         """Memory of the whole tape (MB): states and grids with their gradients, covariances at frame ends."""
         nodes = self.core.box_nodes(self.core.particle_box(init.x, 1))
-        per_substep = self.n * 2 * (3 + 3 + 9 + 9 + 1) * 4 + nodes * 2 * (4 + 3) * 4
+        per_substep = self.n * 2 * (3 + 3 + 9 + 9 + 1 + 3 + 9) * 4 + nodes * 2 * (4 + 3) * 4
         return (n_substeps * per_substep + n_frames * self.n * 2 * 9 * 4) / 2**20
 
     def _windows(self, n_frames: int, n_sub: int) -> list[tuple[int, int, list[int]]]:
@@ -224,7 +248,13 @@ class DifferentiableSim:
                 wp.launch(covariance, self.n, inputs=[st.F, self.cov0], outputs=[cov], device=dev)
                 pos_out.append(st.x.numpy().copy())
                 cov_out.append(cov.numpy().copy())
-        return np.stack(pos_out), np.stack(cov_out), ckpts
+        return self._output_positions(np.stack(pos_out)), np.stack(cov_out), ckpts
+
+    def _output_positions(self, local: np.ndarray) -> np.ndarray:
+        """float32 outputs: world (the default) or domain-local positions (same gradient)."""
+        if self.local_outputs:
+            return local
+        return displaced(self._world0, self.positions.astype(np.float64), local).astype(np.float32)
 
     def _alloc(self, n_substeps: int) -> _Buffers:
         """States for n_substeps + 1 boundaries as views of one array per field: ~1,000 small
@@ -269,7 +299,7 @@ class DifferentiableSim:
         self.core.reset_bad()
         self._record(buf, params, plan, 0, total, check_frames=True)
         ends = [(f + 1) * plan.n for f in range(n_frames)]
-        pos = np.stack([buf.states[e].x.numpy() for e in ends])
+        pos = self._output_positions(np.stack([buf.states[e].x.numpy() for e in ends]))
         cov = np.stack([buf.cov[e - 1].numpy() for e in ends])
         return pos, cov, buf
 
@@ -281,6 +311,7 @@ class DifferentiableSim:
         for a in (p.mu, p.lam, p.mass):
             a.grad.zero_()
         grad_v0 = np.zeros((self.n, 3), np.float32)
+        grad_F0 = np.zeros((self.n, 3, 3), np.float32)
         for start, end, frames in self._windows(run.n_frames, n_sub):
             if run.full is not None:
                 run.full.zero_grads()  # the whole tape once per window (segments only carry state adjoints)
@@ -291,6 +322,7 @@ class DifferentiableSim:
                 carry = self._backprop(buf, off, b - a, seeds, carry, grad_pos, grad_cov)
             if start == 0:
                 grad_v0 += carry[1]
+                grad_F0 += carry[3]
         tape = wp.Tape()
         for a in (p.log_E, p.nu, p.rho):
             a.grad.zero_()
@@ -298,7 +330,11 @@ class DifferentiableSim:
             wp.launch(material_from_params, self.n, inputs=[p.log_E, p.nu, p.rho, self.vol],
                       outputs=[p.mu, p.lam, p.mass], device=dev)
         tape.backward()
-        return p.log_E.grad.numpy().copy(), p.nu.grad.numpy().copy(), p.rho.grad.numpy().copy(), grad_v0
+        grad_log_E = p.log_E.grad.numpy().copy()
+        if self.F0 is not None:  # d F0(E) / d log E = -(F0(E) - I)
+            strain = self._rest_F(p.log_E.numpy()) - np.eye(3, dtype=np.float32)
+            grad_log_E -= (grad_F0 * strain).sum(axis=(1, 2))
+        return grad_log_E, p.nu.grad.numpy().copy(), p.rho.grad.numpy().copy(), grad_v0
 
     def _segment_buffers(self, run: _Run, a: int, b: int) -> tuple[_Buffers, int]:
         """Taped buffers covering substeps a..b and the offset of substep a inside them."""
@@ -315,7 +351,7 @@ class DifferentiableSim:
 
     def _backprop(self, buf: _Buffers, off: int, length: int, seeds, carry, grad_pos, grad_cov):
         """Seed output/carried adjoints, run the substep tapes backwards; returns the state adjoint
-        at the segment start as numpy (x, v, C, F, plastic)."""
+        at the segment start as numpy (x, v, C, F, plastic, x_err, F_err)."""
         end_state = buf.states[off + length]
         if carry is not None:
             for arr, g in zip(end_state.arrays(), carry):

@@ -26,7 +26,8 @@ def kind_id(kind: str) -> int:
 
 @wp.struct
 class Boundaries:
-    """Walls on the domain AABB faces, an optional ground plane and kinematic boxes (world units)."""
+    """Walls on the domain AABB faces, an optional ground plane and kinematic boxes (metres,
+    domain-local: world minus the grid origin)."""
 
     dom_min: wp.vec3
     dom_max: wp.vec3
@@ -95,7 +96,7 @@ def collider_motion(b: Boundaries, c: int, t: float):
 
 @wp.func(inline=True)
 def apply_boundaries(v: wp.vec3, pos: wp.vec3, b: Boundaries, t: float) -> wp.vec3:
-    """Apply walls, ground and colliders to the velocity v of the grid node at world position pos."""
+    """Apply walls, ground and colliders to the velocity v of the grid node at (domain-local) position pos."""
     out = v
     for a in range(3):
         if pos[a] <= b.dom_min[a]:
@@ -139,16 +140,19 @@ def poke_velocity_change(x: wp.vec3, pk: Pokes, t: float, dt: float) -> wp.vec3:
     return dv
 
 
-def build_boundaries(config: SimConfig, dom_min: np.ndarray, dom_max: np.ndarray, device: str) -> Boundaries:
-    """Pack the config's walls, ground and colliders into a warp struct on `device`."""
+def build_boundaries(config: SimConfig, dom_min: np.ndarray, dom_max: np.ndarray, device: str,
+                     origin=(0.0, 0.0, 0.0)) -> Boundaries:
+    """Pack the config's walls, ground and colliders (world units) into a warp struct on `device`,
+    shifted into the solver's domain-local frame (world - origin)."""
+    origin = np.asarray(origin, np.float64)
     b = Boundaries()
-    b.dom_min = wp.vec3(*map(float, dom_min))
-    b.dom_max = wp.vec3(*map(float, dom_max))
+    b.dom_min = wp.vec3(*map(float, np.asarray(dom_min, np.float64) - origin))
+    b.dom_max = wp.vec3(*map(float, np.asarray(dom_max, np.float64) - origin))
     b.wall_kind = kind_id(config.walls.kind)
     b.wall_friction = float(config.walls.friction)
     g = config.ground
     b.ground_on = int(g is not None)
-    b.ground_height = float(g.height) if g else 0.0
+    b.ground_height = float(g.height - origin[2]) if g else 0.0
     b.ground_kind = kind_id(g.kind) if g else 0
     b.ground_friction = float(g.friction) if g else 0.0
     cols = config.colliders
@@ -156,8 +160,8 @@ def build_boundaries(config: SimConfig, dom_min: np.ndarray, dom_max: np.ndarray
     counts = [len(c.times) for c in cols] or [1]
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int32)
     times = np.concatenate([np.asarray(c.times, np.float32) for c in cols]) if cols else np.zeros(1, np.float32)
-    centers = (np.concatenate([np.asarray(c.centers, np.float32) for c in cols]) if cols
-               else np.zeros((1, 3), np.float32))
+    centers = (np.concatenate([np.asarray(c.centers, np.float64) - origin for c in cols]).astype(np.float32)
+               if cols else np.zeros((1, 3), np.float32))
     half = np.asarray([c.half_extents for c in cols], np.float32).reshape(-1, 3) if cols else np.ones((1, 3), np.float32)
     b.col_offset = wp.array(offsets, dtype=wp.int32, device=device)
     b.col_count = wp.array(np.asarray(counts, np.int32), dtype=wp.int32, device=device)
@@ -169,15 +173,16 @@ def build_boundaries(config: SimConfig, dom_min: np.ndarray, dom_max: np.ndarray
     return b
 
 
-def build_pokes(config: SimConfig, device: str) -> Pokes:
-    """Pack the config's pokes (acceleration = strength * normalised direction)."""
+def build_pokes(config: SimConfig, device: str, origin=(0.0, 0.0, 0.0)) -> Pokes:
+    """Pack the config's pokes (acceleration = strength * normalised direction), centres shifted
+    into the domain-local frame (world - origin)."""
     pk = Pokes()
     pokes = config.pokes
     pk.n = len(pokes)
     if pokes:
         dirs = np.asarray([p.direction for p in pokes], np.float64)
         accel = dirs / np.linalg.norm(dirs, axis=1, keepdims=True) * np.asarray([p.strength for p in pokes])[:, None]
-        center = np.asarray([p.center for p in pokes], np.float32)
+        center = (np.asarray([p.center for p in pokes], np.float64) - np.asarray(origin, np.float64)).astype(np.float32)
         radius = np.asarray([p.radius for p in pokes], np.float32)
         start = np.asarray([p.start for p in pokes], np.float32)
         end = np.asarray([np.finfo(np.float32).max if p.end is None else p.end for p in pokes], np.float32)

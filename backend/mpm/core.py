@@ -42,36 +42,41 @@ def init_warp(device: str) -> str:
 
 @dataclass
 class State:
-    """Particle state on the device: x (m), v (m/s), C (1/s), F, plastic scalar."""
+    """Particle state on the device: x (m, domain-local), v (m/s), C (1/s), F, plastic scalar, and
+    x_err (m) / F_err: the part of the last x / F updates that float32 could not hold (compensated
+    summation, so slow creep is neither rounded away nor biased, wherever the object sits)."""
 
     x: wp.array
     v: wp.array
     C: wp.array
     F: wp.array
     plastic: wp.array
+    x_err: wp.array
+    F_err: wp.array
 
     @classmethod
     def zeros(cls, n: int, device: str, requires_grad: bool = False) -> "State":
         def z(dtype):
             return wp.zeros(n, dtype=dtype, device=device, requires_grad=requires_grad)
-        return cls(z(wp.vec3), z(wp.vec3), z(wp.mat33), z(wp.mat33), z(float))
+        return cls(z(wp.vec3), z(wp.vec3), z(wp.mat33), z(wp.mat33), z(float), z(wp.vec3), z(wp.mat33))
 
     @classmethod
     def from_numpy(cls, d: dict, device: str, requires_grad: bool = False) -> "State":
         def a(key, dtype):
             return wp.array(np.ascontiguousarray(d[key], dtype=np.float32), dtype=dtype, device=device,
                             requires_grad=requires_grad)
-        return cls(a("x", wp.vec3), a("v", wp.vec3), a("C", wp.mat33), a("F", wp.mat33), a("plastic", float))
+        return cls(a("x", wp.vec3), a("v", wp.vec3), a("C", wp.mat33), a("F", wp.mat33), a("plastic", float),
+                   a("x_err", wp.vec3), a("F_err", wp.mat33))
 
     def arrays(self) -> tuple:
-        return (self.x, self.v, self.C, self.F, self.plastic)
+        return (self.x, self.v, self.C, self.F, self.plastic, self.x_err, self.F_err)
 
     def assign(self, other: "State") -> None:
         for dst, src in zip(self.arrays(), other.arrays()):
             wp.copy(dst, src)
 
     def numpy(self) -> dict:
-        return {k: getattr(self, k).numpy().copy() for k in ("x", "v", "C", "F", "plastic")}
+        return {k: getattr(self, k).numpy().copy() for k in ("x", "v", "C", "F", "plastic", "x_err", "F_err")}
 
     def zero_grad(self) -> None:
         for a in self.arrays():
@@ -79,16 +84,19 @@ class State:
                 a.grad.zero_()
 
 
-def initial_state(positions: np.ndarray, velocity: np.ndarray, material_id: np.ndarray) -> dict:
-    """Rest state: F = I, C = 0, plastic = 0 (Jp = 1 for snow)."""
+def initial_state(positions: np.ndarray, velocity: np.ndarray, material_id: np.ndarray,
+                  F0: np.ndarray | None = None) -> dict:
+    """Initial state: F = F0 (default I: stress-free), C = 0, plastic = 0 (Jp = 1 for snow)."""
     n = positions.shape[0]
     plastic = np.where(material_id == int(MaterialModel.SNOW), 1.0, 0.0).astype(np.float32)
     return {
         "x": positions.astype(np.float32),
         "v": velocity.astype(np.float32),
         "C": np.zeros((n, 3, 3), np.float32),
-        "F": np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)),
+        "F": np.tile(np.eye(3, dtype=np.float32), (n, 1, 1)) if F0 is None else np.asarray(F0, np.float32),
         "plastic": plastic,
+        "x_err": np.zeros((n, 3), np.float32),
+        "F_err": np.zeros((n, 3, 3), np.float32),
     }
 
 
@@ -105,8 +113,9 @@ class SimCore:
         self.g_full = self.grid_info((0, 0, 0), (grid.n, grid.n, grid.n))
         self._bounds = wp.zeros(6, dtype=wp.int32, device=device)
         self._gravity = tuple(float(a) for a in config.gravity)
-        self.bnd = build_boundaries(config, grid.domain_min, grid.domain_max, device)
-        self.pokes = build_pokes(config, device)
+        # Walls, ground, colliders and pokes enter in world units and are shifted to domain-local here.
+        self.bnd = build_boundaries(config, grid.domain_min, grid.domain_max, device, grid.origin)
+        self.pokes = build_pokes(config, device, grid.origin)
         pl = config.plasticity
         pp = PlasticParams()
         pp.yield_stress, pp.hardening, pp.softening = pl.yield_stress, pl.hardening, pl.softening
@@ -139,12 +148,12 @@ class SimCore:
         tape keeps references to the structs it was launched with)."""
         grid = self.grid
         g = GridInfo()
-        g.origin = wp.vec3(*map(float, grid.origin))
+        g.origin = wp.vec3(0.0, 0.0, 0.0)  # the kernels work domain-local: node 0 is the origin
         g.dx = float(grid.dx)
         g.inv_dx = float(1.0 / grid.dx)
         g.n = int(grid.n)
-        g.x_lo = wp.vec3(*map(float, grid.origin + grid.dx))
-        g.x_hi = wp.vec3(*map(float, grid.origin + (grid.n - 2) * grid.dx))
+        g.x_lo = wp.vec3(*[float(grid.dx)] * 3)
+        g.x_hi = wp.vec3(*[float((grid.n - 2) * grid.dx)] * 3)
         g.box_lo = wp.vec3i(*map(int, lo))
         g.box_dims = wp.vec3i(*map(int, dims))
         return g
@@ -167,7 +176,7 @@ class SimCore:
             # per-column 1-D reductions (numpy's axis-0 reduce of an (N, 3) array is ~10x slower);
             # floor is monotonic, so the extreme cells are the cells of the extreme coordinates
             ends = np.array([xs[:, a].min() for a in range(3)] + [xs[:, a].max() for a in range(3)], np.float64)
-            cells = np.floor((ends - np.tile(self.grid.origin, 2)) / self.grid.dx)
+            cells = np.floor(ends / self.grid.dx)
             b = np.clip(np.nan_to_num(cells, nan=0.0), 0, n - 1).astype(np.int64)
         else:
             self._bounds.assign(np.array([n, n, n, -1, -1, -1], dtype=np.int32))
@@ -179,15 +188,20 @@ class SimCore:
         dims = np.maximum(hi - lo + 1, 3)
         return self.grid_info(lo, dims)
 
+    # A node on the anchor's face holds half anchored mass; float sums land on either side of 1/2, so the
+    # clamp would flip between that node layer and the one behind it (a hinge one cell long).
+    FIXED_NODE_FRACTION = 0.5 - 1e-3
+
     def set_fixed_nodes(self, x: wp.array, mass: wp.array) -> None:
-        """Fix the grid nodes where anchored particles hold more than half of the mass."""
+        """Fix the grid nodes where anchored particles hold at least half of the mass: the clamp is at the
+        anchor's face."""
         if not self.has_fixed:
             return
         total = wp.zeros(self.n_nodes, dtype=float, device=self.device)
         anchored = wp.zeros(self.n_nodes, dtype=float, device=self.device)
         wp.launch(anchor_node_mass, self.n_particles, inputs=[x, mass, self.anchor, self.g_full, total, anchored],
                   device=self.device)
-        fixed = (anchored.numpy() > 0.5 * total.numpy()) & (total.numpy() > 0)
+        fixed = (anchored.numpy() >= self.FIXED_NODE_FRACTION * total.numpy()) & (total.numpy() > 0)
         self.fixed = wp.array(fixed.astype(np.int32), dtype=wp.int32, device=self.device)
 
     def reset_bad(self) -> None:
@@ -226,6 +240,7 @@ class SimCore:
                           wp.vec3(*body_dv), float(damp), float(self.grid.dx / dt), float(t), int(clear)],
                   outputs=[grid_v], device=dev)
         launch(kern.g2p, self.n_particles,
-                  inputs=[st_in.x, st_in.F, st_in.plastic, self.material, self.anchor, mu, lam, grid_v,
-                          g, self.pp, float(dt), int(k)],
-                  outputs=[st_out.x, st_out.v, st_out.C, st_out.F, st_out.plastic, self.bad], device=dev)
+               inputs=[st_in.x, st_in.x_err, st_in.F, st_in.F_err, st_in.plastic, self.material, self.anchor, mu, lam,
+                       grid_v, g, self.pp, float(dt), int(k)],
+               outputs=[st_out.x, st_out.x_err, st_out.v, st_out.C, st_out.F, st_out.F_err, st_out.plastic, self.bad],
+               device=dev)

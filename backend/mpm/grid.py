@@ -1,4 +1,4 @@
-"""World <-> grid mapping, default particle volumes and the CFL substep bound (host side, numpy)."""
+"""World <-> domain-local <-> grid mapping, default particle volumes and the CFL substep bound (host side, numpy)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ SNOW_HARDENING_RANGE = (0.1, 10.0)
 
 @dataclass
 class GridMapping:
-    """Uniform cubic grid of n^3 nodes; node (i, j, k) sits at origin + (i, j, k) * dx (metres).
+    """Uniform cubic grid of n^3 nodes; node (i, j, k) sits at origin + (i, j, k) * dx (world metres).
+
+    The solver works in domain-local coordinates, x_local = x_world - origin (to_local / to_world),
+    so node (i, j, k) sits at (i, j, k) * dx there.
 
     The domain AABB (where the walls are) starts `padding` cells after the first node, and its
     largest extent spans n - 2 * padding cells, so the uniform scale is 1 / dx.
@@ -44,6 +47,15 @@ class GridMapping:
         grid.check_inside(positions)
         return grid
 
+    def to_local(self, world: np.ndarray) -> np.ndarray:
+        """Domain-local float32 positions (metres from the first grid node), computed in float64 so
+        the solver's precision does not depend on where the object sits in the world."""
+        return (np.asarray(world, np.float64) - self.origin).astype(np.float32)
+
+    def to_world(self, local: np.ndarray) -> np.ndarray:
+        """World float64 positions from domain-local ones."""
+        return np.asarray(local, np.float64) + self.origin
+
     def check_inside(self, positions: np.ndarray) -> None:
         tol = 0.5 * self.dx
         out = np.any((positions < self.domain_min - tol) | (positions > self.domain_max + tol), axis=1)
@@ -70,6 +82,12 @@ class GridMapping:
             interior &= np.isin(uniq + off, uniq) & np.isin(uniq - off, uniq)
         typical = counts[interior].mean() if interior.any() else float(np.median(counts))
         return self.dx ** 3 / float(typical)
+
+
+def displaced(world0: np.ndarray, local0: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """World positions (float64) = the initial world positions + the displacement simulated domain-local,
+    so a particle that has not moved (an anchor) comes back bit for bit."""
+    return world0 + (np.asarray(local, np.float64) - local0)
 
 
 def p_wave_speed(E: np.ndarray, nu: np.ndarray, rho: np.ndarray) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""MLS-MPM / APIC substep kernels (quadratic B-splines, 3x3x3 stencil), world units throughout.
+"""MLS-MPM / APIC substep kernels (quadratic B-splines, 3x3x3 stencil), SI units, domain-local positions
+(metres from the first grid node; see GridMapping.to_local).
 
 One substep = p2g (stress fused in) -> grid_update (forces, boundaries) -> g2p (APIC transfer,
 F update, return mapping, advection). The same functions serve the forward baking path (state
@@ -14,7 +15,10 @@ from __future__ import annotations
 import warp as wp
 
 from .boundary import Boundaries, Pokes, apply_boundaries, poke_velocity_change
-from .constitutive import PlasticParams, kirchhoff_stress, return_mapping
+from .constitutive import STVK_HENCKY, PlasticParams, kirchhoff_stress, return_mapping
+
+
+MIN_NODE_MASS = wp.constant(1.0e-18)  # kg; its square is still a normal float32
 
 
 @wp.struct
@@ -130,7 +134,9 @@ def grid_update_impl(
     mv = grid_mv[idx]
     m = mv[3]
     vel = wp.vec3(0.0)
-    if m > 0.0:
+    # A node reached only by the far tail of a B-spline can hold a denormal mass (w^3 ~ 1e-43): its
+    # velocity is meaningless and the adjoint of mv / m (m^2 underflows to 0) would be NaN.
+    if m > MIN_NODE_MASS:
         vel = (wp.vec3(mv[0], mv[1], mv[2]) / m + body_dv) * damp
         ny = g.box_dims[1]
         nz = g.box_dims[2]
@@ -152,7 +158,9 @@ def grid_update_impl(
 
 def g2p_impl(
     x_in: wp.array(dtype=wp.vec3),
+    x_err_in: wp.array(dtype=wp.vec3),
     F_in: wp.array(dtype=wp.mat33),
+    F_err_in: wp.array(dtype=wp.mat33),
     plastic_in: wp.array(dtype=float),
     material: wp.array(dtype=wp.int32),
     anchor: wp.array(dtype=wp.int32),
@@ -164,9 +172,11 @@ def g2p_impl(
     dt: float,
     substep: int,
     x_out: wp.array(dtype=wp.vec3),
+    x_err_out: wp.array(dtype=wp.vec3),
     v_out: wp.array(dtype=wp.vec3),
     C_out: wp.array(dtype=wp.mat33),
     F_out: wp.array(dtype=wp.mat33),
+    F_err_out: wp.array(dtype=wp.mat33),
     plastic_out: wp.array(dtype=float),
     bad: wp.array(dtype=wp.int32),
 ):
@@ -197,17 +207,36 @@ def g2p_impl(
             s1 += float(j) * r
             s2 += wij * (r1 + 2.0 * r2)
     new_c = (4.0 * g.inv_dx) * (wp.matrix_from_cols(s0, s1, s2) - wp.outer(new_v, fx))
-    f_trial = (wp.identity(n=3, dtype=float) + dt * new_c) @ F_in[p]
+    # Compensated F update (as for x below): increments far below ulp(F) ~ 1e-7 (slow creep,
+    # small substeps) would otherwise be rounded away or up, a bias that makes statics drift.
+    f_in = F_in[p]
+    f_step = dt * new_c @ f_in + F_err_in[p]
+    f_trial = f_in + f_step
+    f_err = f_step - (f_trial - f_in)
     f_new, pl_new = return_mapping(f_trial, material[p], plastic_in[p], mu[p], lam[p], pp, dt)
+    if material[p] > STVK_HENCKY:
+        f_err = wp.mat33(0.0)  # a plastic projection replaces F: nothing to carry
     x_new = xp
+    x_err = wp.vec3(0.0)
     if anchor[p] != 0:
+        # Held in place; F still follows the free nodes in its stencil (the clamp's elastic
+        # response), without drift now that the update is compensated.
         new_v = wp.vec3(0.0)
     else:
-        x_new = wp.min(wp.max(xp + dt * new_v, g.x_lo), g.x_hi)
+        # Compensated (Kahan) advection: keep what float32 x drops, so creep slower than
+        # ulp(x) / dt still moves the particle.
+        step = dt * new_v + x_err_in[p]
+        x_sum = xp + step
+        x_err = step - (x_sum - xp)
+        x_new = wp.min(wp.max(x_sum, g.x_lo), g.x_hi)
+        if wp.length_sq(x_new - x_sum) > 0.0:
+            x_err = wp.vec3(0.0)
     x_out[p] = x_new
+    x_err_out[p] = x_err
     v_out[p] = new_v
     C_out[p] = new_c
     F_out[p] = f_new
+    F_err_out[p] = f_err
     plastic_out[p] = pl_new
     if not (wp.isfinite(new_v) and wp.isfinite(f_new) and wp.isfinite(new_c)):
         wp.atomic_min(bad, 0, substep)

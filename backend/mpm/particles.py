@@ -46,13 +46,14 @@ def _material_ids(value: Any, n: int) -> np.ndarray:
 class ParticleState:
     """Particles to simulate.
 
-    positions: (N,3) world metres. E: Young's modulus (Pa), nu: Poisson ratio (-1 < nu < 0.5),
+    positions: (N,3) world metres (kept as float64). E: Young's modulus (Pa), nu: Poisson ratio (-1 < nu < 0.5),
     rho: density (kg/m^3): (N,) or scalars. material_id: (N,) ids / names of MaterialModel or
     one for all. anchor: (N,) bool, anchored particles stay fixed (and fix the grid nodes
     they dominate). velocity: (N,3) or (3,) initial velocity m/s. volume: (N,) or scalar m^3,
     None = dx^3 / (median particles per occupied grid cell). cov0: (N,3,3) rest covariance of
     the splat carried by each particle (m^2), None = isotropic with sigma = half the particle
-    spacing.
+    spacing. F0: (N,3,3) initial deformation gradient (the rest state under gravity, see
+    rest.py), None = I; the splats are shown undeformed at F = F0.
     """
 
     positions: Any
@@ -64,9 +65,12 @@ class ParticleState:
     velocity: Any = None
     volume: Any = None
     cov0: Any = None
+    F0: Any = None
 
     def __post_init__(self) -> None:
-        pos = np.asarray(self.positions, dtype=np.float32)
+        # float64: world coordinates far from the origin keep their precision until the solver
+        # subtracts the domain origin.
+        pos = np.asarray(self.positions, dtype=np.float64)
         if pos.ndim != 2 or pos.shape[1] != 3 or pos.shape[0] == 0:
             raise ValueError(f"positions: expected shape (N,3) with N >= 1, got {np.shape(self.positions)}")
         if not np.isfinite(pos).all():
@@ -99,18 +103,28 @@ class ParticleState:
             if cov.shape != (n, 3, 3) or not np.isfinite(cov).all():
                 raise ValueError(f"cov0: expected finite (N,3,3), got shape {cov.shape}")
             self.cov0 = np.ascontiguousarray(cov)
+        if self.F0 is not None:
+            F0 = np.asarray(self.F0, dtype=np.float32)
+            if F0.shape != (n, 3, 3) or not np.isfinite(F0).all() or not (np.linalg.det(F0) > 0).all():
+                raise ValueError(f"F0: expected finite (N,3,3) with det > 0, got shape {F0.shape}")
+            self.F0 = np.ascontiguousarray(F0)
 
     @property
     def n(self) -> int:
         return int(self.positions.shape[0])
 
 
-def rest_shape_matrices(cov0: np.ndarray | None, volume: np.ndarray) -> np.ndarray:
-    """A0 (N,3,3) with A0 A0^T = cov0 (symmetric square root via eigh); A_t = F A0."""
+def rest_shape_matrices(cov0: np.ndarray | None, volume: np.ndarray, F0: np.ndarray | None = None) -> np.ndarray:
+    """A0 (N,3,3) with A0 A0^T = cov0 (symmetric square root via eigh); A_t = F A0. With a rest
+    deformation F0, A0 = F0^-1 sqrt(cov0), so the splats show their captured shape at F = F0."""
     if cov0 is None:
         sigma = 0.5 * np.cbrt(volume)
-        return (np.eye(3)[None] * sigma[:, None, None]).astype(np.float32)
-    sym = 0.5 * (cov0 + np.transpose(cov0, (0, 2, 1))).astype(np.float64)
-    w, q = np.linalg.eigh(sym)
-    w = np.clip(w, 0.0, None)
-    return (q * np.sqrt(w)[:, None, :] @ np.transpose(q, (0, 2, 1))).astype(np.float32)
+        a0 = np.eye(3)[None] * sigma[:, None, None]
+    else:
+        sym = 0.5 * (cov0 + np.transpose(cov0, (0, 2, 1))).astype(np.float64)
+        w, q = np.linalg.eigh(sym)
+        w = np.clip(w, 0.0, None)
+        a0 = q * np.sqrt(w)[:, None, :] @ np.transpose(q, (0, 2, 1))
+    if F0 is not None:
+        a0 = np.linalg.solve(np.asarray(F0, np.float64), a0)
+    return a0.astype(np.float32)

@@ -11,14 +11,26 @@ import warp as wp
 from .config import MaterialModel, SimConfig
 from .core import SimCore, State, init_warp, initial_state
 from .errors import SimulationDiverged
-from .grid import SNOW_HARDENING_RANGE, GridMapping, SubstepPlan, lame, p_wave_speed, plan_substeps
+from .grid import SNOW_HARDENING_RANGE, GridMapping, displaced, SubstepPlan, lame, p_wave_speed, plan_substeps
 from .kernels_forward import max_speed
 from .particles import ParticleState, rest_shape_matrices
 from .splats import FrameOutput, SplatOutputs
 
 log = logging.getLogger(__name__)
 
-_STATE_SHAPES = {"x": (3,), "v": (3,), "C": (3, 3), "F": (3, 3), "plastic": ()}
+_STATE_SHAPES = {"x": (3,), "v": (3,), "C": (3, 3), "F": (3, 3), "plastic": (), "x_err": (3,),
+                 "F_err": (3, 3)}
+
+
+# Nominal forward throughput (particle-substeps per second) for projecting bake times; measured by
+# benchmarks/mpm.py (2-core CPU: about 2.5 M; a CUDA GPU: tens of millions).
+THROUGHPUT = {"cpu": 2.0e6, "cuda": 5.0e7}
+
+
+def projected_seconds(n_particles: int, substeps: int, device: str) -> float:
+    """About how long a forward simulation of `substeps` substeps takes (s)."""
+    rate = THROUGHPUT["cuda" if str(device).startswith("cuda") else "cpu"]
+    return float(n_particles) * float(substeps) / rate
 
 
 def max_wave_speed(E: np.ndarray, nu: np.ndarray, rho: np.ndarray, material_id: np.ndarray) -> float:
@@ -37,7 +49,8 @@ class MPMSolver:
 
     Internally the particles are kept sorted by grid cell (re-sorted every `sort_every` frames;
     None disables it) so P2G / G2P touch memory in order; every input and output uses the
-    caller's particle order. Grid work covers only the node box around the particles, refreshed
+    caller's particle order. Positions are simulated domain-local (float32 metres from the grid's
+    first node) and converted from / to world space (float64) at the boundary. Grid work covers only the node box around the particles, refreshed
     every `box_every` substeps (default 4 on CPU, 8 on CUDA: one small device read each time).
     On the CPU the substeps run on `config.threads` threads (see threads.py).
     """
@@ -61,7 +74,7 @@ class MPMSolver:
             "mu": mu.astype(np.float32), "lam": lam.astype(np.float32),
             "mass": (ps.rho * vol).astype(np.float32), "vol": vol.astype(np.float32),
             "material": ps.material_id.astype(np.int32), "anchor": ps.anchor.astype(np.int32),
-            "A0": rest_shape_matrices(ps.cov0, vol),
+            "A0": rest_shape_matrices(ps.cov0, vol, ps.F0),
         }
         dev = self.device
         self.mu, self.lam, self.mass, self.vol = (wp.zeros(self.n, dtype=float, device=dev) for _ in range(4))
@@ -70,7 +83,9 @@ class MPMSolver:
         self.splats = SplatOutputs(self._constants["A0"], dev)
         self.state = State.zeros(self.n, dev)
         self._order = np.arange(self.n)
-        self._load(initial_state(ps.positions, ps.velocity, ps.material_id), self._sorted_order(ps.positions))
+        local = self.grid.to_local(ps.positions)
+        self._world0, self._local0 = ps.positions, local.astype(np.float64)
+        self._load(initial_state(local, ps.velocity, ps.material_id, ps.F0), self._sorted_order(local))
         self.core.set_fixed_nodes(self.state.x, self.mass)
         self.grid_mv = wp.zeros(self.core.n_nodes, dtype=wp.vec4, device=dev)
         self.grid_v = wp.zeros(self.core.n_nodes, dtype=wp.vec3, device=dev)
@@ -79,12 +94,12 @@ class MPMSolver:
         self._plan = self._make_plan(float(np.linalg.norm(ps.velocity, axis=1).max()))
 
     # -- particle order ---------------------------------------------------------------------
-    def _sorted_order(self, positions: np.ndarray) -> np.ndarray:
-        """Particle indices sorted by the flat index of their grid cell (stable)."""
+    def _sorted_order(self, local: np.ndarray) -> np.ndarray:
+        """Particle indices sorted by the flat index of their grid cell (stable); domain-local positions."""
         if self.sort_every is None:
             return np.arange(self.n)
         g = self.grid
-        cell = np.clip(np.floor((positions - g.origin) / g.dx).astype(np.int64), 0, g.n - 1)
+        cell = np.clip(np.floor(local / g.dx).astype(np.int64), 0, g.n - 1)
         return np.argsort((cell[:, 0] * g.n + cell[:, 1]) * g.n + cell[:, 2], kind="stable")
 
     def _load(self, state: dict, order: np.ndarray) -> None:
@@ -115,6 +130,11 @@ class MPMSolver:
     @property
     def n_substeps_per_frame(self) -> int:
         return self._plan.n
+
+    @property
+    def substeps_required(self) -> int:
+        """Substeps per frame the stable (CFL) step asks for, before max_substeps_per_frame caps it."""
+        return self._plan.n_required
 
     @property
     def substep_dt(self) -> float:
@@ -152,7 +172,7 @@ class MPMSolver:
         self.frame += 1
         if self.config.substep_dt is None:
             self._plan = self._make_plan(v_max)
-        positions = self._unsort(st.x.numpy())
+        positions = displaced(self._world0, self._local0, self._unsort(st.x.numpy()))
         if not outputs:
             return FrameOutput(frame=self.frame - 1, time=self.time, positions=positions)
         out = self.splats.compute(st.F, self.frame - 1, self.time, positions)
@@ -172,8 +192,8 @@ class MPMSolver:
 
     # -- checkpoints ------------------------------------------------------------------------
     def get_state(self) -> dict:
-        """Numpy copy of the particle state (caller's order), the frame index and the internal
-        particle order (so a resume is bit-identical)."""
+        """Numpy copy of the particle state (caller's order; x is domain-local, see grid.to_world),
+        the frame index and the internal particle order (so a resume is bit-identical)."""
         d = {key: self._unsort(getattr(self.state, key).numpy()) for key in _STATE_SHAPES}
         d["frame"] = np.array(self.frame, dtype=np.int64)
         d["order"] = self._order.copy()
