@@ -145,7 +145,9 @@ class DifferentiableSim:
         log_E, nu, rho = (t.expand(n) if t.dim() == 0 else t for t in (log_E, nu, rho))
         if v0.dim() == 1:
             v0 = v0.expand(n, 3)
-        return _MPMFunction.apply(log_E, nu, rho, v0, self, int(n_frames))
+        # Without a backward to come (torch.no_grad, or no input needs a gradient) nothing is taped.
+        taped = torch.is_grad_enabled() and any(t.requires_grad for t in (log_E, nu, rho, v0))
+        return _MPMFunction.apply(log_E, nu, rho, v0, self, int(n_frames), taped)
 
     # -- forward -----------------------------------------------------------------------------
     def _params(self, log_E: np.ndarray, nu: np.ndarray, rho: np.ndarray) -> _Params:
@@ -176,8 +178,9 @@ class DifferentiableSim:
         if np.abs(log_E).max() > 80:
             raise ValueError("log_E out of range (|log E| > 80)")
 
-    def forward_numpy(self, log_E, nu, rho, v0, n_frames: int):
-        """Forward rollout; returns (positions (T,N,3), cov (T,N,3,3), run) with numpy outputs."""
+    def forward_numpy(self, log_E, nu, rho, v0, n_frames: int, taped: bool = True):
+        """Forward rollout; returns (positions (T,N,3), cov (T,N,3,3), run) with numpy outputs.
+        taped=False: no backward will follow, so the whole tape is never kept."""
         log_E, nu, rho = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (log_E, nu, rho))
         v0 = np.asarray(v0, dtype=np.float32).reshape(self.n, 3)
         self._check_inputs(log_E, nu, rho, v0)
@@ -188,7 +191,8 @@ class DifferentiableSim:
         plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
         init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self._rest_F(log_E)), self.device)
         self.core.set_fixed_nodes(init.x, params.mass)
-        if self.checkpoint_every is None or self._tape_mb(plan.n * n_frames, n_frames, init) <= self.full_tape_mb:
+        full = self.checkpoint_every is None or self._tape_mb(plan.n * n_frames, n_frames, init) <= self.full_tape_mb
+        if taped and full:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)
             return pos, cov, _Run(params, plan, n_frames, {}, full)
         pos, cov, ckpts = self._forward_checkpointed(params, plan, init, n_frames)
@@ -388,11 +392,11 @@ class _MPMFunction(torch.autograd.Function):
     """torch bridge: forward runs the warp rollout, backward the checkpointed adjoint."""
 
     @staticmethod
-    def forward(ctx, log_E, nu, rho, v0, sim: DifferentiableSim, n_frames: int):
+    def forward(ctx, log_E, nu, rho, v0, sim: DifferentiableSim, n_frames: int, taped: bool):
         def np32(t):
             return t.detach().to("cpu", torch.float32).numpy()
 
-        pos, cov, run = sim.forward_numpy(np32(log_E), np32(nu), np32(rho), np32(v0), n_frames)
+        pos, cov, run = sim.forward_numpy(np32(log_E), np32(nu), np32(rho), np32(v0), n_frames, taped)
         ctx.sim, ctx.run = sim, run
         ctx.meta = [(t.dtype, t.device) for t in (log_E, nu, rho, v0)]
         dev = log_E.device
@@ -409,4 +413,4 @@ class _MPMFunction(torch.autograd.Function):
         if _injected_nonfinite(next(_backward_calls)):
             grads = (np.full_like(grads[0], np.nan), *grads[1:])
         out = [torch.from_numpy(np.asarray(g)).to(device=d, dtype=dt) for g, (dt, d) in zip(grads, ctx.meta)]
-        return out[0], out[1], out[2], out[3], None, None
+        return out[0], out[1], out[2], out[3], None, None, None

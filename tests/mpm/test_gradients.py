@@ -113,3 +113,16 @@ def test_full_tape_within_budget_gives_the_checkpointed_gradients(scene):
     assert sim._segment is None  # nothing was recomputed
     for k, g in ckpt.items():
         assert np.allclose(t[k].grad.numpy(), g, rtol=1e-4, atol=1e-6 * np.abs(g).max()), k
+
+
+def test_forward_without_gradient_keeps_no_tape(scene):
+    pos, params, _, _ = scene
+    sim = DifferentiableSim(pos, config=SimConfig(**CFG, threads=1), checkpoint_every=7, full_tape_mb=1000.0)
+    t = {k: torch.tensor(v, dtype=torch.float32, requires_grad=True) for k, v in params.items()}
+    with torch.no_grad():
+        P0, C0 = sim(t["log_E"], t["nu"], t["rho"], t["v0"], 2)
+    P1, C1 = sim(t["log_E"], t["nu"], t["rho"], t["v0"], 2)
+    assert torch.allclose(P0, P1, atol=1e-6) and torch.allclose(C0, C1, rtol=1e-5, atol=1e-9)
+    args = [v.detach().numpy() for v in t.values()]
+    assert sim.forward_numpy(*args, 2, taped=False)[2].full is None
+    assert sim.forward_numpy(*args, 2)[2].full is not None  # within the budget: the whole tape
