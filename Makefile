@@ -9,7 +9,7 @@ PIP_FLAGS ?= --disable-pip-version-check --no-input
 .PHONY: env test test-backend test-blender45 test-blender50 demo demo-quick bench extension validate clean
 
 # The environments are rebuilt only when a requirements file changes (a stamp file records it).
-$(VENV)/.stamp: requirements/backend.txt requirements/dev.txt
+$(VENV)/.stamp: requirements/backend.txt requirements/ray.txt requirements/dev.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -q -r requirements/dev.txt
 	@touch $@
@@ -47,6 +47,7 @@ bench: $(VENV)/.stamp
 	$(PY) benchmarks/render.py
 	$(PY) benchmarks/estimate.py
 	$(PY) benchmarks/blender_io.py
+	$(PY) benchmarks/batch.py
 
 # Build the installable extension zip with Blender's own extension CLI (shipped in the bpy wheel).
 validate: $(VENV)/.stamp

@@ -15,6 +15,7 @@ import importlib
 _MODULE_NAMES = (
     "preferences",
     "core.props",
+    "core.bake.relocate",
     "operators.backend_ops",
     "operators.io_ops",
     "operators.physics_ops",

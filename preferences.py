@@ -44,7 +44,18 @@ class SPLAT_AP_preferences(bpy.types.AddonPreferences):
         name="Text-to-video model", default=DEFAULT_MODELSCOPE,
         description="Hugging Face hub id or local folder of the ModelScope text-to-video model",
     )
+    install_ray: bpy.props.BoolProperty(
+        name="Include Ray", default=False,
+        description="Also install Ray (requirements/ray.txt), to run many job folders on this machine or a "
+        "cluster with 'python -m backend batch' (see Write Jobs for a Farm)",
+    )
     doctor_report: bpy.props.StringProperty(name="Backend report", default="")
+    # What Check Backend found, for the panel's guidance and the estimation defaults under Auto.
+    found_device: bpy.props.EnumProperty(
+        name="Found device", default="unknown",
+        items=[("unknown", "Not checked", ""), ("cpu", "CPU", ""), ("cuda", "CUDA", "")])
+    found_gpu: bpy.props.StringProperty(name="GPU", default="")
+    found_models: bpy.props.StringProperty(name="Models found", default="", description="e.g. 'svd,modelscope'")
     install_message: bpy.props.StringProperty(name="Install status", default="")
 
     def draw(self, context):
@@ -54,6 +65,7 @@ class SPLAT_AP_preferences(bpy.types.AddonPreferences):
         row = col.row(align=True)
         row.operator("splat.check_backend", icon="CHECKMARK")
         row.operator("splat.install_backend", icon="IMPORT")
+        col.prop(self, "install_ray")
         job = jobs.active("install")
         if job is not None:
             col.progress(text=job.runner.stage_message or "Installing…", factor=job.runner.fraction, type="BAR")

@@ -1,4 +1,4 @@
-"""Command line: ``python -m backend run <job> | doctor | install <dir> | demo``.
+"""Command line: ``python -m backend run <job> | batch <jobs> | doctor | install <dir> | demo``.
 
 Everything up to the job's validation uses only the standard library and numpy, so a bad job is
 reported in a fraction of a second with one message and its exit code; torch, warp and diffusers
@@ -11,6 +11,7 @@ import argparse
 import errno
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -37,11 +38,19 @@ def main(argv: list[str] | None = None) -> int:
 
     p_inst = sub.add_parser("install", help="create a backend environment (stdlib only; used by the add-on)")
     p_inst.add_argument("env_dir")
-    p_inst.add_argument("--requirements", required=True)
+    p_inst.add_argument("--requirements", required=True, action="append", type=Path,
+                        help="a requirements file; repeat it for extras (requirements/ray.txt)")
 
     p_demo = sub.add_parser("demo", help="headless demo on the bundled sample: estimate, poke, simulate, preview")
     p_demo.add_argument("--out", default="demo_out/backend")
     p_demo.add_argument("--quick", action="store_true")
+
+    p_batch = sub.add_parser("batch", help="run many job folders on Ray (local, or a cluster with --address)",
+                             description="Run job folders on Ray. Job folders must be on storage every worker "
+                                         "sees, at the same path; each worker checks it before a job starts.")
+    from .batch import add_arguments
+
+    add_arguments(p_batch)
 
     args = parser.parse_args(argv)
     if args.command == "run":
@@ -53,7 +62,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "install":
         from .install import cmd_install
 
-        return cmd_install(Path(args.env_dir), Path(args.requirements))
+        return cmd_install(Path(args.env_dir), args.requirements)
+    if args.command == "batch":
+        from .batch import cmd_batch
+
+        return cmd_batch(args)
     if args.command == "demo":
         from .demo import cmd_demo
 
@@ -116,7 +129,7 @@ def explain(exc: BaseException, doing: str) -> JobError | None:
         return exc
     if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
         return None
-    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc):
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or _OOM_TEXT.search(str(exc)):
         return MissingResource(f"Out of memory while {doing}. Use fewer points (estimate.max_particles), a coarser "
                                "grid (simulation.n_grid, simulation.fill.resolution) or a machine with more memory")
     if isinstance(exc, OSError) and exc.errno in _NO_SPACE:
@@ -130,6 +143,8 @@ def explain(exc: BaseException, doing: str) -> JobError | None:
     return JobError(f"Internal error while {doing} ({type(exc).__name__}: {exc}). The log has the details.")
 
 
+# How torch (CUDA), warp and the C library word an allocation failure that reaches us as another exception.
+_OOM_TEXT = re.compile(r"out of memory|failed to allocate|cannot allocate memory", re.IGNORECASE)
 _NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 _NOT_ALLOWED = {errno.EACCES, errno.EPERM, errno.EROFS}
 

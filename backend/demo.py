@@ -62,6 +62,10 @@ def simulate_job(info: dict, n_frames: int, fps: float) -> dict:
 
 def cmd_demo(out: Path, quick: bool = False) -> int:
     out = out.resolve()
+    if not (SAMPLE / "potted_plant_regions.json").is_file():  # the installed extension ships without samples/
+        print(f"The demo needs the repository's samples/ folder ({SAMPLE} is missing); run it from a checkout",
+              file=sys.stderr)
+        return ExitCode.MISSING_RESOURCE
     arrays, info = sample_scene()
     job_dir = out / "simulate_job"
     n_frames = 6 if quick else 48

@@ -13,11 +13,12 @@ from .jobctl import Reporter
 from .protocol import ExitCode
 
 PACKAGES = ("torch", "warp-lang", "gsplat", "diffusers", "transformers", "numpy")
+OPTIONAL_PACKAGES = ("ray",)  # extras (requirements/ray.txt): reported, never a problem when absent
 
 
-def package_versions() -> dict:
+def package_versions(names=PACKAGES) -> dict:
     out = {}
-    for name in PACKAGES:
+    for name in names:
         try:
             out[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
@@ -84,6 +85,7 @@ def cmd_doctor(as_json: bool, svd_model: str, modelscope_model: str) -> int:
             "python": platform.python_version(),
             "executable": sys.executable,
             "packages": packages,
+            "optional": package_versions(OPTIONAL_PACKAGES),
             "device": device_report(),
             "models": model_report(svd_model, modelscope_model),
         }
@@ -110,6 +112,7 @@ def format_report(report: dict) -> str:
         "packages:",
     ]
     lines += [f"  {k:<13}{v or 'MISSING'}" for k, v in report["packages"].items()]
+    lines += [f"  {k:<13}{v or 'not installed (optional)'}" for k, v in report.get("optional", {}).items()]
     lines.append("video models:")
     for m in report["models"]:
         lines.append(f"  {m['kind']:<11}{'found  ' if m['ok'] else 'missing'} {m['model']}: {m['message']}")

@@ -1,4 +1,7 @@
-"""``python -m backend install <env_dir> --requirements FILE``: create the backend environment.
+"""``python -m backend install <env_dir> --requirements FILE [--requirements EXTRA ...]``: create the backend environment.
+
+Extras (such as requirements/ray.txt for ``batch`` on Ray) are further requirement files installed in
+the same pip run, so the resolver sees every pin at once.
 
 Standard library only: it runs under Blender's own Python (which has no torch) for the add-on's
 Install Backend button, and reports progress as events like any other job.
@@ -21,17 +24,18 @@ def env_python(env_dir: Path) -> Path:
     return env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
-def requirement_count(requirements: Path) -> int:
-    lines = [ln.split("#")[0].strip() for ln in requirements.read_text(encoding="utf-8").splitlines()]
+def requirement_count(files: list[Path]) -> int:
+    lines = [ln.split("#")[0].strip() for f in files for ln in f.read_text(encoding="utf-8").splitlines()]
     return max(1, sum(1 for ln in lines if ln and not ln.startswith("-")))
 
 
-def cmd_install(env_dir: Path, requirements: Path) -> int:
+def cmd_install(env_dir: Path, requirements: list[Path]) -> int:
     reporter = Reporter()
     token = CancelToken()
     token.install_signal_handlers()
-    if not requirements.is_file():
-        reporter.emit("error", message=f"requirements file not found: {requirements}")
+    missing = [str(f) for f in requirements if not f.is_file()]
+    if missing or not requirements:
+        reporter.emit("error", message=f"requirements file not found: {', '.join(missing) or '(none given)'}")
         return ExitCode.BAD_INPUT
     if sys.version_info[:2] != (3, 11):
         reporter.emit("error", message=f"the backend needs Python 3.11; this is {sys.version.split()[0]}")
@@ -42,7 +46,9 @@ def cmd_install(env_dir: Path, requirements: Path) -> int:
         venv.EnvBuilder(with_pip=True, clear=False).create(env_dir)
     total = requirement_count(requirements) * 3  # rough: a few packages pulled in per requirement
     reporter.stage("pip", "Installing packages (torch with CUDA is several GB)")
-    cmd = [str(python), "-m", "pip", "install", "--progress-bar", "off", "-r", str(requirements)]
+    cmd = [str(python), "-m", "pip", "install", "--progress-bar", "off"]
+    for f in requirements:
+        cmd += ["-r", str(f)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     step = 0
     for raw in iter(proc.stdout.readline, b""):

@@ -129,6 +129,7 @@ COMMANDS = ("simulate", "estimate", "preview")
 PRIORS = ("svd", "modelscope", "reference", "analytic")
 FIELDS = ("kan_triplane", "mlp_triplane", "per_particle", "global")
 LOSSES = ("mds", "sds_t")
+STOP_RULES = ("plateau", "decade")  # "arrived" (smoothed loss and E stopped moving) | the paper's one-decade rule
 BOUNDARY_KINDS = ("sticky", "slip", "frictional")
 DEVICES = ("auto", "cpu", "cuda")
 BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # the Blender side's caches
@@ -342,9 +343,19 @@ def _fill_rule(d: dict, key: str) -> None:
         raise SettingError(f"{key}.resolution", f"= {d['resolution']} must be 0 (automatic) or at least 8")
 
 
-def _near_far_rule(d: dict, key: str) -> None:
-    if d["far"] <= d["near"]:
-        raise SettingError(f"{key}.far", f"= {d['far']!r} must exceed near = {d['near']!r}")
+def _camera_rule(d: dict, key: str) -> None:
+    """The camera class holds what makes a camera usable (positive focal lengths, near < far, ...)."""
+    from .render.camera import Camera, CameraError  # numpy only
+
+    try:
+        Camera.from_dict(d)
+    except CameraError as exc:
+        raise SettingError(key, f"is not usable: {exc}") from None
+
+
+def _ladder_rule(d: dict, key: str) -> None:
+    if d["ladder_rungs"] == 1:
+        raise SettingError(f"{key}.ladder_rungs", "= 1 must be 0 (off), null (automatic) or at least 2")
 
 
 _FRICTION = Number(0.3, lo=0.0, hi=10.0, doc="Coulomb coefficient (frictional boundaries)")
@@ -394,15 +405,18 @@ SIMULATION = Section(doc="the simulation (bake and estimation alike)", rules=(_d
         "snow_theta_s": Number(7.5e-3, lo=0.0), "snow_hardening": Number(10.0, lo=0.0)}),
     "damping": Number(0.0, lo=0.0, hi=1e4, doc="grid velocity damping rate, 1/s"),
     "max_substeps_per_frame": Number(10000, lo=1, hi=1e7, integer=True,
-                                     doc="refuse (exit 2) a job whose stable step needs more substeps per frame"),
+                                     doc="a bake whose stable step needs more is refused before it starts"),
     "rest_state": Section(doc="the captured shape as the equilibrium under gravity (backend/mpm/rest.py)", fields={
-        "enabled": Flag(None, optional=True, doc="null = on when gravity is on"),
-        "tolerance": Number(1.0e-3, lo=1e-7, hi=0.5, doc="drift left / object size"),
-        "max_iterations": Number(4, lo=1, hi=100, integer=True),
-        "max_substeps": Number(200000, lo=1, hi=1e9, integer=True, doc="over all of its solves")}),
+        "enabled": Flag(None, optional=True, doc="null = on when gravity is on and something holds the object"),
+        "tolerance": Number(1.0e-3, lo=1e-7, hi=0.5, doc="drift left, as a fraction of the object's size"),
+        "max_iterations": Number(4, lo=1, hi=100, integer=True, doc="quasi-static solves at most"),
+        "max_substeps": Number(200000, lo=1, hi=1e9, integer=True, doc="substeps over all of its solves")}),
+    "threads": Number(None, lo=1, hi=256, integer=True, optional=True,
+                      doc="CPU threads of the simulation; null = the usable cores (1 = one thread)"),
 })
 
 ESTIMATE = Section(doc="material estimation", rules=(
+    _ladder_rule,
     _range_rule("t_range", 0.0, 1.0, lo_open=False, hi_open=False),
     _range_rule("E_range", 0.0, math.inf, hi_open=True, unit=" Pa"),
     _range_rule("nu_range", *NU_LIMITS)), fields={
@@ -415,9 +429,18 @@ ESTIMATE = Section(doc="material estimation", rules=(
                             doc="the clip's frames per second; null = read from the clip (a bare frame folder needs it)"),
     "loss": Choice("mds", choices=LOSSES),
     "field": Choice("kan_triplane", choices=FIELDS),
-    "estimate_density": Flag(False),
-    "iterations": Number(30, lo=1, hi=100000, integer=True),
-    "tolerance_decades": Number(1.0, lo=1e-6, hi=10),
+    "estimate_density": Flag(False, doc="learn density too (E and density only move the object through their ratio)"),
+    "learn_nu": Flag(False, doc="learn Poisson's ratio; off: a sway or wobble hardly shows it, the scene's values stay"),
+    "iterations": Number(30, lo=1, hi=100000, integer=True, doc="at most"),
+    "stop_rule": Choice("plateau", choices=STOP_RULES, doc="plateau: the loss and E stopped moving; decade: the "
+                        "paper's rule (E percentiles within tolerance_decades over 3 iterations)"),
+    "stop_window": Number(6, lo=3, hi=1000, integer=True, doc="iterations the plateau rule fits its trend line over"),
+    "stop_tolerance": Number(0.02, lo=1e-6, hi=1, doc="plateau rule: largest relative change of loss and E"),
+    "min_iterations": Number(10, lo=0, hi=100000, integer=True, doc="gradient steps before any stop rule may stop"),
+    "tolerance_decades": Number(1.0, lo=1e-6, hi=10, doc="decade rule only"),
+    "ladder_rungs": Number(None, lo=0, hi=100, integer=True, optional=True, doc="log-E values tried (forward only) "
+                           "before the descent; null = automatic (reference clips only), 0 = off"),
+    "ladder_regions": Number(2, lo=1, hi=16, integer=True, doc="regions the ladder tunes one by one (spatial fields)"),
     "learning_rate": Number(None, lo=1e-8, hi=10, optional=True, doc="null = the field's own default"),
     "frames_per_group": Number(8, lo=1, hi=1000, integer=True, doc="T"),
     "boost_groups": Number(1, lo=1, hi=100, integer=True, doc="M (frame boosting)"),
@@ -427,7 +450,7 @@ ESTIMATE = Section(doc="material estimation", rules=(
     "bptt_substeps": Number(None, lo=1, hi=1e6, integer=True, optional=True, doc="null = the whole frame"),
     "E_range": Vector([1.0e3, 1.0e8], shape=(2,), doc="Pa"),
     "nu_range": Vector([0.05, 0.45], shape=(2,)),
-    "camera": Section(default_none=True, optional=True, rules=(_near_far_rule,), doc="the view the video is "
+    "camera": Section(default_none=True, optional=True, rules=(_camera_rule,), doc="the view the video is "
                       "rendered from", fields={
         "viewmat": Vector(REQUIRED, shape=(4, 4)), "K": Vector(REQUIRED, shape=(3, 3)),
         "width": Number(REQUIRED, lo=8, hi=8192, integer=True), "height": Number(REQUIRED, lo=8, hi=8192, integer=True),
@@ -435,6 +458,8 @@ ESTIMATE = Section(doc="material estimation", rules=(
     "orbit_degrees": Number(0.0, lo=-3600, hi=3600, doc="0 = fixed camera"),
     "seed": Number(0, lo=0, hi=2**32 - 1, integer=True),
     "max_particles": Number(0, lo=0, hi=1e9, integer=True, doc="simulate a voxel subsample while estimating; 0 = all"),
+    "memory_limit_mb": Number(0, lo=0, hi=1e9, doc="refuse (exit 2) when one iteration is projected above this; "
+                                                   "0 = the memory free on the machine (backend/budget.py)"),
 })
 
 JOB = Section(fields={
@@ -744,6 +769,43 @@ def arrays_fingerprint(arrays: Mapping[str, np.ndarray], settings: Any = None) -
         h.update(f"{name}|{a.dtype.str}|{a.shape}".encode())
         h.update(a.tobytes())
     return h.hexdigest()[:32]
+
+
+# ---------------------------------------------------------------------------- batch manifest
+# A list of job folders for ``python -m backend batch`` (written by the add-on's Write Jobs for a Farm).
+# Folders are relative to the manifest's own folder, so the whole tree can move to shared storage.
+MANIFEST_KIND = "splat_physics.batch"
+
+
+def write_manifest(path: str | os.PathLike, folders: Iterable[tuple[str | os.PathLike, str]]) -> Path:
+    """Write a manifest of (job folder, label) pairs atomically; folders are stored relative to it."""
+    path = Path(path)
+    jobs = [{"folder": Path(os.path.relpath(Path(f).resolve(), path.parent.resolve())).as_posix(), "label": label}
+            for f, label in folders]
+    return atomic_write_json(path, {"schema_version": SCHEMA_VERSION, "kind": MANIFEST_KIND, "jobs": jobs})
+
+
+def read_manifest(path: str | os.PathLike) -> list[tuple[Path, str]]:
+    """(absolute job folder, label) pairs of a manifest. Raises BadJob naming what is wrong."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise BadJob(f"manifest not found: {path}") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadJob(f"manifest {path} is not readable JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("kind") != MANIFEST_KIND or not isinstance(raw.get("jobs"), list):
+        raise BadJob(f"{path} is not a batch manifest (expected kind {MANIFEST_KIND!r} and a 'jobs' list)")
+    if raw.get("schema_version") != SCHEMA_VERSION:
+        raise BadJob(f"manifest {path} has schema_version {raw.get('schema_version')!r}; this backend reads "
+                     f"version {SCHEMA_VERSION}")
+    out = []
+    for i, entry in enumerate(raw["jobs"]):
+        folder = entry.get("folder") if isinstance(entry, dict) else None
+        if not isinstance(folder, str) or not folder:
+            raise BadJob(f"manifest {path}: jobs[{i}] needs a 'folder' path string")
+        out.append(((path.parent / folder).resolve(), str(entry.get("label", ""))))
+    return out
 
 
 def iter_frame_files(out_dir: str | os.PathLike) -> Iterable[Path]:

@@ -19,9 +19,10 @@ prior figures measure the pipeline's overhead, not a real UNet's cost; "referenc
 L2 + SSIM loss against a clip.
 
 Each case runs in a fresh subprocess after one warm-up iteration; the figures are those of the
-fastest of the timed iterations. peak_mb is the growth of the resident set over the timed
-iterations (VmHWM reset through /proc/self/clear_refs; getrusage's ru_maxrss growth where that is
-not allowed), so it includes what torch's allocator caches; on CUDA it is
+fastest of the timed iterations. iteration_cpu_s is the process CPU time of the cheapest iteration
+(all threads together; steadier than the wall time on a shared machine). peak_mb is the growth of
+the resident set over the timed iterations (VmHWM reset through /proc/self/clear_refs; getrusage's
+ru_maxrss growth where that is not allowed), so it includes what torch's allocator caches; on CUDA it is
 torch.cuda.max_memory_allocated. The machine is shared: the times are noisy, and under contention
 torch's OpenMP threads spin (prior and render figures several times too high); running with
 OMP_WAIT_POLICY=PASSIVE in the environment avoids most of that.
@@ -107,7 +108,7 @@ def split_iteration(field, dsim, scene, supervision, optimizer, it: int, total: 
 
     sync()
     t = time.perf_counter()
-    t_start = t
+    t_start, c_start = t, time.process_time()
     optimizer.zero_grad(set_to_none=True)
     mats = field()
     reg = field.regularizer()
@@ -141,7 +142,8 @@ def split_iteration(field, dsim, scene, supervision, optimizer, it: int, total: 
     torch.nn.utils.clip_grad_norm_(field.parameters(), 1.0)
     optimizer.step()
     t = lap("field", t)
-    return {**{f"{k}_s": v for k, v in clock.items()}, "iteration_s": t - t_start, "loss": float(loss.detach())}
+    return {**{f"{k}_s": v for k, v in clock.items()}, "iteration_s": t - t_start,
+            "iteration_cpu_s": time.process_time() - c_start, "loss": float(loss.detach())}
 
 
 def _grad(x: torch.Tensor) -> torch.Tensor:
@@ -149,7 +151,8 @@ def _grad(x: torch.Tensor) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- one case (own process)
-def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, device: str, repeats: int) -> dict:
+def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, device: str, repeats: int,
+             sim_threads: int | None = None) -> dict:
     torch.manual_seed(0)
     model = "" if model == "-" else model
     quiet = Reporter(open(os.devnull, "w"))
@@ -157,6 +160,8 @@ def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, de
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
         sim, est = job_sections(kind, model, res, frames)
+        if sim_threads:
+            sim["threads"] = sim_threads
         scene = prepare_scene(arrays, sim, est, quiet, device)
         field = make_material_field(est, scene.particles, device, quiet)
         dsim = make_differentiable_sim(scene.particles, sim, est, device)
@@ -182,7 +187,8 @@ def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, de
     line.update({k: round(best[k], 4) for k in ("sim_s", "render_s", "prior_s", "field_s", "iteration_s")})
     line.update(peak_mb=round(peak_mb, 1), device=device, setup_s=round(setup_s, 2), repeats=repeats,
                 iteration_s_median=round(float(np.median([r["iteration_s"] for r in runs])), 4),
-                threads=torch.get_num_threads(), loss=best["loss"])
+                iteration_cpu_s=round(min(r["iteration_cpu_s"] for r in runs), 4),
+                threads=torch.get_num_threads(), sim_threads=getattr(dsim, "n_threads", 1), loss=best["loss"])
     return line
 
 
@@ -217,13 +223,15 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="N=500 particles, 4 frames")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--svd-xt", default=None, help="local SVD-xt folder or hub id for the CUDA case")
+    ap.add_argument("--sim-threads", type=int, default=None, help="simulation.threads (default: automatic)")
     ap.add_argument("--case", nargs=8, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.case:
         case, kind, model, n, res, frames, device, repeats = a.case
-        print(json.dumps(run_case(case, kind, model, int(n), int(res), int(frames), device, int(repeats))))
+        print(json.dumps(run_case(case, kind, model, int(n), int(res), int(frames), device, int(repeats),
+                                  a.sim_threads)))
         return
     from backend.prior.tiny import save_tiny_modelscope, save_tiny_svd
 

@@ -6,16 +6,20 @@
 
 Forward: a fixed-corotated jelly block falling under gravity inside walls onto a ground plane,
 warp CPU (or --device cuda). particle_substeps_per_s uses wall time; *_cpu uses this process's
-CPU time, which is steadier on a machine shared with other jobs (warp CPU kernels run on one
-thread). Each figure is the best of several repetitions.
+CPU time, which is steadier on a machine shared with other jobs. Each figure is the best of several
+repetitions. The forward cases use the default thread count; "threads_*" runs 1 and 2 threads on
+the same block in one run, frames interleaved, and prints each thread's CPU time per substep (a
+measure of the split that does not depend on other jobs' load) and how far the two trajectories
+end apart.
 
 Rest state: the cost of the rest-state step under gravity (backend/mpm/rest.py) on a clamped bar,
 reported apart from the forward throughput: substeps, seconds, residual, and its cost in seconds of
 bake time (the same substeps simulated forward).
 
 Gradient: N particles, one frame of 32 substeps, loss on the final positions, backward to
-per-particle log E / nu / rho / v0, with and without checkpointing. Each case runs in its own
-subprocess so its peak RSS (VmHWM) is its own.
+per-particle log E / nu / rho / v0, with and without checkpointing, on 1 thread and on the default
+count (*_cpu: process CPU time, all threads together), then one 768-substep checkpointed frame for
+the peak memory. Each case runs in its own subprocess so its peak RSS (VmHWM) is its own.
 """
 
 from __future__ import annotations
@@ -66,12 +70,13 @@ def rss_mb() -> float:
     return float("nan") if kb is None else kb / 1024.0
 
 
-def make_solver(n_target: int, n_grid: int, device: str, order: str = "sorted", sort_every: int | None = 16):
+def make_solver(n_target: int, n_grid: int, device: str, order: str = "sorted", sort_every: int | None = 16,
+                threads: int | None = None):
     from backend.mpm import Boundary, Ground, MPMSolver, ParticleState, SimConfig
 
     pos, vol = jelly_block(n_target, n_grid, order)
     cfg = SimConfig(n_grid=n_grid, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (SUBSTEPS * 1e-4),
-                    substep_dt=1e-4, walls=Boundary("slip"), ground=Ground(0.05, "frictional", 0.3))
+                    substep_dt=1e-4, walls=Boundary("slip"), ground=Ground(0.05, "frictional", 0.3), threads=threads)
     sim = MPMSolver(ParticleState(pos, E=1e5, nu=0.3, rho=1000.0, volume=vol), cfg, device=device,
                     sort_every=sort_every)
     sim.step_frame(outputs=False)  # warm-up (compile / caches)
@@ -90,7 +95,8 @@ def time_frame(sim) -> tuple[float, float]:
 
 def report(label: str, sim, wall: list, cpu: list, **extra) -> None:
     work = sim.n * sim.n_substeps_per_frame
-    emit(case=label, device=sim.device, n=sim.n, n_grid=sim.grid.n, substeps=sim.n_substeps_per_frame,
+    emit(case=label, device=sim.device, n=sim.n, n_grid=sim.grid.n, threads=sim.n_threads,
+         substeps=sim.n_substeps_per_frame,
          particle_substeps_per_s=work / min(wall), particle_substeps_per_s_cpu=work / max(min(cpu), 1e-9),
          ms_per_substep=1e3 * min(wall) / sim.n_substeps_per_frame, **extra)
 
@@ -117,7 +123,34 @@ def ab_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
         report("ab_" + k, sim, [t[0] for t in times[k]], [t[1] for t in times[k]])
 
 
-def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: int | None, device: str) -> None:
+def threads_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
+    """1 thread (A) against 2 threads (B) on one block, frames interleaved."""
+    sims = {1: make_solver(n_target, n_grid, device, threads=1), 2: make_solver(n_target, n_grid, device, threads=2)}
+    times = {k: [] for k in sims}
+    cpu0 = {k: sim.core.launch.thread_cpu_seconds for k, sim in sims.items() if k > 1}
+    for _ in range(reps):
+        for k, sim in sims.items():
+            times[k].append(time_frame(sim))
+    x = {k: sim.get_state()["x"] for k, sim in sims.items()}
+    best = {k: min(t[0] for t in times[k]) for k in sims}
+    for k, sim in sims.items():
+        extra = {}
+        if k > 1:
+            steps = reps * sim.n_substeps_per_frame
+            per_thread = [1e3 * (c - c0) / steps for c, c0 in zip(sim.core.launch.thread_cpu_seconds, cpu0[k])]
+            one = 1e3 * min(t[1] for t in times[1]) / sims[1].n_substeps_per_frame
+            mine = 1e3 * min(t[1] for t in times[k]) / sim.n_substeps_per_frame
+            # on free cores a substep takes its serial part (process CPU outside the slab kernels)
+            # plus the slowest thread's share
+            critical = max(mine - sum(per_thread), 0.0) + max(per_thread)
+            extra = {"thread_cpu_ms_per_substep": [round(c, 3) for c in per_thread],
+                     "speedup_wall": best[1] / best[k], "speedup_by_cpu_critical_path": one / critical,
+                     "max_position_difference_m": float(abs(x[k] - x[1]).max())}
+        report(f"threads_{k}", sim, [t[0] for t in times[k]], [t[1] for t in times[k]], **extra)
+
+
+def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: int | None, device: str,
+                  threads: int | None = None) -> None:
     import torch
 
     from backend.mpm import DifferentiableSim, SimConfig
@@ -125,7 +158,7 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
     pos, vol = jelly_block(n_target, n_grid)
     n = len(pos)
     cfg = SimConfig(n_grid=n_grid, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (substeps * 1e-4),
-                    substep_dt=1e-4)
+                    substep_dt=1e-4, **({} if threads is None else {"threads": threads}))
     sim = DifferentiableSim(pos, config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol)
     rng = np.random.default_rng(0)
     weights = torch.from_numpy(rng.standard_normal((1, n, 3)).astype(np.float32))
@@ -139,17 +172,19 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
     P, C = tiny(torch.tensor(np.log(1e5)), torch.tensor(0.3), torch.tensor(1000.0), torch.zeros(3), 1)
     base = peak_rss_mb()
     p = params()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     P, C = sim(*p, 1)
-    t_fwd = time.perf_counter() - t0
+    t_fwd, c_fwd = time.perf_counter() - t0, time.process_time() - c0
     loss = (P * weights).sum() + C.sum()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     loss.backward()
-    t_bwd = time.perf_counter() - t0
+    t_bwd, c_bwd = time.perf_counter() - t0, time.process_time() - c0
     ok = all(torch.isfinite(t.grad).all().item() for t in p)
-    emit(case="gradient", device=device, n=n, n_grid=n_grid, substeps=substeps,
+    emit(case="gradient", device=device, n=n, n_grid=n_grid, substeps=substeps, threads=getattr(sim, "n_threads", 1),
          checkpoint_every=checkpoint_every, forward_ms_per_substep=1e3 * t_fwd / substeps,
          backward_ms_per_substep=1e3 * t_bwd / substeps, backward_over_forward=t_bwd / t_fwd,
+         forward_cpu_ms_per_substep=1e3 * c_fwd / substeps, backward_cpu_ms_per_substep=1e3 * c_bwd / substeps,
+         backward_over_forward_cpu=c_bwd / c_fwd,
          peak_rss_mb=peak_rss_mb(), peak_rss_growth_mb=peak_rss_mb() - base,
          growth_mb_per_substep=(peak_rss_mb() - base) / substeps,
          grads_finite=ok)
@@ -186,7 +221,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--grad-case", nargs=4, metavar=("N", "NGRID", "SUBSTEPS", "CKPT"), help=argparse.SUPPRESS)
+    ap.add_argument("--grad-case", nargs=5, metavar=("N", "NGRID", "SUBSTEPS", "CKPT", "THREADS"), help=argparse.SUPPRESS)
     ap.add_argument("--forward-case", nargs=3, metavar=("N", "NGRID", "REPS"), help=argparse.SUPPRESS)
     ap.add_argument("--baseline", metavar="DIR", help="A/B the forward throughput against the source tree DIR")
     args = ap.parse_args()
@@ -206,22 +241,32 @@ def main() -> None:
                 run_subprocess(["--forward-case", "50000", "64", "5", "--device", args.device], root, label)
         return
     if args.grad_case:
-        n, ng, ss, ck = args.grad_case
-        gradient_case(int(n), int(ng), int(ss), None if ck == "none" else int(ck), args.device)
+        n, ng, ss, ck, th = args.grad_case
+        gradient_case(int(n), int(ng), int(ss), None if ck == "none" else int(ck), args.device,
+                      None if th == "auto" else int(th))
         return
     emit(case="info", note="machine shared with other jobs: wall-time figures are noisy; *_cpu is steadier",
          cpu_count=os.cpu_count(), warp=wp.config.version)
     if args.quick:
         forward_case(2000, 32, args.device, reps=2)
+        if args.device == "cpu":
+            threads_case(5000, 32, args.device, reps=2)
         rest_case(args.device)
-        run_subprocess(["--grad-case", "1000", "16", "8", "4", "--device", args.device])
+        run_subprocess(["--grad-case", "1000", "16", "8", "4", "auto", "--device", args.device])
         return
-    for n, ng in ((10_000, 64), (50_000, 64), (200_000, 64), (50_000, 100)):
+    cpu = args.device == "cpu"
+    sizes = ((10_000, 64), (50_000, 64), (200_000, 64), (50_000, 100)) if cpu else ((50_000, 64), (200_000, 64))
+    for n, ng in sizes:
         forward_case(n, ng, args.device, reps=5 if n < 200_000 else 3)
-    ab_case(50_000, 64, args.device, reps=5)
+    if cpu:  # threads are a CPU matter; the cell sort A/B is known
+        threads_case(50_000, 64, args.device, reps=5)
+        ab_case(50_000, 64, args.device, reps=5)
     rest_case(args.device)
-    for ck in ("none", "8"):
-        run_subprocess(["--grad-case", "10000", "64", "32", ck, "--device", args.device])
+    for threads in (("1", "auto") if cpu else ("auto",)):
+        for ck in ("none", "8"):
+            run_subprocess(["--grad-case", "10000", "64", "32", ck, threads, "--device", args.device])
+    # the memory bound: one 768-substep frame at 10k particles, checkpointed
+    run_subprocess(["--grad-case", "10000", "64", "768", "16", "auto", "--device", args.device])
 
 
 if __name__ == "__main__":

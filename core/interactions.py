@@ -60,6 +60,65 @@ def add_interaction(context, role: str, target=None, location=None, size: float 
     return empty
 
 
+# ---------------------------------------------------------------------------- sized from the object
+# Fractions of the object's largest extent (so a 0.2 m plant and a 20 m tree get the same setup).
+ANCHOR_BAND = 0.1  # an anchor holds the lowest tenth of the object's height
+POKE_RADIUS = 0.15
+POKE_STRENGTH_PER_M = 25.0  # m/s^2 per metre of object: the same push relative to the object's size
+WIND_STRENGTH_PER_M = 10.0
+COLLIDER_HALF = 0.15
+
+
+def placement(role: str, points: np.ndarray) -> dict:
+    """Where a new ``role`` helper goes for an object with these world points, and how big it is.
+
+    Returns {"location", "scale" (xyz, the box's half extents for display size 1) or "size",
+    "direction" (the arrow, world), "strength"}.
+    """
+    if role not in _DISPLAY:
+        raise ValueError(f"unknown interaction role {role!r}; expected one of {', '.join(_DISPLAY)}")
+    pts = np.asarray(points, dtype=np.float64)
+    lo, hi = pts.min(axis=0), pts.max(axis=0)
+    extent = hi - lo
+    size = max(float(extent.max()), 1e-3)
+    centre = (lo + hi) / 2
+    margin = 0.02 * size
+    if role == "ANCHOR":
+        top = lo[2] + ANCHOR_BAND * extent[2]
+        half = np.array([extent[0] / 2 + margin, extent[1] / 2 + margin, (top - lo[2]) / 2 + margin])
+        return {"location": [centre[0], centre[1], (lo[2] + top) / 2], "scale": half.tolist()}
+    if role == "POKE":
+        # A surface point near the top, on the front (-Y, where Blender's front view looks from), pushed
+        # horizontally towards the middle of the top band: the poke faces the object.
+        band = pts[pts[:, 2] >= hi[2] - ANCHOR_BAND * extent[2]]
+        middle = band.mean(axis=0)
+        front = band[np.argmin(band[:, 1])]
+        direction = np.array([middle[0] - front[0], middle[1] - front[1], 0.0])
+        if np.linalg.norm(direction) < 1e-9 * size:
+            direction = np.array([0.0, 1.0, 0.0])
+        return {"location": front.tolist(), "size": POKE_RADIUS * size,
+                "direction": (direction / np.linalg.norm(direction)).tolist(), "strength": POKE_STRENGTH_PER_M * size}
+    if role == "WIND":
+        return {"location": [lo[0] - 0.5 * size, centre[1], centre[2]], "size": 0.5 * size,
+                "direction": [1.0, 0.0, 0.0], "strength": WIND_STRENGTH_PER_M * size}
+    half = COLLIDER_HALF * size
+    return {"location": [hi[0] + half + margin, centre[1], lo[2] + half], "size": half}
+
+
+def add_sized_interaction(context, role: str, obj, points: np.ndarray):
+    """Add a ``role`` helper for ``obj`` placed and sized from its world points (see ``placement``)."""
+    place = placement(role, points)
+    empty = add_interaction(context, role, target=obj, location=place["location"], size=place.get("size", 1.0))
+    if "scale" in place:
+        empty.scale = place["scale"]
+    if "direction" in place:
+        # Its arrow is local +Z; Euler angles (the default rotation mode) so the artist can turn it as usual.
+        empty.rotation_euler = Vector(place["direction"]).to_track_quat("Z", "Y").to_euler()
+    if "strength" in place:
+        empty.splat_role.strength = place["strength"]
+    return empty
+
+
 def tag_anchor_volume(obj, target=None) -> None:
     """Turn a closed mesh into an anchor volume (drawn as wire, not rendered)."""
     if obj.type != "MESH":

@@ -28,10 +28,12 @@ from __future__ import annotations
 
 import bpy
 
+from ..backend.io import sh
+
 LOOK_GROUP = "SPLAT_Look"
 MATERIAL_NAME = "SPLAT_Material"
 LOOK_MODIFIER = "Splat Look"
-LOOK_VERSION = 1
+LOOK_VERSION = 3  # 2: exact sRGB decoding, view-dependent colour; 3: baked splats lit at rest
 ROLE_KEY = "splat_role"  # node-group custom property naming what the group does
 SH_C0 = 0.28209479177387814
 DEFAULT_SPLAT_SIZE = 2.5
@@ -47,6 +49,9 @@ LOOK_INPUTS = {
     "Baked Transform": ("NodeSocketBool", False, None, None, "Read the bake's rotations/scales attributes"),
     "Heat Map": ("NodeSocketBool", False, None, None, "Colour from the heat_color attribute"),
     "Viewport Points": ("NodeSocketBool", False, None, None, "Draw points in the viewport, splats in renders"),
+    "View Colour": ("NodeSocketBool", False, None, None,
+                    "View-dependent colour (SH degree 1-3) as seen from the scene's active camera"),
+    "SH Degree": ("NodeSocketInt", 0, 0, 3, "Degree of the f_rest_* coefficients (set on import)"),
 }
 
 
@@ -213,7 +218,7 @@ def splat_material():
     colour = b.out(attr(COLOR_ATTR), "Color")
     alpha = b.out(attr(ALPHA_ATTR), "Fac")
     sigma = b.out(attr(SIGMA_ATTR), "Fac")
-    linear = b.out(b.node("ShaderNodeGamma", {"Color": colour, "Gamma": 2.2}))
+    linear = srgb_to_linear(b, colour)
     emission = b.out(b.node("ShaderNodeEmission", {"Color": linear, "Strength": 1.0}))
     transparent = b.out(b.node("ShaderNodeBsdfTransparent"))
     # ray geometry in the instance's own space, where the ellipsoid is the unit sphere
@@ -237,6 +242,74 @@ def splat_material():
         mat.use_backface_culling = True
     mat["splat_version"] = LOOK_VERSION
     return mat
+
+
+def srgb_to_linear(b: NodeBuilder, colour):
+    """The sRGB transfer function undone per channel (exact, not a 2.2 gamma): with the Standard view
+    transform the rendered pixel then shows the file's display colour."""
+    sep = b.node("ShaderNodeSeparateColor", {"Color": colour})
+    comb = b.node("ShaderNodeCombineColor")
+    for key in ("Red", "Green", "Blue"):
+        c = b.out(sep, key)
+        low = b.math("DIVIDE", c, 12.92)
+        high = b.math("POWER", b.math("DIVIDE", b.math("ADD", c, 0.055), 1.055), 2.4)
+        is_low = b.math("LESS_THAN", c, 0.04045)
+        b.link(b.math("MULTIPLY_ADD", is_low, b.math("SUBTRACT", low, high), high), b.inp(comb, key))
+    return b.out(comb)
+
+
+# ------------------------------------------------------------------------------------------ view colour
+def _sh_basis(b: NodeBuilder, d) -> list:
+    """Fields of the 15 bases beyond DC (3DGS order and constants, backend/io/sh.py) at unit direction d."""
+    x, y, z = (b.out(d, k) for k in ("X", "Y", "Z"))
+    def mul(a, c):
+        return b.math("MULTIPLY", a, c)
+
+    xx, yy, zz, xy, yz, xz = mul(x, x), mul(y, y), mul(z, z), mul(x, y), mul(y, z), mul(x, z)
+    c1, c2, c3 = sh.SH_C1, sh.SH_C2, sh.SH_C3
+    xx_plus_yy = b.math("ADD", xx, yy)
+    xx_minus_yy = b.math("SUBTRACT", xx, yy)
+    four_zz_minus = b.math("SUBTRACT", mul(zz, 4.0), xx_plus_yy)  # 4zz - xx - yy
+    return [
+        mul(y, -c1), mul(z, c1), mul(x, -c1),
+        mul(xy, c2[0]), mul(yz, c2[1]), mul(b.math("SUBTRACT", mul(zz, 2.0), xx_plus_yy), c2[2]), mul(xz, c2[3]),
+        mul(xx_minus_yy, c2[4]),
+        mul(mul(y, b.math("SUBTRACT", mul(xx, 3.0), yy)), c3[0]), mul(mul(xy, z), c3[1]),
+        mul(mul(y, four_zz_minus), c3[2]),
+        mul(mul(z, b.math("SUBTRACT", mul(zz, 2.0), mul(xx_plus_yy, 3.0))), c3[3]),
+        mul(mul(x, four_zz_minus), c3[4]), mul(mul(z, xx_minus_yy), c3[5]),
+        mul(mul(x, b.math("SUBTRACT", xx, mul(yy, 3.0))), c3[6]),
+    ]
+
+
+def _view_colours(b: NodeBuilder, dc: list, rest_rotation, baked_rotation, use_baked) -> list:
+    """Colour fields for SH degree 0..3 seen from the active camera: clamp(SH_C0 f_dc + 0.5 + sum f_rest Y).
+
+    The direction is camera -> point in the object's own space (the camera's Object Info is relative to
+    the modified object), the frame the coefficients were imported in. A baked (simulated) splat turned
+    from its rest rotation R0 to R is lit as at rest: its SH is looked up along R0 R^T d, as the backend's
+    renderer does (backend/render/sh.py)."""
+    cam = b.node("GeometryNodeInputActiveCamera")
+    info = b.node("GeometryNodeObjectInfo", {"Object": b.out(cam)}, transform_space="RELATIVE")
+    pos = b.out(b.node("GeometryNodeInputPosition"))
+    rel = b.out(b.node("ShaderNodeVectorMath", {0: pos, 1: b.out(info, "Location")}, operation="SUBTRACT"))
+    unit = b.out(b.node("ShaderNodeVectorMath", {0: rel}, operation="NORMALIZE"))
+    back = b.out(b.node("FunctionNodeRotateVector", {
+        "Vector": unit, "Rotation": b.out(b.node("FunctionNodeInvertRotation", {"Rotation": baked_rotation}))}))
+    at_rest = b.out(b.node("FunctionNodeRotateVector", {"Vector": back, "Rotation": rest_rotation}))
+    unit = b.switch("VECTOR", use_baked, unit, at_rest)
+    basis = _sh_basis(b, b.node("ShaderNodeSeparateXYZ", {0: unit}))
+    colours = []
+    for degree in range(sh.MAX_DEGREE + 1):
+        k = sh.rest_count(degree)
+        rgb = b.node("FunctionNodeCombineColor", {"Alpha": 1.0})
+        for c, key in enumerate(("Red", "Green", "Blue")):
+            value = dc[c]
+            for j in range(k):
+                value = b.math("MULTIPLY_ADD", b.named(f"f_rest_{c * k + j}")[0], basis[j], value)
+            b.link(b.math("ADD", value, 0.0, clamp=True), b.inp(rgb, key))
+        colours.append(b.out(rgb))
+    return colours
 
 
 # ------------------------------------------------------------------------------------------ look group
@@ -266,12 +339,17 @@ def look_group():
     scale = b.switch("VECTOR", use_baked, scale_static, scale_baked)
     scale = b.out(b.node("ShaderNodeVectorMath", {0: scale, "Scale": group_in("Splat Size")}, operation="SCALE"))
 
-    # colour and alpha
-    rgb = b.node("FunctionNodeCombineColor", {"Alpha": 1.0})
-    for i, key in enumerate(("Red", "Green", "Blue")):
-        b.link(b.math("MULTIPLY_ADD", b.named(f"f_dc_{i}")[0], SH_C0, 0.5, clamp=True), b.inp(rgb, key))
+    # colour and alpha: the DC colour, or with View Colour on, SH of the object's degree from the active camera
+    dc = [b.math("MULTIPLY_ADD", b.named(f"f_dc_{i}")[0], SH_C0, 0.5) for i in range(3)]
+    choose = b.node("GeometryNodeIndexSwitch", data_type="RGBA")
+    while len(choose.index_switch_items) < sh.MAX_DEGREE + 1:
+        choose.index_switch_items.new()
+    for degree, value in enumerate(_view_colours(b, dc, rot_static, rot_baked, use_baked)):
+        b.link(value, choose.inputs[degree + 1])
+    degree = b.switch("INT", group_in("View Colour"), 0, group_in("SH Degree"))
+    b.link(degree, b.inp(choose, "Index"))
     heat, has_heat = b.named(HEAT_ATTR, "FLOAT_COLOR")
-    colour = b.switch("RGBA", b.bool_and(group_in("Heat Map"), has_heat), b.out(rgb), heat)
+    colour = b.switch("RGBA", b.bool_and(group_in("Heat Map"), has_heat), b.out(choose), heat)
     opacity = b.named("opacity")[0]
     alpha = b.math("DIVIDE", 1.0, b.math("ADD", 1.0, b.math("EXPONENT", b.math("MULTIPLY", opacity, -1.0))),
                    clamp=True)
@@ -310,6 +388,24 @@ def look_modifier(obj):
     return next((m for m in obj.modifiers if is_look_modifier(m)), None)
 
 
+def sh_degree(obj) -> int:
+    """SH degree of the object's f_rest_* attributes (0 without them or with an unusual count)."""
+    count = sum(1 for a in obj.data.attributes if a.name.startswith("f_rest_") and a.name[7:].isdigit())
+    try:
+        return sh.degree_of(count)
+    except ValueError:
+        return 0
+
+
+def set_view_colour(obj, enabled: bool) -> None:
+    """Render view-dependent colour (SH 1-3) from the active camera, or the flat DC colour."""
+    mod = look_modifier(obj)
+    if mod is None:
+        raise ValueError(f"'{obj.name}' has no splat look")
+    set_modifier_input(mod, "SH Degree", sh_degree(obj))
+    set_modifier_input(mod, "View Colour", bool(enabled))
+
+
 def apply_splat_look(obj, source: str = "attributes", splat_size: float | None = None):
     """Add (or update) the splat look modifier, last in the stack. Returns the modifier.
 
@@ -329,6 +425,7 @@ def apply_splat_look(obj, source: str = "attributes", splat_size: float | None =
         mod.node_group = group
     move_to_end(obj, mod)
     set_modifier_input(mod, "Baked Transform", source == "bake")
+    set_modifier_input(mod, "SH Degree", sh_degree(obj))
     if splat_size is not None:
         set_modifier_input(mod, "Splat Size", float(splat_size))
     if obj.get(HEATMAP_PROP):

@@ -138,7 +138,16 @@ def apply_materials(obj, arrays) -> dict[str, np.ndarray]:
         raise
     if obj.splat_physics.show_heatmap:
         update_heatmap(obj)
+    else:
+        _update_percentiles(obj, clean["youngs_modulus"])  # the panel's per-point summary
     return clean
+
+
+def _update_percentiles(obj, E: np.ndarray) -> tuple[float, float, float]:
+    p5, p50, p95 = (float(v) for v in np.percentile(E, [5, 50, 95]))
+    s = obj.splat_physics
+    s.heat_p5, s.heat_p50, s.heat_p95 = p5, p50, p95
+    return p5, p50, p95
 
 
 def _restore(obj, before: dict) -> None:
@@ -236,10 +245,9 @@ def update_heatmap(obj) -> dict | None:
     t, lo, hi = heat_parameter(E)
     rgb = ramp(t)
     write_attr(obj, HEAT_ATTR, np.concatenate([rgb, np.ones((len(rgb), 1))], axis=1), "FLOAT_COLOR")
-    p5, p50, p95 = np.percentile(E, [5, 50, 95])
+    p5, p50, p95 = _update_percentiles(obj, E)
     s = obj.splat_physics
     s.heat_min_E, s.heat_max_E = 10.0 ** lo, 10.0 ** hi
-    s.heat_p5, s.heat_p50, s.heat_p95 = float(p5), float(p50), float(p95)
     s.heat_min_color = tuple(ramp(0.0 if hi > lo else 0.5)[0])
     s.heat_max_color = tuple(ramp(1.0 if hi > lo else 0.5)[0])
     return {"min": 10.0 ** lo, "max": 10.0 ** hi, "p5": float(p5), "p50": float(p50), "p95": float(p95)}
@@ -257,14 +265,47 @@ def show_heatmap(obj, visible: bool) -> None:
         look.set_heatmap_visible(obj, visible)
 
 
+# Blender has no pressure unit: stiffness is typed as a value and one of these units.
+PRESSURE_UNITS = {"Pa": 1.0, "kPa": 1e3, "MPa": 1e6, "GPa": 1e9}
+
+
+def pressure_unit(value: float) -> str:
+    """The unit that shows ``value`` (Pa) with 1 to 3 digits before the point."""
+    return next((u for u, k in reversed(PRESSURE_UNITS.items()) if value >= k), "Pa")
+
+
 def format_pa(value: float) -> str:
     """A stiffness for people: 12.3 kPa, 4.5 MPa."""
     if not math.isfinite(value) or value <= 0:
         return "–"
-    for unit, scale in (("GPa", 1e9), ("MPa", 1e6), ("kPa", 1e3)):
-        if value >= scale:
-            return f"{value / scale:.3g} {unit}"
-    return f"{value:.3g} Pa"
+    unit = pressure_unit(value)
+    return f"{value / PRESSURE_UNITS[unit]:.3g} {unit}"
+
+
+# Typical real values: (label, constitutive model, E in Pa, Poisson ratio, density in kg/m^3, description).
+# Poisson ratios of nearly incompressible materials (rubber, jelly: ~0.5) are capped at 0.45, where an
+# explicit MPM solver stays stable at a usable time step.
+MATERIAL_PRESETS = {
+    "jelly": ("Jelly", "neo_hookean", 5.0e3, 0.45, 1050.0, "Gelatin dessert: very soft, wobbles"),
+    "rubber": ("Rubber", "neo_hookean", 2.0e6, 0.45, 1100.0, "Soft rubber: springs back from large deformations"),
+    "foam": ("Foam", "foam", 1.0e5, 0.2, 50.0, "Polyurethane foam: light, stays dented"),
+    "plant_stem": ("Plant stem", "fixed_corotated", 1.0e7, 0.3, 800.0, "Green herbaceous stem"),
+    "wood": ("Wood", "fixed_corotated", 1.0e10, 0.3, 600.0, "Wood along the grain: hardly bends"),
+    "clay": ("Clay", "plasticine", 1.0e6, 0.4, 1800.0, "Modelling clay: keeps the shape it is pushed into"),
+    "sand": ("Sand", "drucker_prager", 3.0e7, 0.3, 1600.0, "Dry sand: piles and flows"),
+    "snow": ("Snow", "snow", 1.4e5, 0.2, 400.0, "Packed snow: hardens when pressed, breaks when pulled"),
+    "metal": ("Metal", "von_mises", 2.0e11, 0.3, 7850.0, "Steel: stiff, bends permanently past its yield stress"),
+}
+
+
+def apply_preset(settings, key: str) -> None:
+    """Set the object's material model, E, nu and density together from MATERIAL_PRESETS."""
+    _label, model, E, nu, rho, _desc = MATERIAL_PRESETS[key]
+    settings.material_model = model
+    settings.youngs_modulus = E
+    settings.poisson_ratio = nu
+    settings.density = rho
+    settings.stiffness_unit = pressure_unit(E)
 
 
 def materials_path(out_dir) -> Path:

@@ -47,6 +47,14 @@ _FIELD_ITEMS = [
 ]
 assert tuple(k for k, *_ in _FIELD_ITEMS) == protocol.FIELDS
 
+_STOP_ITEMS = [
+    ("plateau", "Arrived", "Stop when the loss and the stiffness have stopped moving (default)"),
+    ("decade", "One decade", "The paper's rule: stop when the stiffness stayed within the tolerance in decades "
+                             "over 3 iterations (may stop while the stiffness is still moving)"),
+]
+assert tuple(k for k, *_ in _STOP_ITEMS) == protocol.STOP_RULES
+_EST = protocol.ESTIMATE_DEFAULTS
+
 _BAKE_ITEMS = [
     ("gn_cache", "Geometry Nodes cache", "Per-frame point clouds loaded by a Bake node; renders without Python"),
     ("ply_sequence", "PLY sequence", "One .ply per frame, read by the Import PLY node (Blender 4.5+)"),
@@ -62,6 +70,9 @@ FILL_MODE_ITEMS = [
     ("OFF", "Off", "Never fill: simulate the splats as they are"),
 ]
 FILL_MODE_TO_JOB = {"AUTO": protocol.FILL_AUTO, "ON": True, "OFF": False}
+
+# '//' paths are resolved at use time and kept pointing at the same place on Save As (core/bake/relocate.py).
+_BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"}
 
 
 def _refresh_readout(self, context):
@@ -81,6 +92,32 @@ def _toggle_heatmap(self, context):
         materials.show_heatmap(obj, self.show_heatmap)
 
 
+_UNIT_ITEMS = [(u, u, f"Stiffness in {u}") for u in ("Pa", "kPa", "MPa", "GPa")]
+
+
+def _unit_scale(self) -> float:
+    from .materials import PRESSURE_UNITS
+
+    return PRESSURE_UNITS[self.stiffness_unit]
+
+
+def _get_stiffness(self):
+    return self.youngs_modulus / _unit_scale(self)
+
+
+def _set_stiffness(self, value):
+    self.youngs_modulus = min(max(value * _unit_scale(self), 1.0), 1.0e12)
+
+
+def _get_display_size(self):
+    return self.id_data.empty_display_size if getattr(self.id_data, "type", "") == "EMPTY" else 0.0
+
+
+def _set_display_size(self, value):
+    if getattr(self.id_data, "type", "") == "EMPTY":
+        self.id_data.empty_display_size = value
+
+
 def _is_empty(self, obj):
     return obj.type == "EMPTY"
 
@@ -94,7 +131,8 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
         description="Box empty whose world bounds are the simulation domain; scale it to give the motion room",
     )
     n_grid: IntProperty(
-        name="Grid resolution", default=64, min=8, max=512, update=_refresh_readout,
+        name="Grid resolution", default=protocol.SIMULATION_DEFAULTS["n_grid"], min=protocol.N_GRID_MIN,
+        max=protocol.N_GRID_MAX, update=_refresh_readout,
         description="Cells along the longest side of the domain. More cells: finer detail, slower",
     )
     particles_per_cell: FloatProperty(name="Particles per cell", default=0.0)
@@ -117,8 +155,16 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
         name="Stiffness (E)", default=1.0e5, min=1.0, max=1.0e12, precision=0,
         description="Young's modulus in Pa, used where the object has no 'youngs_modulus' attribute",
     )
+    stiffness: FloatProperty(
+        name="Stiffness (E)", get=_get_stiffness, set=_set_stiffness, min=0.0, soft_min=0.001, precision=3,
+        description="Young's modulus in the unit beside it (Pa, kPa, MPa or GPa), used where the object has no "
+                    "'youngs_modulus' attribute. Jelly ~5 kPa, rubber ~2 MPa, wood ~10 GPa",
+    )
+    stiffness_unit: EnumProperty(name="Unit", items=_UNIT_ITEMS, default="kPa",
+                                 description="Unit the stiffness is shown and typed in")
     poisson_ratio: FloatProperty(name="Poisson ratio", default=0.3, min=-0.99, max=0.49, precision=3)
-    density: FloatProperty(name="Density", default=1000.0, min=1e-3, max=1e5, description="kg/m^3")
+    density: FloatProperty(name="Density (kg/m³)", default=1000.0, min=1e-3, max=1e5,
+                           description="Mass per volume in kg/m³ (water 1000, wood ~600, steel 7850)")
     damping: FloatProperty(name="Damping", default=0.0, min=0.0, max=100.0, description="Velocity damping, 1/s")
     substep_dt: FloatProperty(
         name="Substep", default=0.0, min=0.0, max=0.1, precision=5, unit="TIME_ABSOLUTE",
@@ -135,24 +181,51 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     # Estimate Materials
     prior: EnumProperty(name="Prior", items=_PRIOR_ITEMS, default="svd")
     prompt: StringProperty(name="Prompt", description="What the motion looks like, e.g. 'a flower swaying in the wind'")
-    reference_video: StringProperty(name="Video", subtype="FILE_PATH", description="Video file or folder of frames")
+    reference_video: StringProperty(name="Video", subtype="FILE_PATH", options=_BLEND_RELATIVE,
+                                    description="Video file or folder of frames ('//' = next to the .blend)")
     reference_fps: FloatProperty(
         name="Video frame rate", default=0.0, min=0.0, max=10000.0,
         description="Frames per second of the reference video; 0 = read it from the file (a folder of frames "
                     "needs it). The motion is compared at the video's own frame times, whatever the scene's rate",
     )
     iterations: IntProperty(name="Iterations", default=30, min=1, max=100000)
+    stop_rule: EnumProperty(name="Stop", items=_STOP_ITEMS, default=_EST["stop_rule"])
+    stop_tolerance: FloatProperty(
+        name="Tolerance", default=_EST["stop_tolerance"], min=1e-6, max=1.0, subtype="FACTOR",
+        description="Stop when, over the last iterations, the stiffness and the loss change by less than this "
+                    "fraction (0.02 = 2 %); the default suits almost every object",
+    )
     tolerance_decades: FloatProperty(
-        name="Tolerance", default=1.0, min=1e-6, max=10.0,
-        description="Stop when the stiffness changes by less than this many powers of ten",
+        name="Tolerance (decades)", default=_EST["tolerance_decades"], min=1e-6, max=10.0,
+        description="One-decade rule: stop when the stiffness stayed within this many powers of ten over 3 "
+                    "iterations (1 is the paper's value and stops early; 0.01 waits for far less movement)",
+    )
+    estimate_resolution: IntProperty(
+        name="Resolution", default=0, min=0, max=4096, subtype="PIXEL",
+        description="Long side of the frames the estimator renders, in pixels (same framing as the camera). "
+                    "0 = automatic for the device: 256 px on a CPU, the video model's native size on a GPU",
+    )
+    estimate_max_particles: IntProperty(
+        name="Max particles", default=0, min=0, max=10_000_000,
+        description="Particles simulated while estimating (an even subsample; the result reaches every point). "
+                    "0 = automatic for the device: 3,000 on a CPU, 100,000 on a GPU",
     )
     field: EnumProperty(name="Field", items=_FIELD_ITEMS, default="kan_triplane")
-    estimate_density: BoolProperty(name="Estimate density", default=False)
+    learn_nu: BoolProperty(
+        name="Learn Poisson ratio", default=_EST["learn_nu"],
+        description="Off: Poisson's ratio stays as set. A video of a sway or wobble hardly shows it (it changes "
+                    "the volume, not the bending), so learning it from one mostly adds noise",
+    )
+    estimate_density: BoolProperty(
+        name="Learn density", default=_EST["estimate_density"],
+        description="Learn density too. Stiffness and density only move the object through their ratio, "
+                    "so learn it only when the other is known",
+    )
 
     # Simulate & Bake
     bake_target: EnumProperty(name="Bake to", items=_BAKE_ITEMS, default="gn_cache")
     bake_dir: StringProperty(
-        name="Bake folder", subtype="DIR_PATH", default="",
+        name="Bake folder", subtype="DIR_PATH", default="", options=_BLEND_RELATIVE,
         description="Where the cache goes; empty = //splat_cache/<object>/<target> next to the .blend",
     )
 
@@ -199,6 +272,14 @@ class SplatRoleSettings(bpy.types.PropertyGroup):
     use_end: BoolProperty(name="Stop", default=True, description="Stop at the end frame; off = until the end")
     gust_frequency: FloatProperty(name="Gust frequency", default=0.5, min=0.0, description="Hz")
     gust_amplitude: FloatProperty(name="Gust amount", default=0.3, min=0.0, max=1.0, subtype="FACTOR")
+    radius: FloatProperty(
+        name="Radius", get=_get_display_size, set=_set_display_size, min=1e-6, unit="LENGTH",
+        description="Particles within this distance of the poke's origin are pushed (times the empty's scale)",
+    )
+    half_size: FloatProperty(
+        name="Half size", get=_get_display_size, set=_set_display_size, min=1e-6, unit="LENGTH",
+        description="Half the side of the box (times the empty's scale on each axis)",
+    )
     kind: EnumProperty(name="Surface", items=_BOUNDARY_ITEMS, default="sticky")
     friction: FloatProperty(name="Friction", default=0.5, min=0.0, max=10.0)
 
@@ -213,9 +294,14 @@ def register():
     _register_classes()
     bpy.types.Object.splat_physics = PointerProperty(type=SplatPhysicsSettings)
     bpy.types.Object.splat_role = PointerProperty(type=SplatRoleSettings)
+    bpy.types.Scene.splat_farm_command = StringProperty(
+        name="Farm command", default="",
+        description="The command that runs the jobs last written for a farm (select the text to copy it)",
+    )
 
 
 def unregister():
+    del bpy.types.Scene.splat_farm_command
     del bpy.types.Object.splat_role
     del bpy.types.Object.splat_physics
     _unregister_classes()

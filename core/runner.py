@@ -48,6 +48,77 @@ class RunResult:
         return self.state is RunState.DONE
 
 
+# What every backend run imports: (module, pip package). backend/doctor.py reports the same core set.
+CORE_MODULES = (("numpy", "numpy"), ("torch", "torch"), ("warp", "warp-lang"))
+PROBE_TIMEOUT = 60.0  # seconds for the interpreter check (a cold start on a busy machine can be slow)
+_PROBE = ("import sys, json, importlib.util as u; print(json.dumps({'version': list(sys.version_info[:2]), "
+          "'missing': [m for m in sys.argv[1:] if u.find_spec(m) is None]}))")
+_FIX = ("Click Install Backend in Edit > Preferences > Add-ons > Splat Physics, or set Backend Python to the "
+        "python of an environment that has the backend packages (requirements/backend.txt)")
+_GOOD: set = set()  # interpreters (path, mtime, modules) that passed the check in this session
+
+
+def interpreter_path_problem(python: str) -> str | None:
+    """What is wrong with ``python`` as a path (missing, a folder, not executable), or None. Runs nothing."""
+    if not python:
+        return f"No backend Python is set. {_FIX}"
+    path = Path(python)
+    if path.is_dir():
+        hint = path / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+        return (f"The backend Python '{python}' is a folder, not a Python interpreter. Pick the python inside it"
+                f"{f' ({hint})' if hint.is_file() else ''}, or click Install Backend in the add-on preferences")
+    if not path.exists():
+        return f"The backend Python interpreter was not found: '{python}' does not exist. {_FIX}"
+    if not os.access(path, os.X_OK):
+        return f"The backend Python '{python}' is not executable. {_FIX}"
+    return None
+
+
+def interpreter_problem(python: str, modules=CORE_MODULES, timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Why ``python`` cannot run the backend, in the artist's words; None when it can.
+
+    Starts the interpreter once with a tiny script (nothing is imported, packages are only looked up), so
+    a wrong choice in the preferences (/bin/false, a Python without torch) is named before any job is
+    written. A passing interpreter is remembered until its file changes.
+    """
+    problem = interpreter_path_problem(python)
+    if problem:
+        return problem
+    names = [m for m, _ in modules]
+    try:
+        # Not realpath: a virtual environment's python is a link to the base interpreter, whose packages differ.
+        key = (os.path.abspath(python), os.stat(python).st_mtime_ns, tuple(names))
+    except OSError as exc:
+        return f"The backend Python '{python}' cannot be read ({exc.strerror or exc}). {_FIX}"
+    if key in _GOOD:
+        return None
+    try:
+        proc = subprocess.run([python, "-c", _PROBE, *names], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env=dict(os.environ, PYTHONIOENCODING="utf-8"))
+    except subprocess.TimeoutExpired:
+        return f"The backend Python '{python}' did not answer within {timeout:.0f} s. {_FIX}"
+    except OSError as exc:
+        return (f"The backend Python '{python}' cannot be started ({exc.strerror or exc}); is it a Python "
+                f"interpreter? {_FIX}")
+    try:
+        info = json.loads(proc.stdout.strip().splitlines()[-1])
+        version, missing = tuple(info["version"]), list(info["missing"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        said = next((ln.strip() for ln in reversed(proc.stderr.splitlines()) if ln.strip()), "")
+        return (f"The backend Python '{python}' is not a working Python interpreter (it exited with code "
+                f"{proc.returncode}{': ' + said[:160] if said else ' and said nothing'}). {_FIX}")
+    if version < (3, 10):
+        return (f"The backend Python '{python}' is Python {version[0]}.{version[1]}; the backend needs Python 3.11. "
+                f"{_FIX}")
+    if missing:
+        pip = dict(modules)
+        names = ", ".join(pip[m] for m in missing)
+        return (f"The backend Python at '{python}' has no {names}. Click Install Backend in the add-on preferences, "
+                "or pick an environment that has the backend packages (requirements/backend.txt)")
+    _GOOD.add(key)
+    return None
+
+
 def addon_root() -> Path:
     """The folder that holds the ``backend`` package: it goes on the child's PYTHONPATH."""
     return Path(__file__).resolve().parents[1]
@@ -86,11 +157,9 @@ class JobRunner:
     def start(self) -> "JobRunner":
         if self.state is not RunState.IDLE:
             raise RuntimeError("a JobRunner runs once; make a new one")
-        python = Path(self.python)
-        if not self.python or not (python.is_file() and os.access(python, os.X_OK)):
-            self._finish(RunState.FAILED, None,
-                         f"The backend Python interpreter was not found: '{self.python}'. "
-                         "Set it in the add-on preferences, or use Install Backend.")
+        problem = interpreter_path_problem(self.python)
+        if problem:
+            self._finish(RunState.FAILED, None, problem)
             return self
         env = dict(os.environ if self.env is None else self.env)
         root = str(addon_root())

@@ -12,7 +12,6 @@ the temporary frame changes needed to sample animated colliders and the camera (
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,9 +19,9 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..backend import fill, protocol
+from ..backend import budget, fill, protocol
 from ..backend.render.camera import CameraError, camera_from_blender
-from . import interactions, materials, props, splats
+from . import interactions, materials, paths, props, splats
 
 DOMAIN_MARGIN = 1.5  # default domain side / the object's largest extent
 JOBS_DIR = "splat_jobs"
@@ -63,6 +62,8 @@ def convert_to_particles(context, obj):
     settings = obj.splat_physics
     if settings.domain is None or settings.domain.name not in context.scene.objects:
         settings.domain = _make_domain(context, obj, positions)
+    if not settings.enabled:  # first conversion: start from the prior that works on this machine
+        settings.prior = device_guidance()[2]
     settings.enabled = True
     context.view_layer.update()
     update_readouts(obj)
@@ -164,6 +165,13 @@ def update_readouts(obj) -> None:
 
 
 # ---------------------------------------------------------------------------- camera
+def render_size(scene) -> tuple[int, int]:
+    """The scene's output size in pixels (resolution times its percentage)."""
+    r = scene.render
+    return (max(1, round(r.resolution_x * r.resolution_percentage / 100)),
+            max(1, round(r.resolution_y * r.resolution_percentage / 100)))
+
+
 @contextmanager
 def at_frame(scene, frame: int):
     """Evaluate the scene at ``frame`` and put the current frame back afterwards."""
@@ -178,16 +186,19 @@ def at_frame(scene, frame: int):
         scene.frame_set(current, subframe=sub)
 
 
-def camera_settings(scene, cam_obj=None) -> dict:
-    """The active camera at the first frame, in the job's form (OpenCV viewmat, K, render size)."""
+def camera_settings(scene, cam_obj=None, long_side: int = 0) -> dict:
+    """The active camera at the first frame, in the job's form (OpenCV viewmat, K, render size).
+
+    ``long_side`` > 0 caps the image's long side (same framing, fewer pixels): the estimator renders
+    every frame at this size, and the scene's output size (1920x1080 by default) would not fit in memory.
+    """
     cam_obj = cam_obj or scene.camera
     if cam_obj is None or cam_obj.type != "CAMERA":
         raise SetupError("Estimation needs an active camera: the video prior judges the motion as seen from it. "
                          "Add a camera aimed at the object and make it active (View > Cameras > Set Active Object "
                          "as Camera)")
     r, cam = scene.render, cam_obj.data
-    width = max(1, round(r.resolution_x * r.resolution_percentage / 100))
-    height = max(1, round(r.resolution_y * r.resolution_percentage / 100))
+    width, height = budget.capped_size(*render_size(scene), long_side)
     with at_frame(scene, scene.frame_start):
         matrix = [list(row) for row in cam_obj.matrix_world]
     try:
@@ -243,6 +254,42 @@ def _prefs():
     return get_prefs()
 
 
+def estimation_device(context=None) -> str:
+    """'cpu' or 'cuda': the preference, or for Auto what Check Backend last found (CPU until checked)."""
+    prefs = _prefs()
+    if prefs is None:
+        return "cpu"
+    if prefs.device in ("cpu", "cuda"):
+        return prefs.device
+    return "cuda" if prefs.found_device == "cuda" else "cpu"
+
+
+def device_guidance() -> tuple[str, str, str]:
+    """(what device the estimator will use, one line on why, the prior that works best there)."""
+    prefs = _prefs()
+    device = estimation_device()
+    found = prefs.found_device if prefs else "unknown"
+    models = set(filter(None, (prefs.found_models if prefs else "").split(",")))
+    if device == "cpu":
+        where = "CPU" + (" (no GPU found)" if found == "cpu" else " (not checked: Preferences > Check Backend)"
+                         if found == "unknown" and (not prefs or prefs.device == "auto") else "")
+        return (f"Device: {where}", "Fit a reference video here; video models need a CUDA GPU with ~16 GB",
+                "reference")
+    gpu = prefs.found_gpu if prefs and prefs.found_gpu else "CUDA GPU"
+    for prior, name in (("svd", "SVD"), ("modelscope", "ModelScope")):
+        if prior in models:
+            return f"Device: {gpu}", f"{name} weights found: a video model can judge the motion", prior
+    return (f"Device: {gpu}", "No video-model weights found (see Check Backend): fit a reference video, "
+            "or download SVD or ModelScope", "reference")
+
+
+def estimation_size(obj, prior: str | None = None) -> tuple[int, int]:
+    """(long side in px, max particles) the estimator will use: the panel's values or the device's defaults."""
+    s, device = obj.splat_physics, estimation_device()
+    return (budget.effective_long_side(s.estimate_resolution, device, prior or s.prior),
+            budget.effective_max_particles(s.estimate_max_particles, device))
+
+
 def estimate_settings(context, obj, check_prior: bool = True, **overrides) -> dict:
     """The estimate section (also the camera and frame counts a preview renders with)."""
     s, prefs = obj.splat_physics, _prefs()
@@ -255,23 +302,111 @@ def estimate_settings(context, obj, check_prior: bool = True, **overrides) -> di
         model = prefs.svd_model if prefs else ""
     elif prior == "modelscope":
         model = prefs.modelscope_model if prefs else ""
+    long_side, max_particles = estimation_size(obj, prior)
     est = {
         "prior": prior,
         "model": model,
+        "max_particles": max_particles,
         "prompt": s.prompt,
-        "reference_video": bpy.path.abspath(s.reference_video) if s.reference_video else "",
+        "reference_video": s.reference_video,
         "reference_fps": float(s.reference_fps) if s.reference_fps > 0 else None,
         "field": s.field,
         "estimate_density": bool(s.estimate_density),
+        "learn_nu": bool(s.learn_nu),
         "iterations": int(s.iterations),
+        "stop_rule": s.stop_rule,
+        "stop_tolerance": float(s.stop_tolerance),
         "tolerance_decades": float(s.tolerance_decades),
     }
     est.update(overrides)
+    est["reference_video"] = _absolute(est["reference_video"])
     if check_prior:
         _check_prior_inputs(est)
     if est.get("camera") is None:
-        est["camera"] = camera_settings(context.scene)
+        est["camera"] = camera_settings(context.scene, long_side=long_side)
     return est
+
+
+def substeps_per_frame(obj, sim: dict) -> int:
+    """The solver's substeps per frame for the object's stiffest, lightest material (CFL), or from substep_dt."""
+    if sim.get("substep_dt"):
+        return max(1, int(np.ceil(1.0 / (sim["fps"] * sim["substep_dt"]) - 1e-6)))
+    lo, hi = _grid_box(obj, world_positions(obj))
+    dx = float(np.max(np.asarray(hi) - np.asarray(lo))) / max(sim["n_grid"] - 6, 1)  # 3 padding cells a side
+    mats = materials.material_arrays(obj, material_defaults(obj))
+    return budget.substeps_per_frame(float(np.max(mats["youngs_modulus"])), float(np.max(mats["poisson_ratio"])),
+                                     float(np.min(mats["density"])), dx, sim["fps"])
+
+
+def estimate_projection(context, obj, est: dict | None = None, sim: dict | None = None,
+                        spf: int | None = None) -> budget.Projection:
+    """Memory and time of one estimation iteration for this object and these settings (backend.budget)."""
+    est = est or estimate_settings(context, obj, check_prior=False)
+    sim = sim or simulation_settings(context, obj)
+    n_points = materials.point_count(obj)
+    n = min(n_points, est["max_particles"]) if est["max_particles"] else n_points
+    s = obj.splat_physics
+    if s.fill_enabled and s.fill_preview_count > 0:
+        n += int(s.fill_preview_count * n / max(n_points, 1))
+    spf = spf or substeps_per_frame(obj, sim)
+    cam = est["camera"]
+    return budget.project(n_particles=n, width=cam["width"], height=cam["height"],
+                          frames=est.get("frames_per_group", 8) * est.get("boost_groups", 1),
+                          substeps_per_frame=spf, n_grid=sim["n_grid"], prior=est["prior"],
+                          device=estimation_device())
+
+
+def panel_projection(context, obj) -> tuple[budget.Projection, int, int, int]:
+    """(projection, particles, width, height) for the panel, from cheap readouts only (no frame change, no
+    point reads): the stiffest value is the heat map's maximum or the default. The run itself checks exactly."""
+    s, scene = obj.splat_physics, context.scene
+    long_side, max_particles = estimation_size(obj)
+    width, height = budget.capped_size(*render_size(scene), long_side)
+    est = {"max_particles": max_particles, "camera": {"width": width, "height": height}, "prior": s.prior,
+           "frames_per_group": protocol.ESTIMATE_DEFAULTS["frames_per_group"],
+           "boost_groups": protocol.ESTIMATE_DEFAULTS["boost_groups"]}
+    sim = {"n_grid": s.n_grid, "fps": interactions.scene_fps(scene), "substep_dt": s.substep_dt or None}
+    bounds = domain_bounds(obj)
+    side = float(np.max(np.subtract(bounds[1], bounds[0]))) if bounds else DOMAIN_MARGIN * max(obj.dimensions)
+    E = max(s.youngs_modulus, s.heat_max_E if obj.data.attributes.get("youngs_modulus") else 0.0)
+    if s.substep_dt > 0:
+        spf = substeps_per_frame(obj, sim)
+    else:
+        spf = budget.substeps_per_frame(E, s.poisson_ratio, s.density, max(side, 1e-6) / max(s.n_grid - 6, 1),
+                                        sim["fps"])
+    n = min(materials.point_count(obj), max_particles) if max_particles else materials.point_count(obj)
+    return estimate_projection(context, obj, est, sim, spf), n, width, height
+
+
+def check_estimate_fits(context, obj, est: dict, sim: dict) -> budget.Projection:
+    """Refuse (SetupError with the fix) an estimation whose iteration will not fit in free memory."""
+    spf = substeps_per_frame(obj, sim)
+    proj = estimate_projection(context, obj, est, sim, spf)
+    limit = est.get("memory_limit_mb") or budget.available_memory_mb()
+    if budget.refusal(proj, limit, "") is None:
+        return proj
+    cam = est["camera"]
+
+    def project_at(n, w, h):
+        return estimate_projection(context, obj, dict(est, max_particles=n, camera=dict(cam, width=w, height=h)),
+                                   sim, spf)
+
+    n = min(est["max_particles"] or materials.point_count(obj), materials.point_count(obj))
+    fix = budget.fix_text(*budget.what_fits(project_at, n, cam["width"], cam["height"], limit),
+                          "Max particles", "Resolution", "Estimate Materials panel")
+    raise SetupError(budget.refusal(proj, limit, fix))
+
+
+def _absolute(path: str) -> str:
+    """A '//' path (relative to the .blend, as Blender's file browser writes it) made absolute for the backend,
+    which runs in the job folder; other paths pass unchanged (absolute, or relative to the job folder)."""
+    path = str(path or "").strip()
+    if not path.startswith("//"):
+        return path
+    if not blend_saved():
+        raise SetupError(f"'{path}' is relative to the .blend file ('//'), which is not saved yet. Save the "
+                         ".blend first, or choose the video with an absolute path")
+    return os.path.normpath(bpy.path.abspath(path))
 
 
 def _check_prior_inputs(est: dict) -> None:
@@ -347,8 +482,15 @@ def write_job_folder(job_dir, job: dict, arrays: dict) -> Path:
     arrays do not, which would throw away a resumable run.
     """
     job_dir = Path(job_dir)
+    try:
+        paths.check_writable_folder(job_dir, "job folder")
+    except paths.PathProblem as exc:
+        raise SetupError(str(exc)) from None
     scene_path = job_dir / job.get("scene", protocol.SCENE_FILE)
-    protocol.write_job(job_dir, job, None if _same_arrays(scene_path, arrays) else arrays)
+    try:
+        protocol.write_job(job_dir, job, None if _same_arrays(scene_path, arrays) else arrays)
+    except OSError as exc:  # e.g. the disk filled up while writing
+        raise SetupError(f"Cannot write the job folder {job_dir}: {exc.strerror or exc}") from None
     try:
         protocol.read_job(job_dir)
     except protocol.BadJob as exc:
@@ -367,10 +509,6 @@ def _same_arrays(path: Path, arrays: dict) -> bool:
         old[k].dtype == np.asarray(arrays[k]).dtype and np.array_equal(old[k], arrays[k]) for k in arrays)
 
 
-def _safe_name(name: str) -> str:
-    return re.sub(r"[^\w.\- ]+", "_", name).strip() or "object"
-
-
 def blend_saved() -> bool:
     return bool(bpy.data.filepath)
 
@@ -381,4 +519,4 @@ def job_dir_for(obj, command: str) -> Path:
         root = Path(bpy.path.abspath(f"//{JOBS_DIR}"))
     else:
         root = Path(tempfile.gettempdir()) / JOBS_DIR / f"unsaved-{os.getpid()}"
-    return root / _safe_name(obj.name) / command
+    return root / paths.safe_folder_name(obj.name) / command

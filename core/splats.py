@@ -26,7 +26,7 @@ import bpy
 import numpy as np
 
 from ..backend.geometry import quat_to_matrix  # one home, numpy only
-from ..backend.io import ply
+from ..backend.io import ply, sh
 
 SH_C0 = ply.SH_C0
 DC_NAMES = ("f_dc_0", "f_dc_1", "f_dc_2")
@@ -143,8 +143,15 @@ def _float_group(mesh, names) -> np.ndarray | None:
 
 
 def _rest_names(mesh) -> list[str]:
-    idx = sorted(int(a.name[7:]) for a in mesh.attributes if a.name.startswith("f_rest_") and a.name[7:].isdigit())
-    return [f"f_rest_{i}" for i in idx]
+    """The mesh's f_rest_* attribute names in coefficient order (zero-padded names too, e.g. f_rest_07)."""
+    found: dict[int, str] = {}
+    for attr in mesh.attributes:
+        if attr.name.startswith("f_rest_") and attr.name[7:].isdigit():
+            i = int(attr.name[7:])
+            if i in found:
+                raise SplatError(f"attributes '{found[i]}' and '{attr.name}' both mean f_rest_{i}; remove one")
+            found[i] = attr.name
+    return [found[i] for i in sorted(found)]
 
 
 def local_positions(mesh) -> np.ndarray:
@@ -166,12 +173,12 @@ def _check_positions(positions: np.ndarray, what: str) -> None:
 
 
 def _check_splats(splats: ply.Splats, what: str) -> None:
+    """Positions, then every splat value against the PLY reader's ranges (one rule for both sides)."""
     _check_positions(splats.positions, what)
-    for name in ("f_dc", "f_rest", "opacity", "scale", "rotation"):
-        arr = getattr(splats, name)
-        if arr.size and not np.isfinite(arr).all():
-            rows = int((~np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)).sum())
-            raise SplatError(f"{what} has NaN or infinite {name} values in {rows} splats")
+    problem = ply.splat_value_problem({k: getattr(splats, k) for k in ("positions", "f_dc", "f_rest", "opacity",
+                                                                       "scale", "rotation")}, what)
+    if problem:
+        raise SplatError(problem)
 
 
 # ------------------------------------------------------------------------------------------ conversions
@@ -314,6 +321,24 @@ def transform_gaussians(m3: np.ndarray, rotation: np.ndarray, scale_linear: np.n
     return matrix_to_quat(u).astype(np.float32), s.astype(np.float32)
 
 
+# ------------------------------------------------------------------------------------------ axis conversion
+def convert_axes(splats: ply.Splats, m3) -> ply.Splats:
+    """The splats turned by the rotation ``m3`` (an axis conversion): positions, each splat's orientation,
+    normals and view-dependent colour (SH bands rotated), so they look the same from the turned views."""
+    m3 = np.asarray(m3, np.float64)
+    if np.allclose(m3, np.eye(3)):
+        return splats
+    if not np.allclose(m3.T @ m3, np.eye(3), atol=1e-6) or np.linalg.det(m3) < 0:
+        raise SplatError("the axis conversion must be a rotation (pick different Forward and Up axes)")
+    rot, scale = transform_gaussians(m3, splats.rotation, np.exp(splats.scale.astype(np.float64)))
+    return ply.Splats(
+        positions=(splats.positions.astype(np.float64) @ m3.T).astype(np.float32), f_dc=splats.f_dc,
+        f_rest=sh.rotate_f_rest(splats.f_rest, m3), opacity=splats.opacity,
+        scale=np.log(np.maximum(scale, 1e-30)).astype(np.float32), rotation=rot,
+        normals=None if splats.normals is None else (splats.normals.astype(np.float64) @ m3.T).astype(np.float32),
+        extras=splats.extras, comments=splats.comments)
+
+
 # ------------------------------------------------------------------------------------------ object -> arrays
 def splat_arrays(obj, world: bool = True) -> dict:
     """The splat data of a mesh object as numpy arrays, in the scene.npz layout of backend.protocol.
@@ -430,15 +455,18 @@ def create_splat_object(splats: ply.Splats, name: str, collection=None, warnings
 
 
 def import_splats(filepath, context=None, name: str | None = None, *, look: bool = True,
-                  warnings: list | None = None):
+                  warnings: list | None = None, axis_matrix=None):
     """Read a 3DGS PLY (or a plain point-cloud PLY) into a new splat object and return it.
 
     Raises ply.PlyError / SplatError (both ValueError) before creating anything when the file is
     unreadable, lacks x/y/z, has no points or has NaN values. ``look`` adds the splat look modifier.
+    ``axis_matrix`` (3x3 rotation, file axes -> Blender's) converts a capture saved with other axes.
     """
     filepath = os.fspath(filepath)
     data = ply.read_ply(filepath)
     splats = ply.splats_from_ply(data, source=filepath)
+    if axis_matrix is not None and not np.allclose(axis_matrix, np.eye(3)):
+        splats, data = convert_axes(splats, axis_matrix), None  # the file's columns no longer apply
     name = name or Path(filepath).stem or "Splats"
     context = context or bpy.context
     collection = getattr(context, "collection", None) or context.scene.collection
@@ -449,8 +477,11 @@ def import_splats(filepath, context=None, name: str | None = None, *, look: bool
     return obj
 
 
-def export_splats(obj, filepath, *, apply_transform: bool = True, format: str = "binary_little_endian") -> int:
+def export_splats(obj, filepath, *, apply_transform: bool = True, format: str = "binary_little_endian",
+                  axis_matrix=None) -> int:
     """Write ``obj`` as a 3DGS PLY (standard property order plus its extra properties). Returns N.
+
+    ``axis_matrix`` (3x3 rotation, Blender's axes -> the file's) writes it for another axis convention.
 
     Raises SplatError (writing nothing) for a non-mesh, an empty object or NaN positions.
     """
@@ -464,6 +495,8 @@ def export_splats(obj, filepath, *, apply_transform: bool = True, format: str = 
                             arrays["scale"], arrays["rotation"], arrays.get("normals"), extra_arrays(obj))
     except ValueError as exc:
         raise SplatError(f"'{obj.name}' cannot be written as splats: {exc}") from None
+    if axis_matrix is not None:
+        splats = convert_axes(splats, axis_matrix)
     _check_splats(splats, f"'{obj.name}'")
     ply.write_splats(filepath, splats, format=format)
     return len(splats)
@@ -511,5 +544,5 @@ __all__ = [
     "SplatError", "set_point_attributes", "ensure_splat_attributes", "is_splat_object", "splat_arrays",
     "extra_arrays", "import_splats", "export_splats", "create_splat_object", "splat_attribute_arrays",
     "transform_gaussians", "quat_to_matrix", "matrix_to_quat", "quat_multiply", "local_positions",
-    "evaluated_points", "dc_to_rgb", "sigmoid", "SH_C0",
+    "evaluated_points", "dc_to_rgb", "sigmoid", "SH_C0", "convert_axes",
 ]

@@ -13,13 +13,14 @@ artist's words, with the log path.
 
 from __future__ import annotations
 
+import re
 import signal
 from pathlib import Path
 
 import bpy
 
 from ..backend import protocol
-from . import jobs, materials, scene_to_job
+from . import jobs, materials, runner, scene_to_job
 from .runner import JobRunner, RunResult, RunState
 from .scene_to_job import SetupError
 
@@ -40,8 +41,12 @@ def set_status(obj, level: str, message: str, log_path=None) -> None:
     s.last_log = str(log_path) if log_path else ""
 
 
-def backend_python(context=None) -> str:
-    """The configured backend interpreter, or a SetupError that says how to configure one."""
+def backend_python(context=None, check: bool = True) -> str:
+    """The configured backend interpreter, or a SetupError that says how to configure one.
+
+    ``check`` starts it once to make sure it is a Python with the backend's core packages (runner.py),
+    so a wrong choice is named before any job folder is written.
+    """
     from ..preferences import get_prefs
 
     prefs = get_prefs(context)
@@ -49,6 +54,9 @@ def backend_python(context=None) -> str:
     if not python:
         raise SetupError("No backend is set up. Open Edit > Preferences > Add-ons > Splat Physics and click "
                          "Install Backend, or set Backend Python to an environment that has the backend packages")
+    problem = runner.interpreter_problem(python) if check else None
+    if problem:
+        raise SetupError(problem)
     return python
 
 
@@ -63,8 +71,13 @@ def explain_failure(result: RunResult, device: str = "auto", what: str = "run") 
     """A failed or cancelled run in the artist's words, ending with where the log is."""
     code = result.exit_code
     detail = next((e.message for e in reversed(result.events) if e.kind == "error" and e.message), "")
+    missing = re.search(r"No module named '([\w.]+)'", detail)
     if result.state is RunState.CANCELLED:
         text = f"The {what} was cancelled. The previous results were kept"
+    elif missing:
+        text = (f"The backend Python lacks the package '{missing.group(1).split('.')[0]}' this {what} needs. "
+                "Click Install Backend in the add-on preferences, or pick an environment that has the backend "
+                "packages (requirements/backend.txt)")
     elif code is None:
         text = result.message.split(". Details:")[0]
     elif code == protocol.ExitCode.MISSING_RESOURCE:
@@ -83,8 +96,10 @@ def explain_failure(result: RunResult, device: str = "auto", what: str = "run") 
         text = f"The backend rejected the job: {detail or 'invalid input'}"
     elif code < 0:
         name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else f"signal {-code}"
+        fewer = ("lower Max particles or Resolution in the Estimate Materials panel" if what == ESTIMATE
+                 else "use fewer particles (Fill Interior's Max fill particles) or a lower Grid resolution")
         text = (f"The backend process was killed ({name}) before it finished, perhaps because the computer ran "
-                "out of memory. Try fewer particles or a lower grid resolution. The previous results were kept")
+                f"out of memory. To use less memory, {fewer}. The previous results were kept")
     elif code == protocol.ExitCode.INTERNAL:
         text = detail if detail.lower().startswith("internal error") else \
             f"The backend hit an internal error: {detail or 'see the log'}"
@@ -112,7 +127,7 @@ def prepare_job(context, obj, command: str, simulation: dict | None = None, **es
 
 
 def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJob:
-    python = backend_python(context)
+    python = backend_python(context, check=False)  # checked by _check_can_start
     device = _device(context)
     runner = JobRunner(python, ["run", str(job_dir)], log_path=job_dir / RUN_LOG,
                        cancel_file=job_dir / protocol.CANCEL_FILE)
@@ -168,8 +183,13 @@ def _undo_push(message: str) -> None:
 def start_estimate(context, obj, **estimate_opts) -> jobs.ActiveJob:
     """Estimate the object's materials; on success they become its point attributes."""
     _check_can_start(context, obj, ESTIMATE)
-    job_dir = prepare_job(context, obj, ESTIMATE, **estimate_opts)
-    return _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
+    job, arrays = scene_to_job.build_job(context, obj, ESTIMATE, **estimate_opts)
+    projection = scene_to_job.check_estimate_fits(context, obj, job["estimate"], job["simulation"])
+    job_dir = scene_to_job.write_job_folder(scene_to_job.job_dir_for(obj, ESTIMATE), job, arrays)
+    active = _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
+    if not active.done_called:
+        set_status(obj, "INFO", f"Estimate started: {projection.text()}", job_dir / RUN_LOG)
+    return active
 
 
 def _apply_estimate(obj, job_dir: Path, result: RunResult) -> str:
@@ -202,19 +222,25 @@ def bake_cache_dir(obj, target: str) -> str | None:
     """Absolute cache folder of a bake (None for shape keys, which live in the .blend).
 
     The default is //splat_cache/<object>/<target>, which needs a saved .blend; an absolute custom
-    folder does not.
+    folder does not. A folder that holds someone else's files or cannot be written is refused here,
+    before anything runs.
     """
     if target == "shape_keys":
         return None
-    custom = obj.splat_physics.bake_dir.strip()
-    if custom and not custom.startswith("//"):
-        return custom
-    if not scene_to_job.blend_saved():
-        raise SetupError("Save the .blend file first: bake caches are written next to it "
-                         "(//splat_cache/...) so they travel with the file")
     from . import bake
 
-    return bpy.path.abspath(custom) if custom else bake.default_cache_dir(obj, target)
+    custom = obj.splat_physics.bake_dir.strip()
+    if custom and not custom.startswith("//"):
+        folder = custom
+    elif not scene_to_job.blend_saved():
+        raise SetupError("Save the .blend file first: bake caches are written next to it "
+                         "(//splat_cache/...) so they travel with the file")
+    else:
+        folder = bpy.path.abspath(custom) if custom else bake.default_cache_dir(obj, target)
+    try:
+        return bake.check_cache_dir(folder)
+    except bake.BakeError as exc:
+        raise SetupError(str(exc)) from None
 
 
 def start_simulate(context, obj, target: str | None = None, simulation: dict | None = None) -> jobs.ActiveJob:
@@ -268,7 +294,7 @@ def projected_bake_size(obj, target: str | None = None, n_frames: int | None = N
 
 
 def free_bake(obj) -> bool:
-    """Remove the object's bake (readers and cache files); the previous static look comes back."""
+    """Remove the object's bake (readers and the cache files it wrote); the static look comes back."""
     from . import bake
 
     had = bake.free_bake(obj)

@@ -7,7 +7,7 @@ from pathlib import Path
 import bpy
 
 from ..core import jobs
-from ..core.runner import JobRunner, addon_root, run_backend
+from ..core.runner import JobRunner, addon_root, interpreter_problem, run_backend
 from ..preferences import get_prefs
 
 _TIMER_STEP = 0.1
@@ -30,17 +30,33 @@ def venv_python(env_dir: Path) -> Path:
     return env_dir / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
 
 
+def requirement_files(prefs) -> list[Path]:
+    """The backend's pinned requirements, plus the Ray extra when the preferences ask for it."""
+    folder = addon_root() / "requirements"
+    return [folder / "backend.txt"] + ([folder / "ray.txt"] if prefs is not None and prefs.install_ray else [])
+
+
 def summarize_doctor(report: dict) -> str:
     lines = [f"Backend {report.get('backend_version', '?')} on Python {report.get('python', '?')}"]
     dev = report.get("device", {})
     lines.append(f"Device: {dev.get('summary', '?')}")
     for name, ver in report.get("packages", {}).items():
         lines.append(f"  {name}: {ver or 'MISSING'}")
+    for name, ver in report.get("optional", {}).items():
+        lines.append(f"  {name}: {ver or 'not installed (optional: Include Ray, then Install Backend)'}")
     for m in report.get("models", []):
         lines.append(f"Model {m['kind']}: {'found' if m['ok'] else 'missing'} - {m['message']}")
     for p in report.get("problems", []):
         lines.append(f"Problem: {p}")
     return "\n".join(lines)
+
+
+def remember_device(prefs, report: dict) -> None:
+    """Keep what the doctor found: the panel's guidance and the estimation defaults under Auto use it."""
+    dev = report.get("device", {})
+    prefs.found_device = "cuda" if dev.get("cuda") else "cpu"
+    prefs.found_gpu = f"{dev.get('gpu', 'GPU')}, {dev.get('gpu_memory_gb', '?')} GB" if dev.get("cuda") else ""
+    prefs.found_models = ",".join(m["kind"] for m in report.get("models", []) if m.get("ok"))
 
 
 class SPLAT_OT_check_backend(bpy.types.Operator):
@@ -52,6 +68,12 @@ class SPLAT_OT_check_backend(bpy.types.Operator):
     def execute(self, context):
         prefs = get_prefs(context)
         python = backend_python(context)
+        # The doctor itself lists missing packages; it only needs a working Python with numpy to start.
+        problem = interpreter_problem(python, modules=(("numpy", "numpy"),))
+        if problem:
+            prefs.doctor_report = problem
+            self.report({"ERROR"}, problem)
+            return {"CANCELLED"}
         args = ["doctor", "--json", "--svd-model", prefs.svd_model, "--modelscope-model", prefs.modelscope_model]
         result = run_backend(python, args, timeout=300)
         if not result.ok:
@@ -60,6 +82,7 @@ class SPLAT_OT_check_backend(bpy.types.Operator):
             return {"CANCELLED"}
         report = next((e.data for e in result.events if e.kind == "result"), {})
         prefs.doctor_report = summarize_doctor(report)
+        remember_device(prefs, report)
         self.report({"INFO"}, "Backend OK" if not report.get("problems") else "Backend works, with problems: see preferences")
         return {"FINISHED"}
 
@@ -73,10 +96,11 @@ class SPLAT_OT_install_backend(bpy.types.Operator):
     def execute(self, context):
         prefs = get_prefs(context)
         env_dir = backend_env_dir()
-        requirements = addon_root() / "requirements" / "backend.txt"
+        args = ["install", str(env_dir)]
+        for requirements in requirement_files(prefs):
+            args += ["--requirements", str(requirements)]
         # Blender's own interpreter runs the stdlib-only installer; it creates the venv and pip-installs into it.
-        runner = JobRunner(sys.executable, ["install", str(env_dir), "--requirements", str(requirements)],
-                           log_path=env_dir.parent / "install.log")
+        runner = JobRunner(sys.executable, args, log_path=env_dir.parent / "install.log")
 
         def done(result):
             if result.ok:

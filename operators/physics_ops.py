@@ -8,10 +8,10 @@ mode (no event loop) they wait for it instead.
 import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty
-from mathutils import Vector
 
-from ..core import interactions, jobs, materials, scene_to_job, workflow
+from ..core import farm, interactions, jobs, materials, scene_to_job, workflow
 from ..core.scene_to_job import SetupError
+from .backend_ops import backend_python
 
 FILL_PREVIEW_SUFFIX = " Fill Preview"
 
@@ -65,7 +65,8 @@ class SPLAT_OT_convert_to_particles(_SplatOperator, bpy.types.Operator):
 
 
 class SPLAT_OT_add_interaction(_SplatOperator, bpy.types.Operator):
-    """Add an anchor box, poke, wind or collider acting on the active splat object"""
+    """Add an anchor box, poke, wind or collider acting on the active splat object, sized and placed from
+    the object: an anchor around its lowest tenth, a poke on its surface near the top facing it"""
 
     bl_idname = "splat.add_interaction"
     bl_label = "Add Interaction"
@@ -75,12 +76,11 @@ class SPLAT_OT_add_interaction(_SplatOperator, bpy.types.Operator):
 
     def execute(self, context):
         obj = splat_object(context)
-        location = context.scene.cursor.location.copy()
-        if obj is not None and location.length == 0.0:
-            # The cursor at the world origin is rarely meant: start at the object's bounds centre instead.
-            centre = sum((Vector(c) for c in obj.bound_box), Vector()) / 8.0
-            location = obj.matrix_world @ centre
-        empty = interactions.add_interaction(context, self.role, target=obj, location=location)
+        try:
+            points = scene_to_job.world_positions(obj)
+        except SetupError as exc:
+            return _fail(self, obj, exc)
+        empty = interactions.add_sized_interaction(context, self.role, obj, points)
         for ob in context.selected_objects:
             ob.select_set(False)
         empty.select_set(True)
@@ -169,13 +169,32 @@ class SPLAT_OT_override_materials(_SplatOperator, bpy.types.Operator):
     bl_label = "Override Materials"
     bl_options = {"REGISTER", "UNDO"}
 
-    youngs_modulus: FloatProperty(name="Stiffness (E)", default=1.0e5, min=1.0, max=1.0e12, description="Pa")
+    youngs_modulus: FloatProperty(name="Stiffness (Pa)", default=1.0e5, min=1.0, max=1.0e12,
+                                  description="Young's modulus in Pa (for scripts; the dialog shows it with a unit)",
+                                  options={"HIDDEN"})
+    stiffness: FloatProperty(
+        name="Stiffness (E)", min=0.0, soft_min=0.001, precision=3,
+        get=lambda self: self.youngs_modulus / materials.PRESSURE_UNITS[self.stiffness_unit],
+        set=lambda self, v: setattr(self, "youngs_modulus",
+                                    min(max(v * materials.PRESSURE_UNITS[self.stiffness_unit], 1.0), 1.0e12)),
+        description="Young's modulus in the unit beside it")
+    stiffness_unit: EnumProperty(name="Unit", items=[(u, u, "") for u in materials.PRESSURE_UNITS], default="kPa")
     poisson_ratio: FloatProperty(name="Poisson ratio", default=0.3, min=-0.99, max=0.49)
-    density: FloatProperty(name="Density", default=1000.0, min=1e-3, max=1e5, description="kg/m^3")
+    density: FloatProperty(name="Density (kg/m³)", default=1000.0, min=1e-3, max=1e5, description="kg/m³")
     lock: BoolProperty(name="Lock for estimation", default=True)
 
     def invoke(self, context, event):
+        self.stiffness_unit = materials.pressure_unit(self.youngs_modulus)
         return context.window_manager.invoke_props_dialog(self)
+
+    def draw(self, context):
+        from ..panels.physics_panel import draw_stiffness
+
+        layout = self.layout
+        layout.use_property_split = True
+        draw_stiffness(layout, self, "stiffness", "stiffness_unit")
+        for name in ("poisson_ratio", "density", "lock"):
+            layout.prop(self, name)
 
     def execute(self, context):
         obj = splat_object(context)
@@ -194,6 +213,28 @@ class SPLAT_OT_override_materials(_SplatOperator, bpy.types.Operator):
             if edit:
                 bpy.ops.object.mode_set(mode="EDIT")
         workflow.set_status(obj, "INFO", f"Materials set on {count} points" + (" and locked" if self.lock else ""))
+        return {"FINISHED"}
+
+
+class SPLAT_OT_material_preset(_SplatOperator, bpy.types.Operator):
+    """Set the material model, stiffness, Poisson ratio and density together to typical real values"""
+
+    bl_idname = "splat.material_preset"
+    bl_label = "Material Preset"
+    bl_options = {"REGISTER", "UNDO"}
+
+    preset: EnumProperty(name="Preset", items=[(k, v[0], f"{v[5]}: E {materials.format_pa(v[2])}, "
+                                                         f"ν {v[3]:g}, {v[4]:g} kg/m³")
+                                               for k, v in materials.MATERIAL_PRESETS.items()])
+
+    def execute(self, context):
+        obj = splat_object(context)
+        materials.apply_preset(obj.splat_physics, self.preset)
+        label, model, E, nu, rho, _ = materials.MATERIAL_PRESETS[self.preset]
+        has = obj.data.attributes.get("youngs_modulus") is not None
+        workflow.set_status(obj, "INFO", f"{label}: E {materials.format_pa(E)}, ν {nu:g}, {rho:g} kg/m³"
+                            + (" (object defaults; the per-point values still apply: Override Materials sets "
+                               "points)" if has else ""))
         return {"FINISHED"}
 
 
@@ -225,6 +266,38 @@ class SPLAT_OT_write_job(_SplatOperator, bpy.types.Operator):
             return _fail(self, obj, exc)
         workflow.set_status(obj, "INFO", f"Job written: {job_dir}")
         self.report({"INFO"}, f"Job written: {job_dir}")
+        return {"FINISHED"}
+
+
+class SPLAT_OT_write_farm_jobs(bpy.types.Operator):
+    """Write one job folder per selected splat object and a manifest, for `python -m backend batch`
+    on this machine or a Ray cluster; the command to run is shown in the panel"""
+
+    bl_idname = "splat.write_farm_jobs"
+    bl_label = "Write Jobs for a Farm"
+
+    command: EnumProperty(name="Command", items=[("simulate", "Simulate", ""), ("estimate", "Estimate", "")])
+
+    @classmethod
+    def poll(cls, context):
+        return bool(farm.farm_objects(context))
+
+    def execute(self, context):
+        objects = farm.farm_objects(context)
+        try:
+            result = farm.write_farm_jobs(context, objects, self.command, backend_python(context))
+        except SetupError as exc:
+            return _fail(self, splat_object(context), exc)
+        context.scene.splat_farm_command = result.command_line
+        message = f"{len(result.folders)} job(s) and {result.manifest.name} written. Run: {result.command_line}"
+        for obj in objects:
+            workflow.set_status(obj, "INFO", message)
+        if result.skipped:
+            self.report({"WARNING"}, "Not written: " + "; ".join(result.skipped))
+        if not scene_to_job.blend_saved():
+            self.report({"WARNING"}, "The .blend is not saved, so the jobs are in a temporary folder; "
+                                     "save it on shared storage before writing jobs for a farm")
+        self.report({"INFO"}, message + ". " + farm.SHARED_STORAGE_NOTE)
         return {"FINISHED"}
 
 
@@ -287,7 +360,8 @@ class SPLAT_OT_simulate_bake(_SplatOperator, bpy.types.Operator):
 
 
 class SPLAT_OT_free_bake(_SplatOperator, bpy.types.Operator):
-    """Remove the baked animation from the object (the cache files stay on disk)"""
+    """Remove the baked animation from the object and delete the cache files the bake wrote
+(anything else in the bake folder stays)"""
 
     bl_idname = "splat.free_bake"
     bl_label = "Free Bake"
@@ -299,6 +373,8 @@ class SPLAT_OT_free_bake(_SplatOperator, bpy.types.Operator):
             workflow.free_bake(obj)
         except (ImportError, ValueError, RuntimeError) as exc:
             return _fail(self, obj, exc)
+        except OSError as exc:  # e.g. the cache folder became read-only
+            return _fail(self, obj, f"Cannot delete the bake's files: {exc.strerror or exc} ({exc.filename})")
         return {"FINISHED"}
 
 
@@ -322,8 +398,10 @@ classes = (
     SPLAT_OT_preview_fill,
     SPLAT_OT_clear_fill_preview,
     SPLAT_OT_override_materials,
+    SPLAT_OT_material_preset,
     SPLAT_OT_clear_material_locks,
     SPLAT_OT_write_job,
+    SPLAT_OT_write_farm_jobs,
     SPLAT_OT_estimate_materials,
     SPLAT_OT_preview_motion,
     SPLAT_OT_simulate_bake,

@@ -2,7 +2,8 @@
 
 import bpy
 
-from ..core import interactions, jobs, materials, workflow
+from ..backend import budget
+from ..core import interactions, jobs, materials, scene_to_job, workflow
 from ..operators.physics_ops import splat_object
 
 _LEVEL_ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
@@ -38,8 +39,9 @@ def draw_job(layout, kind: str, obj) -> bool:
         return False
     runner = job.runner
     col = layout.column(align=True)
-    col.progress(text=progress_text(runner), factor=runner.fraction, type="BAR")
-    if runner.stage_message:
+    text = progress_text(runner)
+    col.progress(text=text, factor=runner.fraction, type="BAR")
+    if runner.stage_message and runner.stage_message != text:  # before the first progress event the bar says it
         col.label(text=runner.stage_message)
     col.operator("splat.cancel_job", text="Cancel (Esc)", icon="CANCEL").kind = kind
     return True
@@ -67,9 +69,17 @@ class _Converted(_SplatPanel):
 class SPLAT_PT_physics(_SplatPanel, bpy.types.Panel):
     bl_label = "Splat Physics"
 
+    @classmethod
+    def poll(cls, context):
+        return True  # the tab stays, and says what to select, when no splat object is active
+
     def draw(self, context):
         layout = self.layout
         obj = splat_object(context)
+        if obj is None:
+            layout.label(text="Select a splat object or a point mesh", icon="INFO")
+            layout.operator("import_scene.gaussian_splat", text="Import Gaussian Splat", icon="IMPORT")
+            return
         s = obj.splat_physics
         row = layout.row()
         row.label(text=obj.name, icon="OUTLINER_OB_POINTCLOUD")
@@ -82,6 +92,24 @@ class SPLAT_PT_physics(_SplatPanel, bpy.types.Panel):
             _wrapped(col, s.last_message, icon=_LEVEL_ICONS.get(s.last_level, "INFO"))
             if s.last_log:
                 col.operator("splat.open_log", icon="TEXT").filepath = s.last_log
+        draw_farm_command(layout, context)
+
+
+def draw_farm_command(layout, context) -> None:
+    """The last farm command as a text field: select it and Ctrl+C to copy it into a terminal."""
+    command = context.scene.splat_farm_command
+    if command:
+        box = layout.box()
+        box.label(text="Run the farm jobs (copy this line):", icon="CONSOLE")
+        box.prop(context.scene, "splat_farm_command", text="")
+        box.label(text="On a Ray cluster: add --address auto, on the head node")
+
+
+def draw_stiffness(layout, data, value: str, unit: str) -> None:
+    """Stiffness as a number and its pressure unit side by side (Blender has no pressure unit)."""
+    row = layout.row(align=True)
+    row.prop(data, value, text=f"Stiffness E ({getattr(data, unit)})")
+    row.prop(data, unit, text="")
 
 
 def _wrapped(layout, text: str, icon: str = "NONE", width: int = 48) -> None:
@@ -132,11 +160,19 @@ class SPLAT_PT_material(_Converted, bpy.types.Panel):
         layout.use_property_split = True
         obj = splat_object(context)
         s = obj.splat_physics
+        layout.operator_menu_enum("splat.material_preset", "preset", text="Presets", icon="PRESET")
         layout.prop(s, "material_model")
         has = obj.data.attributes.get("youngs_modulus") is not None
+        if has:  # what the simulation uses comes first; the object defaults below then fill nothing
+            box = layout.box()
+            box.label(text="Per-point values (from the attributes)", icon="POINTCLOUD_DATA")
+            box.label(text="Stiffness 5% {} · 50% {} · 95% {}".format(
+                *(materials.format_pa(v) for v in (s.heat_p5, s.heat_p50, s.heat_p95))))
         col = layout.column()
-        col.label(text="Per-point values (from the attributes)" if has else "Defaults (no material attributes yet)")
-        col.prop(s, "youngs_modulus")
+        col.active = not has
+        col.label(text="Defaults (unused: every point has its own values)" if has
+                  else "Defaults (no material attributes yet)")
+        draw_stiffness(col, s, "stiffness", "stiffness_unit")
         col.prop(s, "poisson_ratio")
         col.prop(s, "density")
         row = layout.row(align=True)
@@ -171,9 +207,13 @@ class SPLAT_PT_forces(_Converted, bpy.types.Panel):
         sub.active = s.use_ground
         sub.prop(s, "ground_height")
         sub.prop(s, "ground_kind")
-        sub.prop(s, "ground_friction")
+        fr = sub.column()
+        fr.active = s.ground_kind == "frictional"  # sticky and slip ignore friction
+        fr.prop(s, "ground_friction")
         layout.prop(s, "walls_kind")
-        layout.prop(s, "walls_friction")
+        sub = layout.column()
+        sub.active = s.walls_kind == "frictional"
+        sub.prop(s, "walls_friction")
         layout.prop(s, "damping")
         layout.prop(s, "substep_dt", text="Substep (0 = auto)")
         fps = interactions.scene_fps(scene)
@@ -211,7 +251,7 @@ def draw_role(layout, ob) -> None:
     if r.role in ("POKE", "WIND"):
         layout.prop(r, "strength")
         if r.role == "POKE" and ob.type == "EMPTY":
-            layout.prop(ob, "empty_display_size", text="Radius")
+            layout.prop(r, "radius")
         if r.role == "WIND":
             layout.prop(r, "gust_frequency")
             layout.prop(r, "gust_amplitude")
@@ -224,11 +264,13 @@ def draw_role(layout, ob) -> None:
         sub.prop(r, "end_frame", text="")
     elif r.role == "COLLIDER":
         layout.prop(r, "kind")
-        layout.prop(r, "friction")
+        sub = layout.column()
+        sub.active = r.kind == "frictional"
+        sub.prop(r, "friction")
         if ob.type == "EMPTY":
-            layout.prop(ob, "empty_display_size", text="Half size")
+            layout.prop(r, "half_size")
     elif r.role == "ANCHOR" and ob.type == "EMPTY":
-        layout.prop(ob, "empty_display_size", text="Half size")
+        layout.prop(r, "half_size")
 
 
 class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
@@ -239,6 +281,12 @@ class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
         layout.use_property_split = True
         obj = splat_object(context)
         s = obj.splat_physics
+        where, why, best = scene_to_job.device_guidance()
+        box = layout.box().column(align=True)
+        box.label(text=where, icon="MEMORY")
+        _wrapped(box, why, icon="BLANK1")
+        if s.prior != best:
+            box.label(text=f"Recommended here: {_prior_name(s, best)}", icon="LIGHT")
         layout.prop(s, "prior")
         if s.prior == "svd":
             cam = context.scene.camera
@@ -250,13 +298,39 @@ class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
             layout.prop(s, "reference_video")
             layout.prop(s, "reference_fps")
         layout.prop(s, "iterations")
-        layout.prop(s, "tolerance_decades")
+        layout.prop(s, "stop_rule")
+        layout.prop(s, "tolerance_decades" if s.stop_rule == "decade" else "stop_tolerance")
         layout.prop(s, "field")
+        layout.prop(s, "learn_nu")
         layout.prop(s, "estimate_density")
+        draw_estimate_size(layout, context, obj)
         if not draw_job(layout, workflow.ESTIMATE, obj):
             layout.operator("splat.estimate_materials", icon="SHADERFX")
         if not draw_job(layout, workflow.PREVIEW, obj):
             layout.operator("splat.preview_motion", icon="RENDER_ANIMATION")
+        layout.operator("splat.write_farm_jobs", icon="NETWORK_DRIVE").command = "estimate"
+
+
+def _prior_name(settings, key: str) -> str:
+    items = settings.bl_rna.properties["prior"].enum_items
+    return items[key].name if key in items else key
+
+
+def draw_estimate_size(layout, context, obj) -> None:
+    """Resolution and particle budget (0 = automatic), and the projected cost of one iteration."""
+    s = obj.splat_physics
+    col = layout.column(align=True)
+    col.prop(s, "estimate_resolution", text="Resolution (0 = auto)")
+    col.prop(s, "estimate_max_particles", text="Max particles (0 = auto)")
+    try:
+        proj, n, width, height = scene_to_job.panel_projection(context, obj)
+    except (scene_to_job.SetupError, ValueError, KeyError, ZeroDivisionError):
+        return
+    col.label(text=f"{width}×{height} px, {n:,} particles: {proj.text()}", icon="TIME")
+    free = budget.available_memory_mb()
+    if budget.refusal(proj, free, "") is not None:
+        col.label(text=f"Will not fit in the {budget.human_mb(free)} free: lower Resolution or Max particles",
+                  icon="ERROR")
 
 
 class SPLAT_PT_bake(_Converted, bpy.types.Panel):
@@ -278,6 +352,7 @@ class SPLAT_PT_bake(_Converted, bpy.types.Panel):
             layout.operator("splat.simulate_bake", icon="PHYSICS")
         layout.operator("splat.free_bake", icon="TRASH")
         layout.operator("splat.write_job", icon="FILE_FOLDER").command = "simulate"
+        layout.operator("splat.write_farm_jobs", icon="NETWORK_DRIVE").command = "simulate"
 
 
 def _projected_size(obj):

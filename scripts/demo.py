@@ -52,6 +52,10 @@ DOMAIN = ((-0.2, -0.2, -0.01), (0.2, 0.2, 0.43))  # around the plant, 24 cells o
 ANCHORED = ("pot", "soil")
 SCORED = ("stem", "leaves", "flower")
 RENDER_SIZE = (480, 270)
+# An --out folder the demo made holds this marker; a rerun replaces only the demo's own outputs there.
+OUT_MARKER = ".splat_physics_demo"
+OUT_NAMES = ("demo.blend", "demo.blend1", "preview.gif", "preview_frames", "stiffness.png", "loss.png", "splat_cache",
+             "splat_jobs")
 
 
 class Stages:
@@ -421,6 +425,26 @@ def print_summary(prior, why, rows, motion: dict, stages: Stages, out: Path):
     print(f"  {out / 'splat_cache'} (the baked geometry-nodes cache), {out / 'splat_jobs'} (job folders and logs)")
 
 
+def prepare_out(out: Path) -> str | None:
+    """Make ``out`` ready for a run; a message (changing nothing) when it holds files the demo did not write."""
+    if out.exists() and not out.is_dir():
+        return f"--out {out} is a file, not a folder"
+    if out.is_dir():
+        others = sorted(p.name for p in out.iterdir() if p.name not in OUT_NAMES + (OUT_MARKER,))
+        if others and not (out / OUT_MARKER).is_file():
+            return (f"--out {out} already holds files the demo did not write ('{others[0]}'); choose a new or "
+                    "empty folder (nothing in it was changed)")
+        for name in OUT_NAMES:  # the previous run's outputs only: anything else in the folder stays
+            path = out / name
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / OUT_MARKER).write_text("written by scripts/demo.py; a rerun replaces its outputs here\n")
+    return None
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="demo_out", type=Path)
@@ -428,9 +452,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     cfg = QUICK if args.quick else FULL
     out = args.out.resolve()
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    problem = prepare_out(out)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     blend = out / "demo.blend"
     info = json.loads((SAMPLE / "potted_plant_regions.json").read_text())
     stages = Stages()

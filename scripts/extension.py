@@ -7,16 +7,41 @@
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import shutil
 import subprocess
 import sys
 import tempfile
+import tomllib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-# What never belongs in the extension (the manifest's [build] excludes say the same for `build`).
-IGNORE = shutil.ignore_patterns(".git", ".venv*", ".helper", ".ci", "__pycache__", "*.pyc", ".pytest_cache",
-                                "demo_out", "dist", "tests", "benchmarks", ".gl", ".whl")
+
+
+def exclude_patterns() -> list[str]:
+    """The manifest's [build] paths_exclude_pattern: the one list of what the zip leaves out."""
+    with open(REPO / "blender_manifest.toml", "rb") as f:
+        return tomllib.load(f)["build"]["paths_exclude_pattern"]
+
+
+def excluded(rel: str, is_dir: bool, patterns: list[str]) -> bool:
+    """gitignore-style match as the manifest means it: '/x' anchors at the root, 'x/' matches folders only."""
+    name = rel.rsplit("/", 1)[-1]
+    for pat in patterns:
+        if pat.endswith("/") and not is_dir:
+            continue
+        p = pat.rstrip("/")
+        if p.startswith("/") and fnmatch.fnmatchcase(rel, p[1:]) or not p.startswith("/") and fnmatch.fnmatchcase(name, p):
+            return True
+    return False
+
+
+def _ignore(patterns: list[str]):
+    def ignore(folder: str, names: list[str]) -> set[str]:
+        rel_dir = Path(folder).resolve().relative_to(REPO).as_posix()
+        rel = (lambda n: n if rel_dir == "." else f"{rel_dir}/{n}")
+        return {n for n in names if excluded(rel(n), (Path(folder) / n).is_dir(), patterns)}
+    return ignore
 
 
 def blender_ext_cli() -> Path:
@@ -35,7 +60,7 @@ def blender_ext_cli() -> Path:
 def clean_copy(dest: Path) -> Path:
     """A copy of the extension without environments and caches: validation then reads only what ships."""
     target = dest / "splat_physics"
-    shutil.copytree(REPO, target, ignore=IGNORE, symlinks=False)
+    shutil.copytree(REPO, target, ignore=_ignore(exclude_patterns()), symlinks=False)
     return target
 
 

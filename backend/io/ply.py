@@ -37,6 +37,8 @@ __all__ = [
     "splats_to_ply",
     "splat_property_names",
     "sh_degree_from_rest_count",
+    "splat_value_problem",
+    "check_splat_values",
 ]
 
 SH_C0 = 0.28209479177387814  # zeroth-order real spherical harmonic, 1 / (2 sqrt(pi))
@@ -572,15 +574,108 @@ class Splats:
         return np.concatenate([self.f_dc[:, None, :], rest], axis=1)
 
 
-def _group(data: PlyData, names: list[str], source: str) -> np.ndarray | None:
-    present = [n for n in names if n in data]
+def _group(data: Mapping[str, np.ndarray], names: list[str], source: str, n: int) -> np.ndarray | None:
+    present = [nm for nm in names if nm in data]
     if not present:
         return None
     if len(present) != len(names):
-        missing = [n for n in names if n not in data]
+        missing = [nm for nm in names if nm not in data]
         raise PlyError(f"{source}: has {', '.join(present)} but not {', '.join(missing)}")
-    columns = [data[n] for n in names]
-    return _columns_to_rows(columns, np.empty((data.count, len(names)), np.float32))
+    columns = [data[nm] for nm in names]
+    return _columns_to_rows(columns, np.empty((n, len(names)), np.float32))
+
+
+_INDEXED = re.compile(r"^(f_dc|f_rest|scale|rot)_(\d+)$")
+
+
+def _standard_names(data: PlyData, source: str) -> dict[str, str]:
+    """Canonical name (f_rest_7) -> the file's name for it (f_rest_7, or zero-padded: f_rest_07, f_rest_007).
+
+    Padding is read when it is unambiguous; two properties that mean the same coefficient are refused.
+    """
+    out: dict[str, str] = {}
+    for name in data:
+        m = _INDEXED.match(name)
+        canonical = f"{m.group(1)}_{int(m.group(2))}" if m else name
+        if canonical in out:
+            raise PlyError(f"{source}: properties '{out[canonical]}' and '{name}' both mean {canonical}; "
+                           "the file is ambiguous")
+        out[canonical] = name
+    return out
+
+
+def _rest_indices(names: Mapping[str, str], source: str) -> list[int]:
+    """The f_rest_* indices, checked: numbered from 0 without gaps, 0, 9, 24 or 45 of them."""
+    indices = sorted(int(k[7:]) for k in names if k.startswith("f_rest_"))
+    if not indices:
+        return []
+    gap = next((i for i, k in enumerate(indices) if i != k), None)
+    if gap is not None:
+        raise PlyError(f"{source}: the SH properties skip f_rest_{gap} (found {len(indices)} f_rest_* properties, "
+                       f"numbered {indices[0]}..{indices[-1]}); they must be numbered from 0 without gaps")
+    if len(indices) not in _REST_COUNTS:
+        raise PlyError(f"{source}: has {len(indices)} f_rest_* properties; SH degree 1, 2 or 3 needs 9, 24 or 45")
+    return indices
+
+
+# The PLY properties of each scene.npz splat array. Their bounds live in the contract
+# (protocol.SCENE_ARRAYS), so a file the importer accepts is a scene the backend accepts.
+_VALUE_GROUPS = (("positions", ("x", "y", "z")), ("f_dc", "f_dc_"), ("f_rest", "f_rest_"), ("opacity", ("opacity",)),
+                 ("scale", "scale_"), ("rotation", "rot_"))
+
+
+def splat_value_problem(arrays: Mapping[str, np.ndarray], source: str = "splats") -> str | None:
+    """The first out-of-range splat value in ``arrays`` (keys as in Splats / scene.npz: positions, f_dc,
+    f_rest, opacity, scale (log), rotation), as a message naming the point and the property; else None.
+
+    Checks NaN/inf everywhere, the bounds of protocol.SCENE_ARRAYS, and that no rotation quaternion is zero.
+    """
+    from .. import protocol  # imported here: protocol itself imports this package
+
+    first = None  # (point, message)
+    for group, names in _VALUE_GROUPS:
+        if group not in arrays or arrays[group] is None:
+            continue
+        spec = protocol.SCENE_ARRAYS[group]
+        bounds = spec.bounds
+        a = np.asarray(arrays[group])
+        if a.size == 0:
+            continue
+        a = a.reshape(len(a), -1)
+        lo, hi = bounds if bounds is not None else (-np.inf, np.inf)
+        low, high = a.min(), a.max()  # NaN propagates: one pass each decides the common, clean case
+        values_ok = bool(np.isfinite(low) and np.isfinite(high) and low >= lo and high <= hi)
+        zero = ~a.any(axis=1) if group == "rotation" else None
+        if values_ok and (zero is None or not zero.any()):
+            continue
+        bad = np.zeros(a.shape, bool) if values_ok else ~((a >= lo) & (a <= hi) & np.isfinite(a))
+        rows = bad.any(axis=1)
+        if zero is not None:
+            rows |= zero
+        if not rows.any():
+            continue
+        i = int(np.argmax(rows))
+        if first is not None and first[0] <= i:
+            continue
+        if not bad[i].any():
+            first = (i, f"{source}: point {i}: the rotation quaternion (rot_0..rot_3) is zero")
+            continue
+        k = int(np.argmax(bad[i]))
+        name = names[k] if isinstance(names, tuple) else f"{names}{k}"
+        value = float(a[i, k])
+        why = "is NaN" if np.isnan(value) else "is infinite" if np.isinf(value) else \
+            f"is out of range ({spec.doc}: {protocol.bounds_text(lo, hi)})"
+        count = int(rows.sum())
+        more = f"; {count} points have bad {group} values" if count > 1 else ""
+        first = (i, f"{source}: point {i}: {name} = {value:g} {why}{more}")
+    return None if first is None else first[1]
+
+
+def check_splat_values(arrays: Mapping[str, np.ndarray], source: str = "splats") -> None:
+    """Raise PlyError with splat_value_problem's message when a value is out of range."""
+    problem = splat_value_problem(arrays, source)
+    if problem:
+        raise PlyError(problem)
 
 
 def _colour01(values: np.ndarray) -> np.ndarray:
@@ -606,42 +701,46 @@ def _default_log_scale(positions: np.ndarray) -> float:
 
 
 def splats_from_ply(data: PlyData, source: str = "<PLY data>") -> Splats:
-    """Interpret a PlyData as splats; plain point clouds get default splat attributes."""
-    positions = _group(data, ["x", "y", "z"], source)
+    """Interpret a PlyData as splats; plain point clouds get default splat attributes.
+
+    Zero-padded indices (f_rest_07) are read as the standard names; gaps, wrong counts, ambiguous names
+    and out-of-range values (see splat_value_problem) raise PlyError naming the property and point.
+    """
+    names = _standard_names(data, source)
+    cols = {canonical: data[name] for canonical, name in names.items()}
+    n = data.count
+    positions = _group(cols, ["x", "y", "z"], source, n)
     if positions is None:
         raise PlyError(f"{source}: element {data.element_name!r} has no x/y/z properties "
                        f"(found: {', '.join(list(data)[:12]) or 'none'})")
-    n = len(positions)
-    rest_names = [k for k in data if k.startswith("f_rest_") and k[7:].isdigit()]
-    indices = sorted(int(k[7:]) for k in rest_names)
-    if indices != list(range(len(indices))) or len(indices) not in _REST_COUNTS:
-        raise PlyError(f"{source}: has {len(indices)} f_rest_* properties; expected f_rest_0.. "
-                       "numbered without gaps, 9, 24 or 45 of them (SH degree 1-3)")
-    f_rest = _columns_to_rows([data[f"f_rest_{i}"] for i in indices], np.empty((n, len(indices)), np.float32))
+    indices = _rest_indices(names, source)
+    f_rest = _columns_to_rows([cols[f"f_rest_{i}"] for i in indices], np.empty((n, len(indices)), np.float32))
 
-    f_dc = _group(data, ["f_dc_0", "f_dc_1", "f_dc_2"], source)
+    f_dc = _group(cols, ["f_dc_0", "f_dc_1", "f_dc_2"], source, n)
+    opacity = cols["opacity"].astype(np.float32) if "opacity" in cols else None
+    scale = _group(cols, ["scale_0", "scale_1", "scale_2"], source, n)
+    rotation = _group(cols, ["rot_0", "rot_1", "rot_2", "rot_3"], source, n)
+    normals = _group(cols, ["nx", "ny", "nz"], source, n)
+    check_splat_values({"positions": positions, "f_dc": f_dc, "f_rest": f_rest, "opacity": opacity,
+                        "scale": scale, "rotation": rotation}, source)  # what the file gave, before defaults
     if f_dc is None:
         rgb = None
-        for names in (["red", "green", "blue"], ["diffuse_red", "diffuse_green", "diffuse_blue"]):
-            if all(k in data for k in names):
-                rgb = np.stack([_colour01(np.asarray(data[k])) for k in names], axis=1)
+        for group in (["red", "green", "blue"], ["diffuse_red", "diffuse_green", "diffuse_blue"]):
+            if all(k in cols for k in group):
+                rgb = np.stack([_colour01(np.asarray(cols[k])) for k in group], axis=1)
                 break
         if rgb is None:
             rgb = np.full((n, 3), 0.5, np.float32)  # mid grey
         f_dc = (rgb - np.float32(0.5)) / np.float32(SH_C0)
-
-    opacity = data["opacity"].astype(np.float32) if "opacity" in data else \
-        np.full(n, math.log(_DEFAULT_OPACITY / (1 - _DEFAULT_OPACITY)), np.float32)
-    scale = _group(data, ["scale_0", "scale_1", "scale_2"], source)
+    if opacity is None:
+        opacity = np.full(n, math.log(_DEFAULT_OPACITY / (1 - _DEFAULT_OPACITY)), np.float32)
     if scale is None:
         scale = np.full((n, 3), _default_log_scale(positions), np.float32)
-    rotation = _group(data, ["rot_0", "rot_1", "rot_2", "rot_3"], source)
     if rotation is None:
         rotation = np.tile(np.asarray(_IDENTITY_WXYZ, np.float32), (n, 1))
-    normals = _group(data, ["nx", "ny", "nz"], source)
-    extras = {k: np.ascontiguousarray(v) for k, v in data.items() if not _STANDARD.match(k)}
-    return Splats(positions, f_dc, f_rest, opacity, scale, rotation, normals, extras,
-                  list(data.comments))
+    extras = {name: np.ascontiguousarray(data[name]) for canonical, name in names.items()
+              if not _STANDARD.match(canonical)}
+    return Splats(positions, f_dc, f_rest, opacity, scale, rotation, normals, extras, list(data.comments))
 
 
 def _splat_rows(splats: Splats) -> tuple[list[str], np.ndarray]:

@@ -1,4 +1,4 @@
-"""Differentiable MPM rollouts with checkpointed wp.Tape backward and a torch.autograd bridge.
+"""Differentiable MPM rollouts with a checkpointed, recorded backward and a torch.autograd bridge.
 
 Gradients flow from frame outputs (positions, covariances) to per-particle log E, nu, rho and
 the initial velocity v0, including the path through the grid mass (the position dependence of
@@ -19,6 +19,8 @@ window reaches the initial state.
 
 from __future__ import annotations
 
+import itertools
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -32,6 +34,7 @@ from .grid import GridMapping, SubstepPlan, displaced, plan_substeps
 from .kernels import covariance, material_from_params
 from .particles import ParticleState, rest_shape_matrices
 from .solver import max_wave_speed
+from .threads import LaunchRecord
 
 
 @dataclass
@@ -50,17 +53,19 @@ class _Params:
 class _Buffers:
     """Per-substep states, grids and tapes for a contiguous range of substeps."""
 
-    states: list
+    states: list               # views into `blocks`, one State per substep boundary
+    blocks: list               # one array per state field holding every substep's values (one memset to zero)
     grid_mv: list
     grid_v: list
     cov: list
     tapes: list = field(default_factory=list)
 
     def zero_grads(self) -> None:
-        for st in self.states:
-            st.zero_grad()
-        for a in self.grid_mv + self.grid_v + self.cov:
+        for a in self.blocks:
             a.grad.zero_()
+        for a in self.grid_mv + self.grid_v + self.cov:
+            if a is not None:
+                a.grad.zero_()
 
 
 @dataclass
@@ -82,8 +87,15 @@ class DifferentiableSim:
     checkpoint_every: substeps per recomputed segment, or None to keep the full tape.
     The rollout runs domain-local (metres from the grid's first node, `grid.origin` in world);
     outputs are world positions, or domain-local with local_outputs=True (float32 cannot hold
-    millimetres a kilometre from the world origin). F0: the rest state under gravity (mpm/rest.py),
-    a constant initial condition: no gradient flows into it.
+    millimetres a kilometre from the world origin).
+
+    F0: the rest state under gravity (mpm/rest.py), solved with Young's moduli F0_E (N,) Pa. Each call
+    rescales its strain to the call's E, F0(E) = I + (F0 - I) F0_E / E, so the rest stress (which balances
+    the same weight) stays put while the estimator changes E; dL/dlog E includes this path through the
+    initial F. The splats' rest shapes use F0 as given.
+
+    full_tape_mb: keep the full tape anyway when it needs at most this many MB (no recomputation:
+    the backward then costs about a forward less); 0 = always checkpoint when checkpoint_every is set.
 
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
@@ -91,18 +103,24 @@ class DifferentiableSim:
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
-                 volume=None, local_outputs: bool = False, F0=None):
+                 volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
         ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume, F0=F0)
         self.F0 = ps.F0
+        self.F0_log_E = None
+        if ps.F0 is not None:
+            if F0_E is None:
+                raise ValueError("F0 needs F0_E, the Young's moduli (Pa) it was solved with")
+            self.F0_log_E = np.log(np.broadcast_to(np.asarray(F0_E, np.float64), (ps.n,)))
         if bptt_substeps is not None and int(bptt_substeps) < 1:
             raise ValueError(f"bptt_substeps must be None or >= 1, got {bptt_substeps}")
         if checkpoint_every is not None and int(checkpoint_every) < 1:
             raise ValueError(f"checkpoint_every must be None or >= 1, got {checkpoint_every}")
         self.bptt_substeps = None if bptt_substeps is None else int(bptt_substeps)
         self.checkpoint_every = None if checkpoint_every is None else int(checkpoint_every)
+        self.full_tape_mb = float(full_tape_mb)
         self.n = ps.n
         self.material_id = ps.material_id
         self.grid = GridMapping.build(self.config, ps.positions)
@@ -111,6 +129,7 @@ class DifferentiableSim:
         self.local_outputs = bool(local_outputs)
         vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, self.device)
+        self.n_threads = self.core.use_threads(self.config.threads)
         self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
         a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
         self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)
@@ -126,7 +145,9 @@ class DifferentiableSim:
         log_E, nu, rho = (t.expand(n) if t.dim() == 0 else t for t in (log_E, nu, rho))
         if v0.dim() == 1:
             v0 = v0.expand(n, 3)
-        return _MPMFunction.apply(log_E, nu, rho, v0, self, int(n_frames))
+        # Without a backward to come (torch.no_grad, or no input needs a gradient) nothing is taped.
+        taped = torch.is_grad_enabled() and any(t.requires_grad for t in (log_E, nu, rho, v0))
+        return _MPMFunction.apply(log_E, nu, rho, v0, self, int(n_frames), taped)
 
     # -- forward -----------------------------------------------------------------------------
     def _params(self, log_E: np.ndarray, nu: np.ndarray, rho: np.ndarray) -> _Params:
@@ -157,8 +178,9 @@ class DifferentiableSim:
         if np.abs(log_E).max() > 80:
             raise ValueError("log_E out of range (|log E| > 80)")
 
-    def forward_numpy(self, log_E, nu, rho, v0, n_frames: int):
-        """Forward rollout; returns (positions (T,N,3), cov (T,N,3,3), run) with numpy outputs."""
+    def forward_numpy(self, log_E, nu, rho, v0, n_frames: int, taped: bool = True):
+        """Forward rollout; returns (positions (T,N,3), cov (T,N,3,3), run) with numpy outputs.
+        taped=False: no backward will follow, so the whole tape is never kept."""
         log_E, nu, rho = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (log_E, nu, rho))
         v0 = np.asarray(v0, dtype=np.float32).reshape(self.n, 3)
         self._check_inputs(log_E, nu, rho, v0)
@@ -167,13 +189,27 @@ class DifferentiableSim:
         params = self._params(log_E, nu, rho)
         c_max = max_wave_speed(np.exp(log_E), nu, rho, self.material_id)
         plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
-        init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self.F0), self.device)
+        init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self._rest_F(log_E)), self.device)
         self.core.set_fixed_nodes(init.x, params.mass)
-        if self.checkpoint_every is None:
+        full = self.checkpoint_every is None or self._tape_mb(plan.n * n_frames, n_frames, init) <= self.full_tape_mb
+        if taped and full:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)
             return pos, cov, _Run(params, plan, n_frames, {}, full)
         pos, cov, ckpts = self._forward_checkpointed(params, plan, init, n_frames)
         return pos, cov, _Run(params, plan, n_frames, ckpts, None)
+
+    def _rest_F(self, log_E: np.ndarray) -> np.ndarray | None:
+        """F0 with its strain rescaled to these moduli (see the class docstring)."""
+        if self.F0 is None:
+            return None
+        scale = np.exp(self.F0_log_E - np.asarray(log_E, np.float64))[:, None, None]
+        return (np.eye(3) + (self.F0 - np.eye(3)) * scale).astype(np.float32)
+
+    def _tape_mb(self, n_substeps: int, n_frames: int, init: State) -> float:
+        """Memory of the whole tape (MB): states and grids with their gradients, covariances at frame ends."""
+        nodes = self.core.box_nodes(self.core.particle_box(init.x, 1))
+        per_substep = self.n * 2 * (3 + 3 + 9 + 9 + 1 + 3 + 9) * 4 + nodes * 2 * (4 + 3) * 4
+        return (n_substeps * per_substep + n_frames * self.n * 2 * 9 * 4) / 2**20
 
     def _windows(self, n_frames: int, n_sub: int) -> list[tuple[int, int, list[int]]]:
         """(start, end, frames seeded) of each backward window, in substeps."""
@@ -225,12 +261,13 @@ class DifferentiableSim:
         return displaced(self._world0, self.positions.astype(np.float64), local).astype(np.float32)
 
     def _alloc(self, n_substeps: int) -> _Buffers:
-        dev = self.device
-        return _Buffers(
-            states=[State.zeros(self.n, dev, requires_grad=True) for _ in range(n_substeps + 1)],
-            grid_mv=[], grid_v=[],
-            cov=[wp.zeros(self.n, dtype=wp.mat33, device=dev, requires_grad=True) for _ in range(n_substeps)],
-        )
+        """States for n_substeps + 1 boundaries as views of one array per field: ~1,000 small
+        allocations per rollout cost more than the kernels of a few thousand particles."""
+        n, count = self.n, n_substeps + 1
+        whole = State.zeros(n * count, self.device, requires_grad=True)
+        states = [State(*(a[k * n:(k + 1) * n] for a in whole.arrays())) for k in range(count)]
+        return _Buffers(states=states, blocks=list(whole.arrays()), grid_mv=[], grid_v=[],
+                        cov=[None] * n_substeps)  # covariances: allocated at the frame ends (see _record)
 
     def _record(self, buf: _Buffers, params: _Params, plan: SubstepPlan, a: int, b: int,
                 check_frames: bool = False) -> None:
@@ -245,14 +282,16 @@ class DifferentiableSim:
             nodes = self.core.box_nodes(box)
             buf.grid_mv.append(wp.zeros(nodes, dtype=wp.vec4, device=dev, requires_grad=True))
             buf.grid_v.append(wp.zeros(nodes, dtype=wp.vec3, device=dev, requires_grad=True))
-            tape = wp.Tape()
-            with tape:
-                self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
-                                  buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box)
-                if (s + 1) % n_sub == 0:
-                    wp.launch(covariance, self.n, inputs=[buf.states[k + 1].F, self.cov0], outputs=[buf.cov[k]],
-                              device=self.device)
-            buf.tapes.append(tape)
+            record = LaunchRecord(self.core.launch)
+            self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
+                              buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box,
+                              launch=record)
+            if (s + 1) % n_sub == 0:
+                if buf.cov[k] is None:
+                    buf.cov[k] = wp.zeros(self.n, dtype=wp.mat33, device=dev, requires_grad=True)
+                record(covariance, self.n, inputs=[buf.states[k + 1].F, self.cov0], outputs=[buf.cov[k]],
+                       device=self.device)
+            buf.tapes.append(record)
             if check_frames and (s + 1) % n_sub == 0:
                 self._frame_check(s // n_sub, plan)
                 self.core.reset_bad()
@@ -276,7 +315,10 @@ class DifferentiableSim:
         for a in (p.mu, p.lam, p.mass):
             a.grad.zero_()
         grad_v0 = np.zeros((self.n, 3), np.float32)
+        grad_F0 = np.zeros((self.n, 3, 3), np.float32)
         for start, end, frames in self._windows(run.n_frames, n_sub):
+            if run.full is not None:
+                run.full.zero_grads()  # the whole tape once per window (segments only carry state adjoints)
             carry = None
             for a, b in reversed(self._segments(start, end)):
                 buf, off = self._segment_buffers(run, a, b)
@@ -284,6 +326,7 @@ class DifferentiableSim:
                 carry = self._backprop(buf, off, b - a, seeds, carry, grad_pos, grad_cov)
             if start == 0:
                 grad_v0 += carry[1]
+                grad_F0 += carry[3]
         tape = wp.Tape()
         for a in (p.log_E, p.nu, p.rho):
             a.grad.zero_()
@@ -291,12 +334,15 @@ class DifferentiableSim:
             wp.launch(material_from_params, self.n, inputs=[p.log_E, p.nu, p.rho, self.vol],
                       outputs=[p.mu, p.lam, p.mass], device=dev)
         tape.backward()
-        return p.log_E.grad.numpy().copy(), p.nu.grad.numpy().copy(), p.rho.grad.numpy().copy(), grad_v0
+        grad_log_E = p.log_E.grad.numpy().copy()
+        if self.F0 is not None:  # d F0(E) / d log E = -(F0(E) - I)
+            strain = self._rest_F(p.log_E.numpy()) - np.eye(3, dtype=np.float32)
+            grad_log_E -= (grad_F0 * strain).sum(axis=(1, 2))
+        return grad_log_E, p.nu.grad.numpy().copy(), p.rho.grad.numpy().copy(), grad_v0
 
     def _segment_buffers(self, run: _Run, a: int, b: int) -> tuple[_Buffers, int]:
         """Taped buffers covering substeps a..b and the offset of substep a inside them."""
         if run.full is not None:
-            run.full.zero_grads()
             return run.full, a
         length = b - a
         if self._segment is None or len(self._segment.cov) < length:
@@ -309,7 +355,7 @@ class DifferentiableSim:
 
     def _backprop(self, buf: _Buffers, off: int, length: int, seeds, carry, grad_pos, grad_cov):
         """Seed output/carried adjoints, run the substep tapes backwards; returns the state adjoint
-        at the segment start as numpy (x, v, C, F, plastic)."""
+        at the segment start as numpy (x, v, C, F, plastic, x_err, F_err)."""
         end_state = buf.states[off + length]
         if carry is not None:
             for arr, g in zip(end_state.arrays(), carry):
@@ -323,19 +369,34 @@ class DifferentiableSim:
                 cov.grad.assign(wp.array(np.ascontiguousarray(grad_cov[f], dtype=np.float32), dtype=wp.mat33,
                                          device=self.device))
         for k in reversed(range(off, off + length)):
-            buf.tapes[k].backward()
+            buf.tapes[k].backward(self.core.adjoint)
         return tuple(a.grad.numpy().copy() for a in buf.states[off].arrays())
+
+
+# Test hook (tests only, never set by the product): SPLAT_TEST_NONFINITE_GRAD="2,3" makes the 2nd and
+# 3rd backward pass of this process return NaN for dL/dlog_E, "2-" every backward pass from the 2nd on;
+# it reproduces the MPM adjoint's rare NaN so the estimator's recovery from it can be tested end to end.
+NONFINITE_GRAD_HOOK = "SPLAT_TEST_NONFINITE_GRAD"
+_backward_calls = itertools.count(1)
+
+
+def _injected_nonfinite(call: int) -> bool:
+    spec = os.environ.get(NONFINITE_GRAD_HOOK, "").strip()
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        if part.endswith("-") and call >= int(part[:-1]) or part == str(call):
+            return True
+    return False
 
 
 class _MPMFunction(torch.autograd.Function):
     """torch bridge: forward runs the warp rollout, backward the checkpointed adjoint."""
 
     @staticmethod
-    def forward(ctx, log_E, nu, rho, v0, sim: DifferentiableSim, n_frames: int):
+    def forward(ctx, log_E, nu, rho, v0, sim: DifferentiableSim, n_frames: int, taped: bool):
         def np32(t):
             return t.detach().to("cpu", torch.float32).numpy()
 
-        pos, cov, run = sim.forward_numpy(np32(log_E), np32(nu), np32(rho), np32(v0), n_frames)
+        pos, cov, run = sim.forward_numpy(np32(log_E), np32(nu), np32(rho), np32(v0), n_frames, taped)
         ctx.sim, ctx.run = sim, run
         ctx.meta = [(t.dtype, t.device) for t in (log_E, nu, rho, v0)]
         dev = log_E.device
@@ -349,5 +410,7 @@ class _MPMFunction(torch.autograd.Function):
 
         grads = ctx.sim.backward_numpy(ctx.run, np32(grad_pos), np32(grad_cov))
         ctx.run = None
+        if _injected_nonfinite(next(_backward_calls)):
+            grads = (np.full_like(grads[0], np.nan), *grads[1:])
         out = [torch.from_numpy(np.asarray(g)).to(device=d, dtype=dt) for g, (dt, d) in zip(grads, ctx.meta)]
-        return out[0], out[1], out[2], out[3], None, None
+        return out[0], out[1], out[2], out[3], None, None, None

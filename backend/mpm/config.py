@@ -244,6 +244,8 @@ class SimConfig:
         c_p = sqrt((lambda + 2 mu) / rho).
     max_substeps_per_frame: cap on the substeps per frame (the CFL bound is not met beyond it).
     damping: grid velocity damping rate in 1/s (velocity decays as exp(-damping t)).
+    threads: CPU threads of the substeps (None = the usable cores, capped at what helps;
+        1 = the single-thread path). The differentiable path's taped substeps always use one.
     """
 
     n_grid: int = _DEFAULTS["n_grid"]
@@ -262,6 +264,7 @@ class SimConfig:
     colliders: list = field(default_factory=list)
     plasticity: Plasticity = field(default_factory=Plasticity)
     damping: float = _DEFAULTS["damping"]
+    threads: int | None = _DEFAULTS["threads"]
 
     def __post_init__(self) -> None:
         self.validate()
@@ -285,6 +288,9 @@ class SimConfig:
             assert 0 < self.substep_dt <= self.frame_dt * (1 + 1e-9), "substep_dt must fit in a frame"
         self.max_substeps_per_frame = int(self.max_substeps_per_frame)
         self.gravity, self.damping = _vec3(self.gravity), float(self.damping)
+        if self.threads is not None:
+            self.threads = int(self.threads)
+            assert self.threads >= 1, "threads must be None or >= 1"
         self.walls.validate()
         if self.ground is not None:
             self.ground.validate()

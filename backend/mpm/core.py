@@ -16,6 +16,7 @@ from . import kernels as taped
 from . import kernels_forward as untaped
 from .kernels import GridInfo
 from .kernels_forward import anchor_node_mass, cell_bounds
+from .threads import SlabLauncher, plain_adjoint, thread_count
 
 NO_BAD_SUBSTEP = 2**31 - 1
 _initialised = False
@@ -127,6 +128,20 @@ class SimCore:
         self.has_fixed = int(self.anchor_np.any())
         self.fixed = wp.zeros(self.n_nodes if self.has_fixed else 1, dtype=wp.int32, device=device)
         self.bad = wp.array([NO_BAD_SUBSTEP], dtype=wp.int32, device=device)
+        self.launch = wp.launch  # forward-path launcher; use_threads() swaps in a SlabLauncher
+        self.adjoint = plain_adjoint  # reverse launches of recorded substeps (threads.LaunchRecord)
+        self.n_threads = 1
+
+    def use_threads(self, setting: int | None) -> int:
+        """Run the forward (clear=True) substeps, and recorded substeps and their reverse passes,
+        on several CPU threads; returns the count used.
+        The particles should be cell-sorted for speed (not for correctness)."""
+        n = thread_count(setting, self.n_particles, self.device)
+        if n != self.n_threads:
+            self.launch = SlabLauncher(self.n_particles, n, self.device) if n > 1 else wp.launch
+            self.adjoint = self.launch.adjoint if n > 1 else plain_adjoint
+            self.n_threads = n
+        return n
 
     def grid_info(self, lo, dims) -> GridInfo:
         """A fresh GridInfo for the node box lo .. lo + dims - 1 (a new struct each time, since a
@@ -198,31 +213,34 @@ class SimCore:
 
     def substep(self, st_in: State, st_out: State, mu: wp.array, lam: wp.array, mass: wp.array,
                 vol: wp.array, grid_mv: wp.array, grid_v: wp.array, t: float, dt: float,
-                k: int, clear: bool, g: GridInfo | None = None) -> None:
+                k: int, clear: bool, g: GridInfo | None = None, launch=None) -> None:
         """Advance st_in by dt (seconds) into st_out (may be the same object when clear=True).
 
         t: simulation time at the start of the substep; k: substep index reported on divergence.
         g: node box (default: the whole grid); grid_mv / grid_v hold at least its node count and
         grid_mv must be zero there on entry. With clear=True grid_update leaves it zeroed again and
         the forward-only kernels run (no tape may record them).
+        launch: the launcher (default: self.launch on the forward path, which may be threaded, and
+        plain wp.launch otherwise, which a wp.Tape records); see threads.LaunchRecord.
         """
         dev = self.device
         g = self.g_full if g is None else g
         kern = untaped if clear else taped
+        if launch is None:
+            launch = self.launch if clear else wp.launch  # a wp.Tape must see plain launches
         acc = body_acceleration(self.config, t) if self.config.winds else self._gravity
         body_dv = (float(acc[0] * dt), float(acc[1] * dt), float(acc[2] * dt))
         damp = math.exp(-self.config.damping * dt)
-        wp.launch(kern.p2g, self.n_particles,
+        launch(kern.p2g, self.n_particles,
                   inputs=[st_in.x, st_in.v, st_in.C, st_in.F, st_in.plastic, self.material, mu, lam, mass, vol,
                           g, self.pp, self.pokes, float(t), float(dt)],
                   outputs=[grid_mv], device=dev)
-        wp.launch(kern.grid_update, self.box_nodes(g),
+        launch(kern.grid_update, self.box_nodes(g),
                   inputs=[grid_mv, self.fixed, self.has_fixed, g, self.bnd,
                           wp.vec3(*body_dv), float(damp), float(self.grid.dx / dt), float(t), int(clear)],
                   outputs=[grid_v], device=dev)
-        wp.launch(kern.g2p, self.n_particles,
-                  inputs=[st_in.x, st_in.x_err, st_in.F, st_in.F_err, st_in.plastic, self.material, self.anchor, mu, lam, grid_v,
-                          g, self.pp, float(dt), int(k)],
-                  outputs=[st_out.x, st_out.x_err, st_out.v, st_out.C, st_out.F, st_out.F_err, st_out.plastic,
-                           self.bad],
-                  device=dev)
+        launch(kern.g2p, self.n_particles,
+               inputs=[st_in.x, st_in.x_err, st_in.F, st_in.F_err, st_in.plastic, self.material, self.anchor, mu, lam,
+                       grid_v, g, self.pp, float(dt), int(k)],
+               outputs=[st_out.x, st_out.x_err, st_out.v, st_out.C, st_out.F, st_out.F_err, st_out.plastic, self.bad],
+               device=dev)

@@ -18,6 +18,9 @@ from .boundary import Boundaries, Pokes, apply_boundaries, poke_velocity_change
 from .constitutive import STVK_HENCKY, PlasticParams, kirchhoff_stress, return_mapping
 
 
+MIN_NODE_MASS = wp.constant(1.0e-18)  # kg; its square is still a normal float32
+
+
 @wp.struct
 class GridInfo:
     """Node (i, j, k) sits at origin + (i, j, k) * dx, 0 <= i, j, k < n. x_lo/x_hi: particle clamp
@@ -131,7 +134,9 @@ def grid_update_impl(
     mv = grid_mv[idx]
     m = mv[3]
     vel = wp.vec3(0.0)
-    if m > 0.0:
+    # A node reached only by the far tail of a B-spline can hold a denormal mass (w^3 ~ 1e-43): its
+    # velocity is meaningless and the adjoint of mv / m (m^2 underflows to 0) would be NaN.
+    if m > MIN_NODE_MASS:
         vel = (wp.vec3(mv[0], mv[1], mv[2]) / m + body_dv) * damp
         ny = g.box_dims[1]
         nz = g.box_dims[2]

@@ -52,6 +52,7 @@ class MPMSolver:
     caller's particle order. Positions are simulated domain-local (float32 metres from the grid's
     first node) and converted from / to world space (float64) at the boundary. Grid work covers only the node box around the particles, refreshed
     every `box_every` substeps (default 4 on CPU, 8 on CUDA: one small device read each time).
+    On the CPU the substeps run on `config.threads` threads (see threads.py).
     """
 
     def __init__(self, particles: ParticleState, config: SimConfig | None = None, device: str = "cpu",
@@ -78,6 +79,7 @@ class MPMSolver:
         dev = self.device
         self.mu, self.lam, self.mass, self.vol = (wp.zeros(self.n, dtype=float, device=dev) for _ in range(4))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, dev)
+        self.n_threads = self.core.use_threads(self.config.threads)
         self.splats = SplatOutputs(self._constants["A0"], dev)
         self.state = State.zeros(self.n, dev)
         self._order = np.arange(self.n)

@@ -9,16 +9,18 @@ Targets (each a module with ``bake_<target>(obj, frames, cache_dir, ...) -> Bake
 
 Frames are (frame_number, {positions, rotations, scales}) pairs in world space; ``frames_from_dir`` reads
 a job's out/frames folder lazily. Caches go to ``default_cache_dir(obj, target)`` =
-//splat_cache/<object>/<target> and are referenced with '//'-relative paths.
+//splat_cache/<object>/<target> (or a folder the artist picks) and are referenced with '//'-relative
+paths. A bake writes only into a folder it owns and replaces or frees only the files it wrote there
+(folder.py); baking another target keeps the earlier target's cache.
 """
 
 from __future__ import annotations
 
 import os
 
-from . import common, gn_cache, pc2, ply_sequence, shape_keys
-from .common import (TARGETS, BakeError, BakeInfo, bake_record, default_cache_dir, frames_from_dir,
-                     remove_cache_dir)
+from .. import paths
+from . import common, folder, gn_cache, pc2, ply_sequence, shape_keys
+from .common import TARGETS, BakeError, BakeInfo, bake_record, default_cache_dir, frames_from_dir
 from .gn_cache import bake_gn_cache
 from .pc2 import bake_pc2
 from .ply_sequence import bake_ply_sequence
@@ -47,21 +49,42 @@ def bake(obj, frames, target: str = "gn_cache", cache_dir: str | None = None, **
     return _BAKERS[target](obj, frames, cache_dir, **options)
 
 
+def check_cache_dir(cache_dir) -> str:
+    """Refuse, before anything runs, a bake folder that is a file, holds someone else's files or is read-only."""
+    return str(folder.check_folder(cache_dir))
+
+
 def free_bake(obj, delete_files: bool = True) -> bool:
     """Remove the object's bake: its reader modifiers or shape keys and (optionally) its cache files.
 
-    The static splat look is restored. Only folders written by a bake (holding its manifest) are deleted.
-    Returns True if there was a bake.
+    The static splat look is restored. Only files a bake wrote are deleted (the current bake's and those
+    of earlier targets kept on disk); anything else in the cache folders stays. Returns True if there
+    was a bake.
     """
     from .. import look
 
     record = bake_record(obj)
+    caches = [(t, common.resolve(d)) for t, d in common.record_caches(record) if t in _MODULES and t != "shape_keys"]
+    if delete_files:  # a folder we cannot write is said before anything changes
+        for _target, path in caches:
+            if folder.is_owned(path):
+                try:
+                    paths.check_writable_folder(path, "bake folder")
+                except paths.PathProblem as exc:
+                    raise BakeError(f"Cannot free the bake: {exc}") from None
     common.detach_all(obj)
-    folder = common.record_dir(record)
-    if delete_files and folder:
-        remove_cache_dir(folder)
-        staging = os.path.join(os.path.dirname(folder), f".{os.path.basename(folder)}.partial")
-        remove_cache_dir(staging)
+    if delete_files:
+        for target, path in caches:
+            folder.release(path, target, _MODULES[target].LAYOUT)
+            common.remove_legacy_staging(path)
+        for _target, path in caches:  # //splat_cache/<object>/ left empty: our layout, so tidy it away
+            parent = os.path.dirname(path)
+            if os.path.basename(os.path.dirname(parent)) == common.CACHE_ROOT:
+                for level in (parent, os.path.dirname(parent)):
+                    try:
+                        os.rmdir(level)
+                    except OSError:  # not empty, or already gone
+                        break
     common.clear_bake_record(obj)
     if look.look_modifier(obj) is not None:
         look.apply_splat_look(obj, source="attributes")
@@ -69,5 +92,5 @@ def free_bake(obj, delete_files: bool = True) -> bool:
 
 
 __all__ = ["TARGETS", "BakeError", "BakeInfo", "bake", "bake_gn_cache", "bake_ply_sequence", "bake_pc2",
-           "bake_shape_keys", "estimate_bake_size", "free_bake", "frames_from_dir", "default_cache_dir",
-           "bake_record"]
+           "bake_shape_keys", "check_cache_dir", "estimate_bake_size", "free_bake", "frames_from_dir",
+           "default_cache_dir", "bake_record"]

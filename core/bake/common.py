@@ -1,14 +1,18 @@
 """What every bake writer shares: frame sources, validation, world->local, the staging folder, the record.
 
-A bake never touches the previous one until it has finished: frames go into a hidden sibling folder
-``.<target>.partial`` next to the final cache folder, each frame written atomically and followed by a
-small done marker (``_splat_progress/<frame>.done`` holding a fingerprint of the frame's source).
-A rerun with the same object and frame range resumes: frames whose marker matches are skipped. At the
-end the staging folder is swapped in (rename) and the old cache is deleted.
+A bake writes only into a folder it owns (see folder.py: a marker file lists the files each target
+wrote; a folder with someone else's files is refused) and never touches the previous bake until it
+has finished: frames go into ``.splat_staging/<target>/`` inside the bake folder, each frame written
+atomically and followed by a small done marker (``_splat_progress/<frame>.done`` holding a fingerprint
+of the frame's source). A rerun with the same object and frame range resumes: frames whose marker
+matches are skipped. At the end the staged files replace this target's previous files, and only those.
 
 Frames come as (frame_number, mapping) pairs; the mapping has the FRAME_ARRAYS of backend.protocol
 (positions (N,3) world, rotations (N,4) wxyz, scales (N,3) linear, time ()). ``frames_from_dir`` gives
 lazily loaded frames of a job's out/frames folder, so skipped frames are never read.
+
+Paths stored in the .blend (the record, the readers) are '//'-relative when the file is saved and are
+resolved with bpy.path.abspath when used; relocate.py keeps them pointing at the same files on Save As.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
-import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,18 +30,16 @@ import bpy
 import numpy as np
 
 from ...backend import protocol
+from .. import paths
 from .. import splats as splat_data
+from . import folder
+from .folder import BakeError
 
 TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")
 BAKE_PROP = "splat_bake"  # object custom property: JSON record of the current bake
-MANIFEST = "splat_bake.json"  # marks a cache folder as ours (free_bake deletes only such folders)
+STAGE_FILE = "stage.json"  # in a staging folder: what must match for a rerun to resume it
 PROGRESS_DIR = "_splat_progress"
 CACHE_ROOT = "splat_cache"
-FORMAT_VERSION = 1
-
-
-class BakeError(ValueError):
-    """A bake cannot run or its input is wrong; the message says what to fix."""
 
 
 @dataclass
@@ -217,54 +219,56 @@ def default_cache_dir(obj, target: str) -> str:
         raise BakeError(f"unknown bake target {target!r}; use one of {', '.join(TARGETS)}")
     if not bpy.data.filepath:
         raise BakeError("save the .blend file first: bake caches are stored next to it")
-    return bpy.path.abspath(f"//{CACHE_ROOT}/{bpy.path.clean_name(obj.name)}/{target}")
+    return bpy.path.abspath(f"//{CACHE_ROOT}/{paths.safe_folder_name(obj.name)}/{target}")
 
 
-def folder_size(path) -> int:
+def files_size(root, rels) -> int:
     total = 0
-    for root, _dirs, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.path.getsize(os.path.join(root, name))
-            except OSError:
-                pass
+    for rel in rels:
+        try:
+            total += os.path.getsize(os.path.join(root, rel))
+        except OSError:
+            pass
     return total
 
 
-def remove_cache_dir(path) -> bool:
-    """Delete a cache folder, but only one that a bake wrote (it holds our manifest)."""
-    path = Path(path)
-    if path.is_dir() and (path / MANIFEST).is_file():
-        shutil.rmtree(path, ignore_errors=True)
-        return True
-    return False
+def remove_legacy_staging(cache_dir) -> None:
+    """An interrupted format-1 bake left a hidden sibling '.<name>.partial' holding our marker: delete it."""
+    cache_dir = Path(cache_dir)
+    staging = cache_dir.parent / f".{cache_dir.name}.partial"
+    if staging.is_dir() and not staging.is_symlink() and (staging / folder.MARKER).is_file():
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ staging
 class Stage:
-    """The hidden sibling folder a bake writes into; swapped in by commit()."""
+    """A bake being written: ``.splat_staging/<target>/`` inside the (owned) bake folder; commit() moves it in.
 
-    def __init__(self, cache_dir, manifest: dict, resume: bool = True):
-        self.final = Path(os.path.abspath(os.fspath(cache_dir)))
-        if self.final.exists() and not self.final.is_dir():
-            raise BakeError(f"cache path {self.final} exists and is not a folder")
-        self.dir = self.final.parent / f".{self.final.name}.partial"
-        self.manifest = dict(manifest, format_version=FORMAT_VERSION)
+    ``layout`` is the writer's pattern of the files it makes (relative paths); only such files are
+    moved in, and only this target's earlier files that match it are replaced (folder.py).
+    """
+
+    def __init__(self, cache_dir, manifest: dict, layout: re.Pattern, resume: bool = True):
+        self.final = folder.claim(cache_dir)
+        self.target = manifest["target"]
+        self.layout = layout
+        self.dir = self.final / folder.STAGING / self.target
+        self.manifest = dict(manifest)
+        self.files: list[str] = []
         self.resumed = False
-        old = self._read_manifest()
-        if resume and old == self.manifest:
+        if resume and self._read_manifest() == self.manifest:
             self.resumed = True
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
         try:
             (self.dir / PROGRESS_DIR).mkdir(parents=True, exist_ok=True)
+            protocol.atomic_write_json(self.dir / STAGE_FILE, self.manifest)
         except OSError as exc:
-            raise BakeError(f"cannot create the cache folder {self.dir}: {exc.strerror or exc}") from None
-        protocol.atomic_write_json(self.dir / MANIFEST, self.manifest)
+            raise BakeError(f"cannot write into the bake folder {self.final}: {exc.strerror or exc}") from None
 
     def _read_manifest(self):
         try:
-            return json.loads((self.dir / MANIFEST).read_text(encoding="utf-8"))
+            return json.loads((self.dir / STAGE_FILE).read_text(encoding="utf-8"))
         except (OSError, ValueError):
             return None
 
@@ -281,16 +285,16 @@ class Stage:
         protocol.atomic_write_text(self._marker(frame), fp)
 
     def commit(self) -> Path:
-        """Swap the finished staging folder in place of the final one; the old cache is deleted after."""
-        shutil.rmtree(self.dir / PROGRESS_DIR, ignore_errors=True)
-        old = None
-        if self.final.exists():
-            old = self.final.parent / f".{self.final.name}.old-{os.getpid()}-{int(time.time() * 1000)}"
-            os.replace(self.final, old)
-        os.replace(self.dir, self.final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        """Move the finished files in; this target's previous files are replaced, nothing else is touched."""
+        try:
+            self.files = folder.commit(self.final, self.target, self.dir, self.layout)
+        except OSError as exc:
+            raise BakeError(f"cannot finish the bake in {self.final}: {exc.strerror or exc}") from None
         return self.final
+
+    @property
+    def bytes(self) -> int:
+        return files_size(self.final, self.files)
 
 
 def manifest_for(target: str, obj, n: int, frames: list, **extra) -> dict:
@@ -312,11 +316,16 @@ def bake_record(obj) -> dict | None:
         return None
 
 
-def set_bake_record(obj, info: BakeInfo) -> None:
-    obj[BAKE_PROP] = json.dumps({"target": info.target, "path": info.path,
-                                 "dir": blend_relative(info.cache_dir) if info.cache_dir else "",
-                                 "frame_start": info.frame_start, "frame_end": info.frame_end,
-                                 "n_points": info.n_points})
+def write_record(obj, record: dict) -> None:
+    obj[BAKE_PROP] = json.dumps(record)
+
+
+def set_bake_record(obj, info: BakeInfo, kept: list | None = None) -> None:
+    """The current bake, plus the caches of earlier bakes that were kept on disk (other targets or folders)."""
+    write_record(obj, {"target": info.target, "path": info.path,
+                       "dir": blend_relative(info.cache_dir) if info.cache_dir else "",
+                       "frame_start": info.frame_start, "frame_end": info.frame_end,
+                       "n_points": info.n_points, "kept": kept or []})
 
 
 def clear_bake_record(obj) -> None:
@@ -331,28 +340,59 @@ def report_progress(progress, done: int, total: int, frame: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ finishing
-def detach_all(obj) -> None:
-    """Remove every bake reader (modifiers, committed shape keys) from the object; files stay."""
+def detach_all(obj, keep: tuple = ()) -> None:
+    """Remove every bake reader (modifiers, committed shape keys) from the object, except the targets in
+    ``keep``; files stay."""
     from . import gn_cache, pc2, ply_sequence, shape_keys
 
     for module in (gn_cache, ply_sequence, pc2, shape_keys):
-        module.detach(obj)
+        if module.TARGET not in keep:
+            module.detach(obj)
+
+
+def resolve(path: str) -> str:
+    """A stored ('//'-relative or absolute) path as an absolute one, resolved against the current .blend."""
+    return os.path.abspath(bpy.path.abspath(path)) if path else ""
 
 
 def record_dir(record: dict | None) -> str:
     """Absolute cache folder of a bake record ('' for none or shape keys)."""
     if not record or not record.get("dir"):
         return ""
-    return os.path.abspath(bpy.path.abspath(record["dir"]))
+    return resolve(record["dir"])
+
+
+def record_caches(record: dict | None) -> list[tuple[str, str]]:
+    """(target, stored folder) of every cache a record knows: the current bake's first, then the kept ones."""
+    if not record:
+        return []
+    out = [(record.get("target"), record.get("dir"))]
+    out += [(k.get("target"), k.get("dir")) for k in record.get("kept", []) if isinstance(k, dict)]
+    return [(t, d) for t, d in out if isinstance(t, str) and isinstance(d, str) and d]
+
+
+def _has_shape_key_bake(record: dict | None) -> bool:
+    if not record:
+        return False
+    kept = [k.get("target") for k in record.get("kept", []) if isinstance(k, dict)]
+    return record.get("target") == "shape_keys" or "shape_keys" in kept
 
 
 def finish_bake(obj, info: BakeInfo, attach) -> None:
-    """After a successful write: drop the previous bake (its readers and, if elsewhere, its files),
-    hook up the new one and record it on the object."""
+    """After a successful write: swap the readers to the new bake and record it. The previous bake stays:
+    another target's cache files on disk, or its shape keys in the .blend (the new reader overrides them),
+    listed in the record so Free Bake can delete them too."""
     previous = bake_record(obj)
-    detach_all(obj)
-    old_dir = record_dir(previous)
-    if old_dir and os.path.normcase(old_dir) != os.path.normcase(os.path.abspath(info.cache_dir or "")):
-        remove_cache_dir(old_dir)
+    new_dir = os.path.normcase(os.path.abspath(info.cache_dir)) if info.cache_dir else ""
+    kept, seen = [], set()
+    for target, stored in record_caches(previous):
+        key = (target, os.path.normcase(resolve(stored)))
+        if key != (info.target, new_dir) and key not in seen:
+            seen.add(key)
+            kept.append({"target": target, "dir": stored})
+    keep_keys = info.target != "shape_keys" and _has_shape_key_bake(previous)
+    if keep_keys:
+        kept.append({"target": "shape_keys", "dir": ""})
+    detach_all(obj, keep=("shape_keys",) if keep_keys else ())
     attach()
-    set_bake_record(obj, info)
+    set_bake_record(obj, info, kept)

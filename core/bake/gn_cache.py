@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import numpy as np
@@ -32,6 +33,8 @@ from .. import look
 from . import common
 
 TARGET = "gn_cache"
+# The files write_frame makes: the only files a gn_cache bake replaces or frees in its folder.
+LAYOUT = re.compile(r"(meta/-?\d+_\d{5}\.json|blobs/-?\d+_\d{5}\.blob)")
 READER_GROUP = "SPLAT_BakeCache"
 READER_MODIFIER = "Splat Bake"
 READER_VERSION = 1
@@ -148,7 +151,7 @@ def bake_gn_cache(obj, frames, cache_dir, *, resume: bool = True, progress=None)
     frames = common.collect_frames(frames)
     key = bake_item_key(reader_group())
     common.check_first_frame(frames, n, ("positions", "rotations", "scales"))
-    stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames, item_key=key), resume)
+    stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames, item_key=key), LAYOUT, resume)
     info = common.BakeInfo(TARGET, str(stage.final), "", frames[0][0], frames[-1][0], n, len(frames))
     mw = obj.matrix_world.copy()
     for i, (frame, data) in enumerate(frames):
@@ -164,7 +167,7 @@ def bake_gn_cache(obj, frames, cache_dir, *, resume: bool = True, progress=None)
         common.report_progress(progress, i + 1, len(frames), frame)
     final = stage.commit()
     info.path = common.blend_relative(final)
-    info.bytes = common.folder_size(final)
+    info.bytes = stage.bytes
     common.finish_bake(obj, info, lambda: attach(obj, info.path, info.frame_start, info.frame_end))
     info.seconds = time.perf_counter() - t0
     return info

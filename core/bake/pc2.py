@@ -12,6 +12,7 @@ flushed to disk, then marked done; a rerun skips marked frames.
 from __future__ import annotations
 
 import os
+import re
 import struct
 import time
 
@@ -23,6 +24,7 @@ from . import common
 TARGET = "pc2"
 MODIFIER = "Splat PC2"
 FILE_NAME = "cache.pc2"
+LAYOUT = re.compile(re.escape(FILE_NAME))  # the only file a pc2 bake replaces or frees in its folder
 MAGIC = b"POINTCACHE2\0"
 HEADER = struct.Struct("<12siiffi")
 
@@ -81,7 +83,7 @@ def bake_pc2(obj, frames, cache_dir, *, resume: bool = True, progress=None) -> c
     if last - first + 1 != len(frames):
         raise common.BakeError(f"PC2 needs consecutive frames; got {len(frames)} frames from {first} to {last}")
     common.check_first_frame(frames, n, ("positions",))
-    stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames), resume)
+    stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames), LAYOUT, resume)
     info = common.BakeInfo(TARGET, str(stage.final), "", first, last, n, len(frames))
     path = stage.dir / FILE_NAME
     size = HEADER.size + n * 12 * len(frames)
@@ -106,7 +108,7 @@ def bake_pc2(obj, frames, cache_dir, *, resume: bool = True, progress=None) -> c
             common.report_progress(progress, i + 1, len(frames), frame)
     final = stage.commit()
     info.path = common.blend_relative(final / FILE_NAME)
-    info.bytes = common.folder_size(final)
+    info.bytes = stage.bytes
     common.finish_bake(obj, info, lambda: attach(obj, info.path, first))
     info.seconds = time.perf_counter() - t0
     return info

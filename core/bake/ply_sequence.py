@@ -14,6 +14,7 @@ attributes as for static splats. A missing or mismatched file leaves the points 
 
 from __future__ import annotations
 
+import re
 import time
 
 import numpy as np
@@ -24,6 +25,7 @@ from .. import splats as splat_data
 from . import common
 
 TARGET = "ply_sequence"
+LAYOUT = re.compile(r"frame_\d{6}\.ply")  # file_name(frame): the only files a sequence replaces or frees
 READER_GROUP = "SPLAT_PlySequence"
 READER_MODIFIER = "Splat Bake"
 READER_VERSION = 1
@@ -114,7 +116,7 @@ def bake_ply_sequence(obj, frames, cache_dir, *, resume: bool = True, progress=N
                                f"{frames[0][0]}..{frames[-1][0]}")
     static = splat_data.splat_arrays(obj, world=False)
     common.check_first_frame(frames, n, ("positions", "rotations", "scales"))
-    stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames), resume)
+    stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames), LAYOUT, resume)
     info = common.BakeInfo(TARGET, str(stage.final), "", frames[0][0], frames[-1][0], n, len(frames))
     mw = obj.matrix_world.copy()
     empty_rest = np.zeros((n, 0), np.float32)
@@ -135,7 +137,7 @@ def bake_ply_sequence(obj, frames, cache_dir, *, resume: bool = True, progress=N
         common.report_progress(progress, i + 1, len(frames), frame)
     final = stage.commit()
     info.path = common.blend_relative(final)
-    info.bytes = common.folder_size(final)
+    info.bytes = stage.bytes
     common.finish_bake(obj, info, lambda: attach(obj, info.path, info.frame_start, info.frame_end))
     info.seconds = time.perf_counter() - t0
     return info

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from backend import protocol
+from support.artist_files import tree_digest
 
 N_FRAMES = 10
 TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")
@@ -232,12 +233,13 @@ def test_interrupted_bake_keeps_the_previous_one_then_resumes_and_frees(mods, sa
     leftovers = [d for d in os.listdir(os.path.dirname(resumed.cache_dir)) if d.startswith(".")]
     assert leftovers == []
 
-    # switching target frees the previous target's files; free_bake restores the static look
+    # switching target keeps the previous target's cache as it was; free_bake deletes both, restores the look
+    gn_files = tree_digest(resumed.cache_dir)
     pc2 = bake.bake(obj, moved, "pc2")
-    assert not os.path.exists(resumed.cache_dir) and os.path.isfile(os.path.join(pc2.cache_dir, "cache.pc2"))
+    assert tree_digest(resumed.cache_dir) == gn_files and os.path.isfile(os.path.join(pc2.cache_dir, "cache.pc2"))
     assert [m.type for m in obj.modifiers] == ["MESH_CACHE", "NODES"]
     assert bake.free_bake(obj)
-    assert not os.path.exists(pc2.cache_dir)
+    assert not os.path.exists(pc2.cache_dir) and not os.path.exists(resumed.cache_dir)
     assert [m.name for m in obj.modifiers] == ["Splat Look"]
     assert look.get_modifier_input(obj.modifiers["Splat Look"], "Baked Transform") is False
     np.testing.assert_allclose(world_points(splats, obj, 6)["world"], p0, atol=1e-6)

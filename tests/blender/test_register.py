@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 OPERATORS = ("SPLAT_OT_convert_to_particles", "SPLAT_OT_add_interaction", "SPLAT_OT_mark_anchor_volume",
              "SPLAT_OT_preview_fill", "SPLAT_OT_clear_fill_preview", "SPLAT_OT_override_materials",
-             "SPLAT_OT_clear_material_locks", "SPLAT_OT_write_job", "SPLAT_OT_estimate_materials",
+             "SPLAT_OT_clear_material_locks", "SPLAT_OT_material_preset", "SPLAT_OT_write_job", "SPLAT_OT_estimate_materials",
              "SPLAT_OT_preview_motion", "SPLAT_OT_simulate_bake", "SPLAT_OT_free_bake", "SPLAT_OT_open_log",
              "SPLAT_OT_monitor_job", "SPLAT_OT_cancel_job")
 PANELS = ("SPLAT_PT_physics", "SPLAT_PT_domain", "SPLAT_PT_material", "SPLAT_PT_forces", "SPLAT_PT_interactions",
@@ -66,6 +66,12 @@ class RecordingLayout:
         self.log.append(("operator", idname))
         return OperatorProps(getattr(getattr(bpy.ops, module), name).get_rna_type().properties)
 
+    def operator_menu_enum(self, idname, prop, **kwargs):
+        module, name = idname.split(".")
+        assert getattr(bpy.types, f"{module.upper()}_OT_{name}", None) is not None, f"{idname} is not registered"
+        assert prop in getattr(getattr(bpy.ops, module), name).get_rna_type().properties
+        self.log.append(("operator", idname))
+
     def label(self, text="", **kwargs):
         self.log.append(("label", text))
 
@@ -114,7 +120,8 @@ def test_panels_draw_in_each_state(addon, clean_scene):
     obj.splat_physics.show_heatmap = True
     after = draw_panels(bpy.context)
     for expected in (("prop", "n_grid"), ("prop", "prior"), ("operator", "splat.estimate_materials"),
-                     ("operator", "splat.simulate_bake"), ("prop", "bake_target"), ("prop", "heat_min_color")):
+                     ("operator", "splat.simulate_bake"), ("prop", "bake_target"), ("prop", "heat_min_color"),
+                     ("prop", "stop_rule"), ("prop", "stop_tolerance"), ("prop", "learn_nu")):
         assert expected in after, expected
     assert any(kind == "label" and "particles per cell" in text for kind, text in after)
     assert any(kind == "label" and "Projected size" in text for kind, text in after)
@@ -180,3 +187,20 @@ def test_extension_validates_with_blenders_cli(tmp_path):
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "Success" in proc.stdout
+
+
+def test_the_extension_zip_ships_only_what_the_add_on_needs(tmp_path):
+    """`make extension` (scripts/extension.py build): the add-on, its backend and the backend's requirements."""
+    import zipfile
+
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "extension.py"), "build", "--output-dir",
+                           str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (zip_path,) = tmp_path.glob("splat_physics-*.zip")
+    names = zipfile.ZipFile(zip_path).namelist()
+    top = {n.split("/")[0] for n in names}
+    assert top == {"__init__.py", "blender_manifest.toml", "preferences.py", "README.md", "backend", "core",
+                   "operators", "panels", "requirements"}, top
+    assert "requirements/backend.txt" in names and "requirements/dev.txt" not in names
+    assert "backend/protocol.py" in names and "core/bake/__init__.py" in names
+    assert not any(n.endswith((".pyc", ".ply")) or "__pycache__" in n for n in names)

@@ -187,7 +187,7 @@ def test_mesh_anchor_wind_collider_and_locks(addon, blob):
     assert len(c["times"]) == scene.frame_end - scene.frame_start + 1
     assert c["times"][10] == pytest.approx(10 / 24)
     assert c["centers"][0] == pytest.approx([-1.0, 0.0, 0.2]) and c["centers"][10] == pytest.approx([1.0, 0.0, 0.2])
-    assert c["half_extents"] == pytest.approx([0.2, 0.4, 0.1])
+    assert c["half_extents"] == pytest.approx(np.array([1.0, 2.0, 0.5]) * collider.empty_display_size)
     assert scene.frame_current == 7  # sampling put the frame back
 
     expected_lock = mask.copy()
@@ -275,6 +275,10 @@ def test_estimate_job_has_the_scene_camera_in_opencv_form(addon, blob, tmp_path)
     folder = s2j.write_job_folder(tmp_path / "est", job, arrays)
     est = protocol.read_job(folder).estimate
     assert est["prior"] == "reference" and est["iterations"] == 3
+    # the panel's stop and learn switches reach the job with the job's own defaults
+    defaults = protocol.ESTIMATE_DEFAULTS
+    assert (est["stop_rule"], est["learn_nu"]) == (defaults["stop_rule"], defaults["learn_nu"]) == ("plateau", False)
+    assert est["stop_tolerance"] == pytest.approx(defaults["stop_tolerance"])
     cam_d = est["camera"]
     assert (cam_d["width"], cam_d["height"]) == (160, 100)
     viewmat, K = np.array(cam_d["viewmat"]), np.array(cam_d["K"])

@@ -86,7 +86,7 @@ def test_simulate_bake_resume_retarget_fail_and_free(addon, saved_scene, tmp_pat
                for f, t in stamps.items())
     record = bake.bake_record(obj)
     assert record["target"] == "pc2" and (record["frame_start"], record["frame_end"]) == (1, 5)
-    assert not cache.exists()  # the replaced gn_cache bake was cleaned up
+    assert (cache / "meta").is_dir()  # the gn_cache bake of the other target is kept
     pc2_file = Path(bpy.path.abspath(record["path"]))
     assert pc2_file.is_file() and pc2_file.stat().st_size == 32 + 125 * 12 * 5  # header + positions
 
@@ -102,6 +102,6 @@ def test_simulate_bake_resume_retarget_fail_and_free(addon, saved_scene, tmp_pat
     assert bake.bake_record(obj) == record and pc2_file.is_file()
 
     assert bpy.ops.splat.free_bake() == {"FINISHED"}
-    assert bake.bake_record(obj) is None and not pc2_file.exists()
+    assert bake.bake_record(obj) is None and not pc2_file.exists() and not cache.exists()  # both targets freed
     assert obj.splat_physics.last_message == "Bake freed"
     assert os.path.isdir(job_dir)  # the simulation itself is kept for the next bake

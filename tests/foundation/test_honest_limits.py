@@ -45,7 +45,7 @@ def test_too_many_substeps_is_refused_before_simulating(tmp_path):
 @pytest.mark.parametrize("arrays, phrase", [
     ({"density": 1e-6}, "density below 1"),
     ({"poisson_ratio": -0.95}, "Poisson ratio at or below -0.9"),
-    ({"initial_velocity": [1e6, 0.0, 0.0]}, "wave speed"),
+    ({"initial_velocity": [1e3, 0.0, 0.0]}, "wave speed"),  # 1e6 m/s: the scene range check refuses it
 ])
 def test_unphysical_inputs_are_refused_with_the_reason(tmp_path, arrays, phrase):
     job = simulate_job(tmp_path / "job")

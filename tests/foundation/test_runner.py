@@ -92,7 +92,7 @@ def test_killed_backend_is_an_error_and_the_runner_stays_usable(tmp_path):
 def test_missing_interpreter_is_reported_not_raised(tmp_path):
     r = runner_mod.JobRunner(str(tmp_path / "no python here"), ["doctor"]).start()
     assert r.finished and r.result.state is RunState.FAILED
-    assert "Set it in the add-on preferences" in r.result.message
+    assert "does not exist. Click Install Backend" in r.result.message
 
 
 def test_jobs_registry_runs_the_completion_callback_once(tmp_path):

@@ -32,8 +32,9 @@ def scene():
     return pos, params, weights, rng
 
 
-def loss_and_grads(pos, params, weights, checkpoint_every, bptt=None, n_frames=N_FRAMES, backward=True):
-    sim = DifferentiableSim(pos, config=SimConfig(**CFG), checkpoint_every=checkpoint_every, bptt_substeps=bptt)
+def loss_and_grads(pos, params, weights, checkpoint_every, bptt=None, n_frames=N_FRAMES, backward=True, threads=1):
+    sim = DifferentiableSim(pos, config=SimConfig(**CFG, threads=threads), checkpoint_every=checkpoint_every,
+                            bptt_substeps=bptt)
     t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
     P, C = sim(t["log_E"], t["nu"], t["rho"], t["v0"], n_frames)
     loss = (P.double() * weights[0][:n_frames]).sum() + (C.double() * weights[1][:n_frames]).sum()
@@ -43,10 +44,11 @@ def loss_and_grads(pos, params, weights, checkpoint_every, bptt=None, n_frames=N
     return loss.item(), {k: v.grad.numpy() for k, v in t.items()}, sim
 
 
-@pytest.mark.parametrize("checkpoint_every", [None, 7])
-def test_gradients_match_finite_differences(scene, checkpoint_every):
+@pytest.mark.parametrize("checkpoint_every, threads", [(None, 1), (7, 1), (7, 2)])
+def test_gradients_match_finite_differences(scene, checkpoint_every, threads):
     pos, params, weights, rng = scene
-    _, grads, sim = loss_and_grads(pos, params, weights, checkpoint_every)
+    _, grads, sim = loss_and_grads(pos, params, weights, checkpoint_every, threads=threads)
+    assert sim.n_threads == threads
     if checkpoint_every is not None:  # the live tape never held more than one segment
         assert len(sim._segment.cov) <= checkpoint_every
     for name, h in STEPS.items():
@@ -54,8 +56,8 @@ def test_gradients_match_finite_differences(scene, checkpoint_every):
         plus, minus = dict(params), dict(params)
         plus[name] = params[name] + h * direction
         minus[name] = params[name] - h * direction
-        fd = (loss_and_grads(pos, plus, weights, checkpoint_every, backward=False)[0]
-              - loss_and_grads(pos, minus, weights, checkpoint_every, backward=False)[0]) / (2 * h)
+        fd = (loss_and_grads(pos, plus, weights, checkpoint_every, backward=False, threads=threads)[0]
+              - loss_and_grads(pos, minus, weights, checkpoint_every, backward=False, threads=threads)[0]) / (2 * h)
         analytic = float((grads[name] * direction).sum())
         assert analytic == pytest.approx(fd, rel=0.05), name
 
@@ -99,3 +101,28 @@ def test_scalar_parameters_broadcast_and_forward_matches_the_solver(scene):
     solver.step_frame(outputs=False)
     out = solver.step_frame(outputs=False)
     assert np.allclose(out.positions, P[1].detach().numpy(), atol=1e-5)
+
+
+def test_full_tape_within_budget_gives_the_checkpointed_gradients(scene):
+    pos, params, weights, _ = scene
+    _, ckpt, _ = loss_and_grads(pos, params, weights, 7)
+    sim = DifferentiableSim(pos, config=SimConfig(**CFG, threads=1), checkpoint_every=7, full_tape_mb=1000.0)
+    t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
+    P, C = sim(t["log_E"], t["nu"], t["rho"], t["v0"], N_FRAMES)
+    ((P.double() * weights[0]).sum() + (C.double() * weights[1]).sum()).backward()
+    assert sim._segment is None  # nothing was recomputed
+    for k, g in ckpt.items():
+        assert np.allclose(t[k].grad.numpy(), g, rtol=1e-4, atol=1e-6 * np.abs(g).max()), k
+
+
+def test_forward_without_gradient_keeps_no_tape(scene):
+    pos, params, _, _ = scene
+    sim = DifferentiableSim(pos, config=SimConfig(**CFG, threads=1), checkpoint_every=7, full_tape_mb=1000.0)
+    t = {k: torch.tensor(v, dtype=torch.float32, requires_grad=True) for k, v in params.items()}
+    with torch.no_grad():
+        P0, C0 = sim(t["log_E"], t["nu"], t["rho"], t["v0"], 2)
+    P1, C1 = sim(t["log_E"], t["nu"], t["rho"], t["v0"], 2)
+    assert torch.allclose(P0, P1, atol=1e-6) and torch.allclose(C0, C1, rtol=1e-5, atol=1e-9)
+    args = [v.detach().numpy() for v in t.values()]
+    assert sim.forward_numpy(*args, 2, taped=False)[2].full is None
+    assert sim.forward_numpy(*args, 2)[2].full is not None  # within the budget: the whole tape

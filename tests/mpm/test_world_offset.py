@@ -52,9 +52,13 @@ def test_differentiable_rollout_does_not_depend_on_the_world_offset():
         cfg.substep_dt = 1.0 / (48 * 40)
         sim = DifferentiableSim(pos, config=cfg, local_outputs=True)
         n = len(pos)
-        x, _ = sim(torch.full((n,), float(np.log(2e4))), torch.full((n,), 0.3), torch.full((n,), 500.0),
-                   torch.zeros(n, 3), 3)
-        outs.append(x.numpy().astype(np.float64) + sim.grid.origin - np.asarray(off))
-    assert np.abs(outs[0][-1] - pos + np.asarray(OFFSETS[-1])).max() > 0.01 * SIZE  # it moves
-    for x in outs[1:]:
-        assert np.abs(x - outs[0]).max() < 1e-4 * SIZE
+        log_E = torch.full((n,), float(np.log(2e4)), requires_grad=True)
+        x, _ = sim(log_E, torch.full((n,), 0.3), torch.full((n,), 500.0), torch.zeros(n, 3), 3)
+        (x * torch.linspace(-1, 1, n)[:, None]).sum().backward()
+        outs.append((x.detach().numpy().astype(np.float64) + sim.grid.origin - np.asarray(off), log_E.grad.numpy()))
+    assert np.abs(outs[0][0][-1] - pos + np.asarray(OFFSETS[-1])).max() > 0.01 * SIZE  # it moves
+    g0 = outs[0][1]
+    assert np.isfinite(g0).all() and np.abs(g0).max() > 0  # (tail-of-stencil nodes once made these NaN)
+    for x, g in outs[1:]:
+        assert np.abs(x - outs[0][0]).max() < 1e-4 * SIZE
+        assert np.abs(g - g0).max() <= 1e-3 * np.abs(g0).max()

@@ -127,6 +127,11 @@ JOB_CASES = {
     "prompt_missing": (dict(command="estimate", estimate={"prior": "modelscope", "model": "a/b", "prompt": " "}),
                        "estimate.prompt is empty"),
     "camera_missing": (dict(command="preview"), "estimate.camera is needed"),
+    "camera_zero_focal": (dict(command="preview", estimate={"camera": {"viewmat": [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
+                                                                                   [0, 0, 0, 1]],
+                                                                       "K": [[0, 0, 8], [0, 0, 8], [0, 0, 1]],
+                                                                       "width": 16, "height": 16}}),
+                          "estimate.camera is not usable: camera focal lengths must be positive"),
     "list_not_object": (dict(simulation=[1, 2]), "simulation must be an object"),
     "nul_in_path": (dict(output="out\x00x"), "without NUL characters"),
 }
@@ -299,8 +304,16 @@ def test_resume_files_from_elsewhere_never_run_and_a_stale_lock_is_taken_over(wo
     (job / protocol.LOCK_FILE).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
     os.utime(job / protocol.LOCK_FILE, (0, 0))
     before = snapshot(world, skip=out)
-    rc, events, stderr = run_cli(job)
-    assert rc == ExitCode.OK, stderr[-3000:]
+    first = subprocess.Popen([sys.executable, "-u", "-m", "backend", "run", str(job)], cwd=REPO, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = [first.stdout.readline()]  # "start": the lock is held from here on
+    rc2, events2, _ = run_cli(job)  # a second run on the same folder, while the first works
+    lines += first.stdout.readlines()
+    stderr = first.stderr.read()
+    assert first.wait() == ExitCode.OK, stderr[-3000:]
+    assert rc2 == ExitCode.MISSING_RESOURCE and f"another run (PID {first.pid} on this machine)" in events2[-1].message
+    events = [protocol.Event.from_json(line) for line in lines if line.strip()]
+    assert events[0].kind == "start", events[0]
     warnings = [e.message for e in events if e.kind == "warning"]
     assert any("Took over the lock of an earlier run" in w and str(dead.pid) in w for w in warnings), warnings
     assert any(w.startswith("Not resuming: cannot read") for w in warnings), warnings
@@ -309,6 +322,18 @@ def test_resume_files_from_elsewhere_never_run_and_a_stale_lock_is_taken_over(wo
     assert snapshot(world, skip=out) == before  # the stale lock is gone, nothing else changed
     assert not ours.exists() and all(p.read_text() == "the user's" for p in theirs)
     assert len(list((out / "frames").glob("frame_*.npz"))) == 4
+
+    # Our own checkpoint, poisoned with NaN but with the right fingerprint: not used, the bake starts over.
+    state = protocol.load_npz(out / protocol.SIM_CHECKPOINT_FILE)
+    state["x"][0, 0] = np.nan
+    np.savez(out / protocol.SIM_CHECKPOINT_FILE, **state)
+    edit(job, "simulation", n_frames=5)  # a longer bake would resume from the checkpoint
+    rc, events, stderr = run_cli(job)
+    assert rc == ExitCode.OK, stderr[-3000:]
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert any(w.startswith("Not resuming from sim_checkpoint.npz") and "finite" in w for w in warnings), warnings
+    assert not any("Resuming from frame" in w for w in warnings)
+    assert len(list((out / "frames").glob("frame_*.npz"))) == 5
 
 
 def test_out_of_memory_is_a_missing_resource(world):
@@ -361,8 +386,8 @@ def test_full_disk_keeps_finished_frames(tmp_path):
         subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
-def test_hostile_reference_video_and_model_folder(world, tmp_path):
-    """Inputs the user names (a reference clip, a model folder) are only read; pickles in them never run."""
+def test_hostile_reference_video(world):
+    """An input the user names (a reference clip) is only read; a pickle posing as one never runs."""
     from support import estimate_scenes as es
 
     sentinel = world.parent / "PWNED"
@@ -374,15 +399,21 @@ def test_hostile_reference_video_and_model_folder(world, tmp_path):
                        es.block_scene(5e3, n_side=3))
     expect(world, job, ExitCode.BAD_INPUT, "clip.mp4", sentinel, runs=True)
 
-    model = world / "elsewhere" / "model"
+
+def test_model_folder_with_pickled_weights_is_refused(world):
+    """A model folder whose weights are .bin pickles: refused (the job would exit 5) without opening them.
+    check_model is what the estimate runs before loading anything."""
+    from backend.prior import check_model
+
+    sentinel, model = world.parent / "PWNED", world / "elsewhere" / "model"
     (model / "unet").mkdir(parents=True)
     parts = ("unet", "vae", "image_encoder", "scheduler", "feature_extractor")
     (model / "model_index.json").write_text(json.dumps({"_class_name": "StableVideoDiffusionPipeline",
                                                         **{p: ["diffusers", "X"] for p in parts}}))
     (model / "unet" / "config.json").write_text("{}")
     (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(pickle_bytes(sentinel))
-    edit(job, "estimate", prior="svd", model=str(model))
-    expect(world, job, ExitCode.MISSING_RESOURCE, "pickles that can run code", sentinel, runs=True)
+    ok, message = check_model("svd", str(model))
+    assert not ok and "pickles that can run code" in message and not sentinel.exists()
 
 
 def test_crafted_estimate_checkpoint_never_runs(world):

@@ -71,7 +71,9 @@ def test_bad_jobs_are_refused_before_any_heavy_import(tmp_path):
                                        "start": 1, "end": 1}]}),
             ("estimate", {"nu_range": [0.3, 0.2]}),
             ("simulation", {"domain_min": [1, 1, 1], "domain_max": [2, 2, 2]}),
-            (None, {"output": "../x"})]):
+            (None, {"output": "../x"}),
+            (None, {"command": "preview", "estimate": dict(protocol.ESTIMATE_DEFAULTS, camera={
+                "viewmat": np.eye(4).tolist(), "K": [[0, 0, 8], [0, 0, 8], [0, 0, 1]], "width": 16, "height": 16})})]):
         job = simulate_job(tmp_path / f"job{i}")
         data = json.loads((job / protocol.JOB_FILE).read_text())
         (data[section] if section else data).update(change)
@@ -147,8 +149,7 @@ def test_a_bad_estimate_checkpoint_is_never_used(tmp_path, kind, reason):
         save_checkpoint(path, "other" if kind == "foreign" else "mine", other, other_opt, [{"loss": 1.0}])
     before = {k: v.clone() for k, v in field.state_dict().items()}
     stream = io.StringIO()
-    history, start = load_checkpoint(path, "mine", field, opt, Reporter(stream))
-    assert (history, start) == ([], 0) and not sentinel.exists()
+    assert load_checkpoint(path, "mine", field, opt, Reporter(stream)) is None and not sentinel.exists()
     assert all(torch.equal(before[k], v) for k, v in field.state_dict().items())
     events = [protocol.Event.from_json(line) for line in stream.getvalue().splitlines()]
     assert any(e.kind == "warning" and reason in e.message and "Starting over" in e.message for e in events), events
@@ -162,8 +163,8 @@ def test_a_good_estimate_checkpoint_resumes(tmp_path):
     field, opt = _field_and_optimizer()
     save_checkpoint(path, "mine", field, opt, [{"loss": 1.0}, {"loss": 0.5}])
     field2, opt2 = _field_and_optimizer()
-    history, start = load_checkpoint(path, "mine", field2, opt2, Reporter(io.StringIO()))
-    assert start == 2 and history[1]["loss"] == 0.5
+    history, _, _ = load_checkpoint(path, "mine", field2, opt2, Reporter(io.StringIO()))
+    assert len(history) == 2 and history[1]["loss"] == 0.5
     assert all((a == b).all() for a, b in zip(field.state_dict().values(), field2.state_dict().values()))
 
 
@@ -171,6 +172,7 @@ def test_a_good_estimate_checkpoint_resumes(tmp_path):
 @pytest.mark.parametrize("exc, code, fragment", [
     (MemoryError(), ExitCode.MISSING_RESOURCE, "Out of memory while simulate (simulating 48 frames)"),
     (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), ExitCode.MISSING_RESOURCE, "Out of memory"),
+    (RuntimeError("Failed to allocate 4294967296 bytes on device 'cpu'"), ExitCode.MISSING_RESOURCE, "Out of memory"),
     (OSError(28, "No space left on device", "/job/out/frames/frame_000007.npz"), ExitCode.MISSING_RESOURCE,
      "The disk is full (while simulate (simulating 48 frames) /job/out/frames/frame_000007.npz)"),
     (PermissionError(13, "Permission denied", "/job/backend.lock"), ExitCode.BAD_INPUT,

@@ -1,0 +1,101 @@
+"""A global look before the descent: the loss on a coarse ladder of log E values, forward only.
+
+Gradient descent finds the nearest minimum; a stiff object swinging back through its rest shape can
+look "less wrong" at 10x the true E than at 5x, so a start on the wrong side of that bump climbs away.
+The ladder tries every rung of a geometric E grid over the allowed range (a simulation and a render
+each, no tape), first for the whole object, then region by region with the others held at their best,
+and the descent starts from the best rung of each region.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Rungs stay this factor inside the range: on its edge the field's sigmoid is saturated (no gradient).
+EDGE = 1.05
+# Rungs per decade when ladder_rungs is None (auto): half a decade apart, so the best rung lies within
+# a quarter decade (a factor 1.8) of the minimum when the basin is at least that wide.
+RUNGS_PER_DECADE = 2
+
+
+def rungs(E_range, count: int | None) -> np.ndarray:
+    """``count`` E values spaced evenly in log over the range (auto: RUNGS_PER_DECADE per decade)."""
+    lo, hi = float(E_range[0]) * EDGE, float(E_range[1]) / EDGE
+    if count is None:
+        count = max(2, 1 + round(RUNGS_PER_DECADE * math.log10(hi / lo)))
+    return np.geomspace(lo, hi, int(count))
+
+
+def spatial_regions(positions: np.ndarray, count: int, free: np.ndarray, seed: int = 0) -> np.ndarray:
+    """Region label per point: k-means on the rest positions of the free (not locked) points.
+    Locked points get -1; empty clusters are dropped, so there may be fewer than ``count`` regions."""
+    from scipy.cluster.vq import kmeans2
+
+    labels = np.full(len(positions), -1, np.int64)
+    pts = np.asarray(positions, np.float64)[free]
+    if count <= 1 or len(pts) < 2 * count:
+        labels[free] = 0
+        return labels
+    _, found = kmeans2(pts, count, minit="++", seed=np.random.default_rng(seed))
+    labels[free] = np.unique(found, return_inverse=True)[1]
+    return labels
+
+
+@dataclass
+class LadderResult:
+    rungs: list
+    regions: int
+    # {"pass": "all" | "region k", "E": Pa, "loss": float | None (failed), "reused": True (the whole-object try)}
+    tries: list = field(default_factory=list)
+    start: list = field(default_factory=list)  # chosen E per region (Pa)
+    E: np.ndarray | None = None  # per point, the descent's start
+
+    def to_json(self) -> dict:
+        return {"rungs": self.rungs, "regions": self.regions, "tries": self.tries, "start_E": self.start}
+
+
+def climb(evaluate: Callable[[np.ndarray], float], E0: np.ndarray, labels: np.ndarray, values: np.ndarray,
+          on_try: Callable[[int, int, dict], None] | None = None) -> LadderResult:
+    """Try every rung for all free points (label >= 0) at once, then per region with the others at their best.
+
+    evaluate(E per point) -> loss (inf where the simulation failed). Points labelled -1 keep E0.
+    """
+    n_regions = int(labels.max()) + 1 if (labels >= 0).any() else 0
+    result = LadderResult([float(v) for v in values], n_regions)
+    total = len(values) * (1 + (n_regions if n_regions > 1 else 0))
+
+    def attempt(name: str, E: np.ndarray, value: float) -> float:
+        loss = float(evaluate(E))
+        row = {"pass": name, "E": float(value), "loss": loss if math.isfinite(loss) else None}
+        result.tries.append(row)
+        if on_try:
+            on_try(len(result.tries), total, row)
+        return loss
+
+    free = labels >= 0
+    losses = [attempt("all", np.where(free, v, E0), v) for v in values]
+    if not np.isfinite(losses).any():  # every rung failed: keep the scene's own values
+        result.E = E0
+        return result
+    best = int(np.argmin(losses))
+    chosen = [values[best]] * max(n_regions, 1)
+    if n_regions > 1:
+        for r in range(n_regions):
+            region_losses = []
+            for k, v in enumerate(values):
+                if k == best and all(c == values[best] for c in chosen):  # already tried: the whole object
+                    region_losses.append(losses[best])
+                    result.tries.append({"pass": f"region {r}", "E": float(v), "loss": result.tries[best]["loss"],
+                                         "reused": True})
+                    continue
+                trial = np.array(chosen)[labels.clip(0)]
+                trial[labels == r] = v
+                region_losses.append(attempt(f"region {r}", np.where(free, trial, E0), v))
+            chosen[r] = values[int(np.argmin(region_losses))]
+    result.start = [float(v) for v in chosen]
+    result.E = np.where(free, np.array(chosen)[labels.clip(0)], E0)
+    return result
