@@ -346,7 +346,7 @@ def estimate_projection(context, obj, est: dict | None = None, sim: dict | None 
     n_points = materials.point_count(obj)
     n = min(n_points, est["max_particles"]) if est["max_particles"] else n_points
     s = obj.splat_physics
-    if s.fill_enabled and s.fill_preview_count > 0:
+    if s.fill_mode != "OFF" and s.fill_preview_count > 0:
         n += int(s.fill_preview_count * n / max(n_points, 1))
     spf = spf or substeps_per_frame(obj, sim)
     cam = est["camera"]
