@@ -64,7 +64,7 @@ def test_the_backend_refuses_a_job_that_will_not_fit_with_the_fix(tmp_path):
     from backend.io.video import write_frames_png
 
     ref = tmp_path / "ref"
-    write_frames_png(np.zeros((4, 32, 32, 3), np.uint8), ref)  # the right length and aspect: it would run
+    write_frames_png(np.zeros((4, 32, 32, 3), np.uint8), ref, fps=24.0)  # right length, aspect and a rate: it would run
     size = 2048
     cam = Camera(look_at([0.28, -0.3, 0.16], [0, 0, 0.05]), intrinsics_from_fov(size, size, 38), size, size)
     scene = es.block_scene(5e3, n_side=4)
