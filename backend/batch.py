@@ -160,6 +160,8 @@ def job_resources(job: protocol.Job, n_points: int, cpus: float, cluster_has_gpu
     """Ray resources of one job: a GPU for device 'cuda' (and for estimation on 'auto' when the cluster
     has GPUs), CPUs otherwise; the memory hint keeps the scheduler from overloading a node."""
     wants_gpu = job.device == "cuda" or (job.device == "auto" and job.command != "simulate" and cluster_has_gpu)
+    if not wants_gpu and job.simulation.get("threads"):  # a bake asking for k threads gets k cores
+        cpus = max(cpus, float(job.simulation["threads"]))
     return {"num_cpus": cpus, "num_gpus": 1 if wants_gpu else 0,
             "memory": memory_override if memory_override is not None else memory_estimate(job, n_points)}
 
@@ -543,7 +545,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for report.json and events.jsonl (default: next to the manifest)")
     p.add_argument("--num-cpus", type=int, default=None, help="CPUs of the local Ray (default: all)")
     p.add_argument("--cpus-per-job", type=float, default=1.0,
-                   help="CPUs reserved per job (warp's CPU kernels are single-threaded); default 1")
+                   help="CPUs reserved per job, and the threads it may use (default 1; a job whose "
+                        "simulation.threads asks for more gets that many)")
     p.add_argument("--memory-per-job", type=float, default=None,
                    help="GiB of memory reserved per job (default: estimated from each job's size)")
     p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,

@@ -405,7 +405,11 @@ def global_look(est: dict, scene: Scene, dsim, supervision: Supervision, n_rende
 
     reporter.stage("ladder", f"Trying {len(values)} stiffness values from {values[0]:.3g} to {values[-1]:.3g} Pa"
                    + (f" over {labels.max() + 1} regions" if labels.max() > 0 else ""))
-    result = ladder_mod.climb(evaluate, np.asarray(p.E, np.float64), labels, values, on_try)
+    full_tape_mb, dsim.full_tape_mb = dsim.full_tape_mb, 0.0  # forward only: no tape to record
+    try:
+        result = ladder_mod.climb(evaluate, np.asarray(p.E, np.float64), labels, values, on_try)
+    finally:
+        dsim.full_tape_mb = full_tape_mb
     supervision.generator.manual_seed(seed)
     if result.start:
         log.info("ladder start E per region: %s", ", ".join(f"{v:.3g}" for v in result.start))

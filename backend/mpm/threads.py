@@ -58,9 +58,13 @@ def add_and_clear3(total: wp.array(dtype=wp.vec3), part: wp.array(dtype=wp.vec3)
 
 def usable_cores() -> int:
     try:
-        return len(os.sched_getaffinity(0))
+        cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
-        return os.cpu_count() or 1
+        cores = os.cpu_count() or 1
+    # A scheduler that reserved fewer cores for this process says so here (Ray sets it to the task's CPUs,
+    # and `backend batch` to the job's reservation): more threads would steal the other jobs' cores.
+    budget = os.environ.get("OMP_NUM_THREADS", "")
+    return min(cores, int(budget)) if budget.isdigit() and int(budget) > 0 else cores
 
 
 def thread_count(setting: int | None, n_particles: int, device: str) -> int:

@@ -1,6 +1,7 @@
 """The batch command's parts that need no cluster: finding jobs, manifests, resources, the plan, install extras."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -76,6 +77,17 @@ def test_resources_ask_a_gpu_for_cuda_and_for_estimation_where_there_is_one(tmp_
     svd, _ = _job(tmp_path / "svd", "estimate", prior="svd", model="some/model")
     assert batch.memory_estimate(svd, n) - batch.memory_estimate(est, n) == batch.PRIOR_WEIGHTS["svd"]
     assert batch.job_resources(sim, n, 2.0, False, memory_override=123)["memory"] == 123
+    sim.simulation["threads"] = 3  # a bake that asks for 3 threads reserves 3 cores
+    assert batch.job_resources(sim, n, 1.0, False)["num_cpus"] == 3.0
+
+
+def test_the_simulation_uses_no_more_threads_than_its_reservation(monkeypatch):
+    from backend.mpm import threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what batch sets for a 1-CPU job (and Ray for its tasks)
+    assert threads.usable_cores() == 1 and threads.thread_count(None, 10**6, "cpu") == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert threads.usable_cores() == len(os.sched_getaffinity(0))
 
 
 def test_a_job_no_node_can_hold_is_refused_with_the_reason(tmp_path):
