@@ -26,6 +26,7 @@ from .convergence import make_stop_rule
 from .device import warp_device
 from .jobctl import CancelToken, Reporter, log
 from .particles import SceneParticles, build_particles
+from .sampling import estimation_sampling, sampling_simulation
 from .simulate import rest_state, sim_config
 from .statefile import StateRejected, load_state, save_state
 from .supervision import Supervision, check_inputs, first_frame, make_supervision
@@ -64,8 +65,10 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
     scene = prepare_scene(scene_arrays, sim, est, reporter, device)
     check_budget(est, sim, scene, device, n_render, reporter)  # before a video model loads
     supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
+    sampling = estimation_sampling(est, sim, job.folder, supervision.model_fps)
+    reporter.stage("load", f"Sampling the motion at {sampling.describe()}", data={"sample_fps": sampling.fps})
     token.check()
-    dsim = make_differentiable_sim(scene.particles, sim, est, device, reporter)
+    dsim = make_differentiable_sim(scene.particles, sampling_simulation(sim, sampling), est, device, reporter)
     out = job.output_dir
     ckpt_path = out / protocol.ESTIMATE_CHECKPOINT_FILE
     fingerprint = protocol.arrays_fingerprint(scene_arrays, [job.simulation, {k: v for k, v in est.items()
@@ -517,11 +520,11 @@ def write_outputs(job, scene: Scene, field, dsim, history, converged, reason, re
     protocol.atomic_save_npz(out / protocol.MATERIALS_FILE, **arrays)
     with torch.no_grad():
         video = simulate_and_render(dsim, field(), scene, n_render)
-    write_preview(video, out / protocol.PREVIEW_FILE, fps=job.simulation["fps"])
+    write_preview(video, out / protocol.PREVIEW_FILE, fps=dsim.config.fps)  # the frames' own rate
     write_loss_plot(history, out / protocol.LOSS_PLOT_FILE, best=best.iteration, ladder=ladder)
     learned = ["E"] + (["nu"] if job.estimate["learn_nu"] else []) + (["density"] if job.estimate["estimate_density"] else [])
     summary = {"settings": {"simulation": job.simulation, "estimate": job.estimate}, "history": history,
-               "converged": converged, "stop_reason": reason, "iterations": len(history),
+               "converged": converged, "stop_reason": reason, "iterations": len(history), "sample_fps": dsim.config.fps,
                "seconds": float(sum(h["seconds"] for h in history)), "learned": learned,
                "held": _held_note(job.estimate), "ladder": ladder,
                "best": best.to_json(), "last": last_vs_best(history, last, arrays),

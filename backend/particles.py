@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import protocol
+from .fill import describe_fill, fill_scene
+from .geometry import splat_shape
 from .jobctl import Reporter
 
 DEFAULT_E = 1.0e5
 DEFAULT_NU = 0.3
 DEFAULT_RHO = 1000.0
-# A point cloud without splat scales: ellipsoids sized by the mean spacing of the points.
-_SPACING_FACTOR = 0.5
 
 
 @dataclass
@@ -86,7 +86,7 @@ def build_particles(scene: dict, sim: dict, reporter: Reporter | None = None) ->
     check_physical(base, reporter)
     cap_anchored_stiffness(base, reporter)
     fill = sim.get("fill") or {}
-    if fill.get("enabled"):
+    if fill.get("enabled", protocol.FILL_AUTO) is not False:
         base = add_fill(base, scene, fill, sim, reporter)
     return base
 
@@ -137,40 +137,22 @@ def cap_anchored_stiffness(p: SceneParticles, reporter: Reporter | None) -> None
                              f"simulated at {cap:.3g} Pa, which does not change the motion but saves substeps")
 
 
-def splat_shape(scene: dict, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Log scales and unit quaternions; defaults for plain point clouds."""
-    n = len(pos)
-    if "scale" in scene:
-        log_scale = np.asarray(scene["scale"], np.float32)
-    else:
-        extent = np.maximum(pos.max(0) - pos.min(0), 1e-6) if n > 1 else np.full(3, 0.01)
-        spacing = float(np.cbrt(np.prod(extent) / max(n, 1)))
-        log_scale = np.full((n, 3), np.log(max(spacing * _SPACING_FACTOR, 1e-6)), np.float32)
-    if "rotation" in scene:
-        quat = np.asarray(scene["rotation"], np.float32)
-        norm = np.linalg.norm(quat, axis=1, keepdims=True)
-        quat = np.where(norm > 1e-12, quat / np.maximum(norm, 1e-12), np.array([1, 0, 0, 0], np.float32))
-    else:
-        quat = np.tile(np.array([1, 0, 0, 0], np.float32), (n, 1))
-    return log_scale, quat.astype(np.float32)
-
-
 def _per_point(scene: dict, name: str, default: float, n: int) -> np.ndarray:
     return np.asarray(scene[name], np.float32) if name in scene else np.full(n, default, np.float32)
 
 
 def add_fill(p: SceneParticles, scene: dict, fill: dict, sim: dict, reporter: Reporter | None) -> SceneParticles:
-    """Append interior particles; each copies the material and anchoring of its nearest visible point."""
+    """Append interior particles; each copies the material and anchoring of its nearest visible point.
+
+    The fill comes from the scene's own arrays (fill_scene), exactly as the add-on's preview counts it."""
     from scipy.spatial import cKDTree
 
-    from .mpm import fill_interior
-
+    if reporter:  # a stage of its own: a fill that runs out of memory is reported as the fill's
+        reporter.stage("fill", "Looking for a hollow interior to fill")
+    extra, info = fill_scene(scene, fill, int(sim.get("n_grid", 64)))
     if reporter:
-        reporter.stage("fill", "Filling the object's interior")
-    opacity = 1.0 / (1.0 + np.exp(-np.asarray(scene.get("opacity", np.full(p.n_visible, 3.0)), np.float32)))
-    resolution = int(fill.get("resolution") or 0) or 2 * int(sim.get("n_grid", 64))
-    extra, _info = fill_interior(p.positions, p.rest_scales, p.rest_rotations, opacity, resolution,
-                                 int(fill.get("max_particles", 200000)))
+        reporter.stage("fill", describe_fill(info), data={k: info[k] for k in ("n_fill", "shape", "closed_fraction",
+                                                                        "hollow_fraction") if k in info})
     extra = np.asarray(extra, np.float32).reshape(-1, 3)
     if len(extra) == 0:
         return p
@@ -196,3 +178,4 @@ def add_fill(p: SceneParticles, scene: dict, fill: dict, sim: dict, reporter: Re
         rest_rotations=p.rest_rotations,
         rest_scales=p.rest_scales,
     )
+

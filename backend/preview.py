@@ -31,8 +31,9 @@ def run_preview(job: protocol.Job, arrays: dict, reporter: Reporter, token: Canc
     from .io.video import write_frames_png
 
     out = job.output_dir
-    write_frames_png(to_uint8_frames(video), out / protocol.PREVIEW_FRAMES_DIR)
-    write_preview(video, out / protocol.PREVIEW_FILE, fps=sim["fps"])
+    # The frames carry their rate, so an estimate fitting them compares at their own frame times.
+    write_frames_png(to_uint8_frames(video), out / protocol.PREVIEW_FRAMES_DIR, fps=dsim.config.fps)
+    write_preview(video, out / protocol.PREVIEW_FILE, fps=dsim.config.fps)
     motion = float((video[1:] - video[:1]).abs().mean()) if n_render > 1 else 0.0
     return {"command": "preview", "frames_dir": protocol.PREVIEW_FRAMES_DIR, "preview": protocol.PREVIEW_FILE,
             "n_frames": n_render, "width": int(video.shape[-1]), "height": int(video.shape[-2]),

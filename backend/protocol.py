@@ -133,6 +133,8 @@ STOP_RULES = ("plateau", "decade")  # "arrived" (smoothed loss and E stopped mov
 BOUNDARY_KINDS = ("sticky", "slip", "frictional")
 DEVICES = ("auto", "cpu", "cuda")
 BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # the Blender side's caches
+FILL_AUTO = "auto"  # fill the interior only when the object is a closed-ish shell (backend/fill.py)
+FILL_MODES = (FILL_AUTO, True, False)
 
 
 # ---------------------------------------------------------------------------- array layouts
@@ -377,7 +379,8 @@ SIMULATION = Section(doc="the simulation (bake and estimation alike)", rules=(_d
         "height": Number(0.0, doc="world z (m)"), "kind": Choice("frictional", choices=BOUNDARY_KINDS),
         "friction": Number(0.5, lo=0.0, hi=10.0)}),
     "fill": Section(doc="interior fill of hollow splat shells", fields={
-        "enabled": Flag(False), "max_particles": Number(200000, lo=0, hi=1e8, integer=True),
+        "enabled": Choice(FILL_AUTO, choices=FILL_MODES, doc='"auto": closed-ish shells only; true: always; false: never'),
+        "max_particles": Number(200000, lo=0, hi=1e8, integer=True),
         "resolution": Number(0, lo=0, hi=FILL_RESOLUTION_MAX, integer=True, doc="voxels per axis; 0 = twice n_grid")},
         rules=(_fill_rule,)),
     "pokes": ListOf(doc="pushes on the particles inside a sphere", item=Section(rules=(_window_rule,), fields={
@@ -422,6 +425,8 @@ ESTIMATE = Section(doc="material estimation", rules=(
     "prompt": Text("", doc="the motion, for the text-to-video prior"),
     "negative_prompt": Text(""),
     "reference_video": Text("", doc="file or folder, relative to the job folder or absolute (read only)"),
+    "reference_fps": Number(None, lo=0.0, lo_open=True, hi=1e4, optional=True,
+                            doc="the clip's frames per second; null = read from the clip (a bare frame folder needs it)"),
     "loss": Choice("mds", choices=LOSSES),
     "field": Choice("kan_triplane", choices=FIELDS),
     "estimate_density": Flag(False, doc="learn density too (E and density only move the object through their ratio)"),

@@ -97,7 +97,8 @@ class Choice(Spec):
     choices: tuple = ()
 
     def _check(self, value: Any, key: str) -> Any:
-        if value not in self.choices:
+        # Same type and value: JSON's 1 is not true, and 1.0 is not a choice named 1.
+        if not any(type(value) is type(c) and value == c for c in self.choices):
             raise SettingError(key, f"must be one of {', '.join(map(str, self.choices))}; got {value!r}")
         return value
 

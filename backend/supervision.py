@@ -39,11 +39,14 @@ def check_inputs(est: dict, folder: Path, n_render: int) -> None:
     if kind in ("reference", "analytic"):
         from .prior.reference import check_fit, video_info
 
+        from .sampling import clip_fps
+
         path = reference_path(est, folder)
         try:
             check_fit(video_info(path), n_render, render_size(est), allow_trim=True, path=path)
         except ReferenceVideoError as exc:
             raise protocol.BadJob(str(exc)) from None
+        clip_fps(est, folder)  # compared at the clip's own frame times: they must be known
     else:
         ok, message = check_model(kind, est["model"])
         if not ok:
@@ -64,6 +67,12 @@ class Supervision:
     @property
     def kind(self) -> str:
         return self.judges[0].kind
+
+    @property
+    def model_fps(self) -> float | None:
+        """The frame rate a video model is conditioned on (SVD's fps micro-conditioning), if it has one."""
+        fps = getattr(self.judges[0], "fps", None)
+        return float(fps) if fps else None
 
     def loss(self, video: torch.Tensor, it: int, total: int) -> tuple[torch.Tensor, dict]:
         losses, infos = [], []

@@ -63,6 +63,14 @@ _BAKE_ITEMS = [
 ]
 
 
+# The panel's fill modes and the job's simulation.fill.enabled values (protocol.FILL_MODES).
+FILL_MODE_ITEMS = [
+    ("AUTO", "Auto", "Fill the interior when the object is a closed (or nearly closed) shell"),
+    ("ON", "On", "Always fill whatever the surface encloses, even an open one"),
+    ("OFF", "Off", "Never fill: simulate the splats as they are"),
+]
+FILL_MODE_TO_JOB = {"AUTO": protocol.FILL_AUTO, "ON": True, "OFF": False}
+
 # '//' paths are resolved at use time and kept pointing at the same place on Save As (core/bake/relocate.py).
 _BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"}
 
@@ -130,8 +138,8 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     particles_per_cell: FloatProperty(name="Particles per cell", default=0.0)
     occupied_cells: IntProperty(name="Occupied cells", default=0)
 
-    fill_enabled: BoolProperty(
-        name="Fill interior", default=False, update=_refresh_readout,
+    fill_mode: EnumProperty(
+        name="Fill interior", items=FILL_MODE_ITEMS, default="AUTO", update=_refresh_readout,
         description="Add particles inside closed shells so a hollow splat surface behaves like a solid",
     )
     fill_max_particles: IntProperty(name="Max fill particles", default=200000, min=0, max=10_000_000)
@@ -140,6 +148,7 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
         description="Cells along the object's longest side used to find the interior; 0 = twice the grid resolution",
     )
     fill_preview_count: IntProperty(name="Fill particles", default=-1, description="-1: not estimated yet")
+    fill_preview_note: StringProperty(name="Fill", default="", description="What the fill found, in words")
 
     material_model: EnumProperty(name="Material", items=_MODEL_ITEMS, default="fixed_corotated")
     youngs_modulus: FloatProperty(
@@ -174,6 +183,11 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     prompt: StringProperty(name="Prompt", description="What the motion looks like, e.g. 'a flower swaying in the wind'")
     reference_video: StringProperty(name="Video", subtype="FILE_PATH", options=_BLEND_RELATIVE,
                                     description="Video file or folder of frames ('//' = next to the .blend)")
+    reference_fps: FloatProperty(
+        name="Video frame rate", default=0.0, min=0.0, max=10000.0,
+        description="Frames per second of the reference video; 0 = read it from the file (a folder of frames "
+                    "needs it). The motion is compared at the video's own frame times, whatever the scene's rate",
+    )
     iterations: IntProperty(name="Iterations", default=30, min=1, max=100000)
     stop_rule: EnumProperty(name="Stop", items=_STOP_ITEMS, default=_EST["stop_rule"])
     stop_tolerance: FloatProperty(

@@ -19,13 +19,17 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..backend import budget, protocol
+from ..backend import budget, fill, protocol
 from ..backend.render.camera import CameraError, camera_from_blender
-from . import interactions, materials, paths, splats
+from . import interactions, materials, paths, props, splats
 
 DOMAIN_MARGIN = 1.5  # default domain side / the object's largest extent
 JOBS_DIR = "splat_jobs"
 SCENE_KEYS = ("f_dc", "f_rest", "opacity", "scale", "rotation")
+# Above this many points the panel's fill count is computed on request (Preview Fill), not on every settings
+# change: it takes seconds for tens of thousands of splats at the default grid (about 6 s for 45k), too slow
+# to run on every slider step.
+FILL_READOUT_MAX_POINTS = 20_000
 
 
 class SetupError(ValueError):
@@ -124,42 +128,22 @@ def occupied_cells(positions, lo, hi, resolution: int) -> int:
     return int(len(np.unique(flat)))
 
 
-def interior_cells(positions, lo, hi, resolution: int) -> tuple[np.ndarray, np.ndarray, float]:
-    """Empty cells enclosed by occupied ones along all six axis directions (the usual fill test).
-
-    Returns the boolean grid of interior cells, the occupied grid and the cell size.
-    """
-    ijk, dims, dx = cell_indices(positions, lo, hi, resolution)
-    occ = np.zeros(dims, dtype=bool)
-    occ[ijk[:, 0], ijk[:, 1], ijk[:, 2]] = True
-    enclosed = ~occ
-    for axis in range(3):
-        before = np.maximum.accumulate(occ, axis=axis)
-        after = np.flip(np.maximum.accumulate(np.flip(occ, axis=axis), axis=axis), axis=axis)
-        enclosed &= before & after
-    return enclosed, occ, dx
+def fill_settings(settings) -> dict:
+    """The job's simulation.fill section from the panel's settings."""
+    return {"enabled": props.FILL_MODE_TO_JOB[settings.fill_mode], "max_particles": int(settings.fill_max_particles),
+            "resolution": int(settings.fill_resolution)}
 
 
-def fill_resolution(settings) -> int:
-    """Cells along the object's longest side used to find its interior (0 = twice the grid, as the backend)."""
-    return settings.fill_resolution or 2 * settings.n_grid
+def estimate_fill(obj, positions=None) -> tuple[int, np.ndarray, str]:
+    """How many particles the backend's interior fill will add, their world positions and a sentence on why.
 
-
-def estimate_fill(obj, positions=None) -> tuple[int, np.ndarray]:
-    """How many particles interior filling would add (capped), and their world positions (cell centres).
-
-    One particle per enclosed cell of the fill grid laid over the object's own bounds.
+    It runs the backend's own fill (backend/fill.py) on the arrays scene.npz will hold, so the count
+    is the backend's count, not an estimate of it.
     """
     s = obj.splat_physics
-    positions = world_positions(obj) if positions is None else positions
-    lo, hi = positions.min(axis=0), positions.max(axis=0)
-    hi = lo + np.maximum(hi - lo, 1e-6)
-    enclosed, _occ, dx = interior_cells(positions, lo, hi, fill_resolution(s))
-    centres = lo + (np.argwhere(enclosed) + 0.5) * dx
-    if len(centres) > s.fill_max_particles:
-        keep = np.linspace(0, len(centres) - 1, s.fill_max_particles).astype(int)
-        centres = centres[keep]
-    return len(centres), centres
+    arrays = splat_scene_arrays(obj, positions)
+    centres, info = fill.fill_scene(arrays, fill_settings(s), s.n_grid)
+    return len(centres), centres, fill.describe_fill(info)
 
 
 def update_readouts(obj) -> None:
@@ -174,7 +158,10 @@ def update_readouts(obj) -> None:
     cells = occupied_cells(positions, lo, hi, s.n_grid)
     s.occupied_cells = cells
     s.particles_per_cell = len(positions) / max(cells, 1)
-    s.fill_preview_count = estimate_fill(obj, positions)[0] if s.fill_enabled else -1
+    if s.fill_mode == "OFF" or len(positions) > FILL_READOUT_MAX_POINTS:
+        s.fill_preview_count, s.fill_preview_note = -1, ""  # large objects: on request (Preview Fill)
+    else:
+        s.fill_preview_count, _, s.fill_preview_note = estimate_fill(obj, positions)
 
 
 # ---------------------------------------------------------------------------- camera
@@ -252,8 +239,7 @@ def simulation_settings(context, obj) -> dict:
         "walls": {"kind": s.walls_kind, "friction": float(s.walls_friction)},
         "ground": ({"height": float(s.ground_height), "kind": s.ground_kind, "friction": float(s.ground_friction)}
                    if s.use_ground else None),
-        "fill": {"enabled": bool(s.fill_enabled), "max_particles": int(s.fill_max_particles),
-                 "resolution": int(s.fill_resolution)},
+        "fill": fill_settings(s),
         "pokes": pokes,
         "winds": winds,
         "colliders": colliders,
@@ -323,6 +309,7 @@ def estimate_settings(context, obj, check_prior: bool = True, **overrides) -> di
         "max_particles": max_particles,
         "prompt": s.prompt,
         "reference_video": s.reference_video,
+        "reference_fps": float(s.reference_fps) if s.reference_fps > 0 else None,
         "field": s.field,
         "estimate_density": bool(s.estimate_density),
         "learn_nu": bool(s.learn_nu),
@@ -359,7 +346,7 @@ def estimate_projection(context, obj, est: dict | None = None, sim: dict | None 
     n_points = materials.point_count(obj)
     n = min(n_points, est["max_particles"]) if est["max_particles"] else n_points
     s = obj.splat_physics
-    if s.fill_enabled and s.fill_preview_count > 0:
+    if s.fill_mode != "OFF" and s.fill_preview_count > 0:
         n += int(s.fill_preview_count * n / max(n_points, 1))
     spf = spf or substeps_per_frame(obj, sim)
     cam = est["camera"]
@@ -435,14 +422,21 @@ def _check_prior_inputs(est: dict) -> None:
 
 
 # ---------------------------------------------------------------------------- job
-def scene_arrays(context, obj) -> dict[str, np.ndarray]:
-    """The scene.npz arrays: world-space splats, materials, anchors, locks, material ids."""
-    positions = world_positions(obj)
+def splat_scene_arrays(obj, positions=None) -> dict[str, np.ndarray]:
+    """The splat part of scene.npz (world positions, colours, opacities, scales, rotations), float32."""
+    positions = world_positions(obj) if positions is None else positions
     data = splats.splat_arrays(obj, world=True)
     arrays = {"positions": positions.astype(np.float32)}
     arrays.update({k: np.ascontiguousarray(data[k], dtype=np.float32) for k in SCENE_KEYS if k in data})
     if arrays.get("f_rest") is not None and arrays["f_rest"].shape[1] == 0:
         del arrays["f_rest"]
+    return arrays
+
+
+def scene_arrays(context, obj) -> dict[str, np.ndarray]:
+    """The scene.npz arrays: world-space splats, materials, anchors, locks, material ids."""
+    positions = world_positions(obj)
+    arrays = splat_scene_arrays(obj, positions)
     arrays.update(materials.material_arrays(obj, material_defaults(obj)))
     lock = materials.lock_mask(obj)
     if lock is not None:

@@ -25,6 +25,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
+from ..backend.geometry import quat_to_matrix  # one home, numpy only
 from ..backend.io import ply, sh
 
 SH_C0 = ply.SH_C0
@@ -262,19 +263,6 @@ def is_splat_object(obj) -> bool:
 
 
 # ------------------------------------------------------------------------------------------ quaternions
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    """(N,4) wxyz (normalised here) -> (N,3,3) rotation matrices."""
-    q = np.asarray(q, np.float64)
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
-    q = np.where(norm > 0, q / np.where(norm > 0, norm, 1), np.array([1.0, 0, 0, 0]))
-    w, x, y, z = q.T
-    return np.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], axis=1).reshape(-1, 3, 3)
-
-
 def matrix_to_quat(m: np.ndarray) -> np.ndarray:
     """(N,3,3) proper rotations -> (N,4) unit wxyz with w >= 0 (Shepperd's branch-per-row method)."""
     m = np.asarray(m, np.float64)

@@ -201,10 +201,13 @@ def _apply_estimate(obj, job_dir: Path, result: RunResult) -> str:
             + " (5% / median / 95%)")
 
 
-def start_preview(context, obj, **estimate_opts) -> jobs.ActiveJob:
-    """Render the motion with the current materials as the estimator's camera sees it (a video file)."""
+def start_preview(context, obj, simulation: dict | None = None, **estimate_opts) -> jobs.ActiveJob:
+    """Render the motion with the current materials as the estimator's camera sees it (a video file).
+
+    ``simulation`` overrides simulation settings, e.g. {"fps": 60} to film the clip at another rate than
+    the scene's; the clip records its rate, and an estimate fitting it compares at those frame times."""
     _check_can_start(context, obj, PREVIEW)
-    job_dir = prepare_job(context, obj, PREVIEW, **estimate_opts)
+    job_dir = prepare_job(context, obj, PREVIEW, simulation=simulation, **estimate_opts)
     return _start(PREVIEW, context, obj, job_dir, _preview_done)
 
 

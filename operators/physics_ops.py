@@ -123,10 +123,10 @@ class SPLAT_OT_preview_fill(_SplatOperator, bpy.types.Operator):
     def execute(self, context):
         obj = splat_object(context)
         try:
-            count, centres = scene_to_job.estimate_fill(obj)
+            count, centres, note = scene_to_job.estimate_fill(obj)
         except SetupError as exc:
             return _fail(self, obj, exc)
-        obj.splat_physics.fill_preview_count = count
+        obj.splat_physics.fill_preview_count, obj.splat_physics.fill_preview_note = count, note
         _remove_fill_preview(obj)
         if self.show_points and count:
             mesh = bpy.data.meshes.new(obj.name + FILL_PREVIEW_SUFFIX)
@@ -136,7 +136,7 @@ class SPLAT_OT_preview_fill(_SplatOperator, bpy.types.Operator):
             preview.hide_render = True
             preview.hide_select = True
             context.scene.collection.objects.link(preview)
-        self.report({"INFO"}, f"Filling adds about {count} particles")
+        self.report({"INFO"}, note)
         return {"FINISHED"}
 
 

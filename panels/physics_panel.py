@@ -138,16 +138,18 @@ class SPLAT_PT_domain(_Converted, bpy.types.Panel):
         row = layout.row()
         row.alignment = "RIGHT"
         row.label(text=f"{s.particles_per_cell:.1f} particles per cell ({s.occupied_cells:,} cells occupied)")
-        layout.prop(s, "fill_enabled")
+        layout.prop(s, "fill_mode")
         col = layout.column()
-        col.active = s.fill_enabled
+        col.active = s.fill_mode != "OFF"
         col.prop(s, "fill_resolution")
         col.prop(s, "fill_max_particles")
         row = col.row(align=True)
         row.operator("splat.preview_fill", icon="HIDE_OFF")
         row.operator("splat.clear_fill_preview", text="", icon="X")
         if s.fill_preview_count >= 0:
-            col.label(text=f"Fill adds about {s.fill_preview_count:,} particles")
+            col.label(text=f"Fill adds {s.fill_preview_count:,} particles")
+        if s.fill_preview_note:
+            col.label(text=s.fill_preview_note)
 
 
 class SPLAT_PT_material(_Converted, bpy.types.Panel):
@@ -294,6 +296,7 @@ class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
             layout.prop(s, "prompt")
         else:
             layout.prop(s, "reference_video")
+            layout.prop(s, "reference_fps")
         layout.prop(s, "iterations")
         layout.prop(s, "stop_rule")
         layout.prop(s, "tolerance_decades" if s.stop_rule == "decade" else "stop_tolerance")

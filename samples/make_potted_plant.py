@@ -48,15 +48,16 @@ FLOWER_TILT_DEG = 40.0  # the flower head turns towards the suggested camera
 CAMERA_AZIMUTH_DEG, CAMERA_ELEVATION_DEG = -65.0, 18.0
 
 # ---- the hidden "true" materials the demo should recover --------------------------------
-# Animation-scale stiffness: the free parts are ~100x softer than a real plant, so the CPU demo needs a few
-# substeps per frame instead of hundreds (the substep follows the wave speed sqrt(E / rho)). The motion
-# depends on E / rho and the scene's scale, so recovering these is the same problem at any stiffness.
+# Animation-scale stiffness: the free parts are ~10x softer than a real plant, so the CPU demo needs tens of
+# substeps per frame instead of hundreds (the substep follows the wave speed sqrt(E / rho)), yet stiff enough
+# that a poked plant sways back within two seconds (a first sway period of about 4 s). The motion depends on
+# E / rho and the scene's scale, so recovering these is the same problem at any stiffness.
 MATERIALS = {
     "pot": {"anchored": True, "youngs_modulus": 1.0e8, "poisson_ratio": 0.25, "density": 1900.0},
     "soil": {"anchored": True, "youngs_modulus": 1.0e6, "poisson_ratio": 0.30, "density": 1300.0},
-    "stem": {"anchored": False, "youngs_modulus": 2.0e4, "poisson_ratio": 0.35, "density": 700.0},
-    "leaves": {"anchored": False, "youngs_modulus": 2.0e3, "poisson_ratio": 0.30, "density": 500.0},
-    "flower": {"anchored": False, "youngs_modulus": 5.0e3, "poisson_ratio": 0.30, "density": 400.0},
+    "stem": {"anchored": False, "youngs_modulus": 2.0e5, "poisson_ratio": 0.35, "density": 700.0},
+    "leaves": {"anchored": False, "youngs_modulus": 2.0e4, "poisson_ratio": 0.30, "density": 500.0},
+    "flower": {"anchored": False, "youngs_modulus": 5.0e4, "poisson_ratio": 0.30, "density": 400.0},
 }
 
 

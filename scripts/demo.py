@@ -5,10 +5,12 @@ backend run through the add-on's own job runner (core.workflow), on the bundled 
 
   import the splats -> particles with the pot and soil anchored -> the suggested camera and poke ->
   estimate the materials (SVD distillation on a CUDA machine with the weights; otherwise fitting a
-  reference clip rendered from the sample's hidden "true" materials) -> simulate and bake to the
-  geometry-nodes cache -> demo.blend, a Cycles preview GIF, a stiffness heat map and the loss plot.
+  reference clip filmed at 60 fps from the sample's hidden "true" materials, gravity off) -> simulate and bake the
+  24 fps scene to the geometry-nodes cache -> demo.blend, a Cycles preview GIF, a
+  stiffness heat map and the loss plot.
 
-It ends with E per region against the hidden truth and the time each stage took.
+It ends with E per region against the hidden truth, the poked flower's sway (its peak and how far it
+comes back within the clip) and the time each stage took.
 """
 
 from __future__ import annotations
@@ -32,18 +34,24 @@ ADDON_ID = "splat_physics"
 REPO_MODULE = "splat_demo"
 ADDON_MODULE = f"bl_ext.{REPO_MODULE}.{ADDON_ID}"
 
-# Estimation sees 96 frames a second: the stiff stem's sway is then resolved frame to frame (no aliasing
-# between rendered frames), and the bake keeps the same rate so the poke lasts as long as it did there.
-FPS = 96
-FULL = {"estimate_size": (128, 72), "max_particles": 3000, "iterations": 24, "bake_frames": 96, "gif_frames": 12}
+# The scene runs at film rate. The reference clip comes from a 60 fps camera: estimation compares the motion at
+# the clip's own frame times (read from the clip), whatever the scene's rate, with CFL substeps in between.
+FPS = 24
+REFERENCE_FPS = 60.0
+FULL = {"estimate_size": (128, 72), "max_particles": 3000, "iterations": 24, "bake_frames": 72, "gif_frames": 12}
 QUICK = {"estimate_size": (96, 54), "max_particles": 800, "iterations": 3, "bake_frames": 16, "gif_frames": 2}
+SWAY_RETURN = 0.3  # the flower must come back below this share of its peak displacement within the clip
+# Gravity in the bake. With it on, the rest-state solve (backend/mpm/rest.py) does not converge on this plant
+# (residual 0.62 of its size after 4 solves): its animation-scale leaves cannot carry their own weight, so it
+# falls over (the flower drops 285 mm within 2 s). Until it holds, the bake shows the poke alone.
+BAKE_GRAVITY = False
 ESTIMATE_COMMON = {"frames_per_group": 8, "boost_groups": 2, "field": "kan_triplane", "tolerance_decades": 0.01,
                    "learning_rate": 0.008, "E_range": [1.0e2, 1.0e7]}
 N_GRID = 24
 DOMAIN = ((-0.2, -0.2, -0.01), (0.2, 0.2, 0.43))  # around the plant, 24 cells of ~18 mm on its longest side
 ANCHORED = ("pot", "soil")
 SCORED = ("stem", "leaves", "flower")
-RENDER_SIZE = (160, 90)
+RENDER_SIZE = (480, 270)
 # An --out folder the demo made holds this marker; a rerun replaces only the demo's own outputs there.
 OUT_MARKER = ".splat_physics_demo"
 OUT_NAMES = ("demo.blend", "demo.blend1", "preview.gif", "preview_frames", "stiffness.png", "loss.png", "splat_cache",
@@ -175,12 +183,11 @@ def add_poke(bpy, obj, info: dict):
                                                 size=2 * max(poke_info["half_size"]))
     poke.rotation_mode = "QUATERNION"
     poke.rotation_quaternion = Vector(poke_info["direction"]).to_track_quat("Z", "Y")  # pushes along its +Z
-    duration = poke_info["end_s"] - poke_info["start_s"]
     r = poke.splat_role
-    r.strength = poke_info["speed_m_s"] / duration  # m/s^2 that reaches the suggested speed
     r.use_end = True
     r.start_frame = scene.frame_start + round(poke_info["start_s"] * FPS)
-    r.end_frame = scene.frame_start + round(poke_info["end_s"] * FPS)
+    r.end_frame = max(r.start_frame + 1, scene.frame_start + round(poke_info["end_s"] * FPS))
+    r.strength = poke_info["speed_m_s"] * FPS / (r.end_frame - r.start_frame)  # m/s^2 reaching the suggested speed
     bpy.context.view_layer.objects.active = obj
     print(f"   poke at {poke_info['centre']} along {poke_info['direction']}, {r.strength:.3g} m/s^2, "
           f"frames {r.start_frame}-{r.end_frame}")
@@ -268,15 +275,20 @@ def estimate(bpy, obj, info, masks, cfg, prior: str) -> Path:
     scene.render.resolution_x, scene.render.resolution_y, scene.render.resolution_percentage = w, h, 100
     scene.frame_end = scene.frame_start + ESTIMATE_COMMON["frames_per_group"] * ESTIMATE_COMMON["boost_groups"] - 1
     opts = dict(ESTIMATE_COMMON, max_particles=cfg["max_particles"], iterations=cfg["iterations"])
+    # The poke's sway is what is fitted; gravity only adds the rest-state solve to every job (the elastic
+    # response does not depend on it), so the clip and the estimate leave it out. The bake has it.
+    scene.use_gravity = False
     truth = true_materials(info, masks, n)
     start = start_value(info)
     if prior == "svd":
         opts.update(frames_per_group=14, boost_groups=1, prior="svd")
     else:
         mats.apply_materials(obj, truth)
-        print(f"   rendering the reference clip from the hidden true materials ({w}x{h}, "
-              f"{ESTIMATE_COMMON['frames_per_group'] * ESTIMATE_COMMON['boost_groups']} frames at {FPS} fps)")
-        preview_dir = run_job(workflow.PREVIEW, lambda: workflow.start_preview(bpy.context, obj, **opts))
+        print(f"   filming the reference clip from the hidden true materials ({w}x{h}, "
+              f"{ESTIMATE_COMMON['frames_per_group'] * ESTIMATE_COMMON['boost_groups']} frames at {REFERENCE_FPS:g} fps; "
+              f"the scene runs at {FPS} fps)")
+        preview_dir = run_job(workflow.PREVIEW, lambda: workflow.start_preview(
+            bpy.context, obj, simulation={"fps": REFERENCE_FPS}, **opts))
         opts.update(prior="reference", reference_video=str(preview_dir / "out" / "preview_frames"))
     mats.apply_materials(obj, {"youngs_modulus": np.full(n, start, np.float32),
                                "poisson_ratio": truth["poisson_ratio"], "density": truth["density"]})
@@ -286,18 +298,33 @@ def estimate(bpy, obj, info, masks, cfg, prior: str) -> Path:
 
 
 # ---------------------------------------------------------------------------- bake, save, render
-def bake(bpy, obj, blend: Path, n_frames: int):
+def bake(bpy, obj, blend: Path, n_frames: int) -> Path:
+    """Simulate and bake the scene's frame range (gravity as BAKE_GRAVITY says); returns the simulate job's folder."""
     workflow = core("workflow")
     scene = bpy.context.scene
     scene.frame_start, scene.frame_end = 1, n_frames
-    # The splats are the plant's shape at rest under gravity, but the simulation starts them unstressed: over a
-    # second the soft, animation-scale plant would slowly wilt. Estimation used gravity over a fifth of a
-    # second as extra excitation; the bake shows the poke alone.
-    scene.use_gravity = False
-    print("   gravity off for the bake: it shows the poke's sway (the start shape carries no prestress)")
+    scene.use_gravity = BAKE_GRAVITY
+    print(f"   {n_frames} frames at {FPS} fps ({n_frames / FPS:g} s) with gravity {'on' if BAKE_GRAVITY else 'off'}")
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))  # the cache goes next to it, with a relative path
-    run_job(workflow.SIMULATE, lambda: workflow.start_simulate(bpy.context, obj, target="gn_cache"))
+    job_dir = run_job(workflow.SIMULATE, lambda: workflow.start_simulate(bpy.context, obj, target="gn_cache"))
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
+    return job_dir
+
+
+def sway(job_dir: Path, mask) -> dict:
+    """The flower's sway in the baked frames: its mean displacement from the captured shape per frame, the
+    peak, and the smallest displacement after the peak as a share of it (how far it comes back)."""
+    import numpy as np
+
+    protocol = importlib.import_module(f"{ADDON_MODULE}.backend.protocol")
+    files = list(protocol.iter_frame_files(job_dir / protocol.OUT_DIR))
+    rest = protocol.load_npz(files[0])["positions"][mask]  # frame 1 is the captured shape
+    disp = np.array([np.linalg.norm(protocol.load_npz(f)["positions"][mask] - rest, axis=1).mean() for f in files])
+    peak = int(np.argmax(disp))
+    back = peak + int(np.argmin(disp[peak:]))
+    return {"peak_mm": 1000 * float(disp[peak]), "peak_frame": peak + 1, "return_ratio": float(disp[back] / disp[peak])
+            if disp[peak] > 0 else 1.0, "return_frame": back + 1, "frames": len(files),
+            "displacement_mm": [round(1000 * float(d), 2) for d in disp]}
 
 
 def setup_render(bpy, samples: int = 4):
@@ -379,12 +406,15 @@ def region_report(obj, info, masks) -> list[tuple]:
     return rows
 
 
-def print_summary(prior, why, rows, stages: Stages, out: Path):
+def print_summary(prior, why, rows, motion: dict, stages: Stages, out: Path):
     print("\n================ Splat Physics demo: summary ================")
     print(f"Prior used: {prior} ({why})")
     print("E per region (median over its splats) vs the hidden truth:")
     for name, est, true, err in rows:
         print(f"  {name:<7} estimated {est:10.4g} Pa   true {true:10.4g} Pa   error {err:+6.1f} %")
+    print(f"Sway of the poked flower ({motion['frames']} frames at {FPS} fps, gravity {'on' if BAKE_GRAVITY else 'off'}): peak {motion['peak_mm']:.1f} mm "
+          f"at frame {motion['peak_frame']}, back to {100 * motion['return_ratio']:.0f} % of it at frame "
+          f"{motion['return_frame']}")
     print("Time per stage:")
     for name, seconds in stages.times.items():
         print(f"  {name:<34} {seconds:7.1f} s")
@@ -441,12 +471,17 @@ def main(argv=None) -> int:
     est_dir = stages.run("Estimate materials", estimate, bpy, obj, info, masks, cfg, prior)
     shutil.copyfile(est_dir / "out" / "loss.png", out / "loss.png")
     rows = region_report(obj, info, masks)
-    stages.run("Simulate and bake (gn_cache)", bake, bpy, obj, blend, cfg["bake_frames"])
+    sim_dir = stages.run("Simulate and bake (gn_cache)", bake, bpy, obj, blend, cfg["bake_frames"])
+    motion = sway(sim_dir, masks["flower"])
+    (out / "sway.json").write_text(json.dumps(motion, indent=1))
     setup_render(bpy)
     stages.run("Cycles preview", render_preview, bpy, out, cfg["bake_frames"], cfg["gif_frames"])
     stages.run("Stiffness heat map", render_heatmap, bpy, obj, out)
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
-    print_summary(prior, why, rows, stages, out)
+    print_summary(prior, why, rows, motion, stages, out)
+    if not args.quick and motion["return_ratio"] >= SWAY_RETURN:
+        print(f"The flower did not come back below {SWAY_RETURN:.0%} of its peak within the clip", file=sys.stderr)
+        return 1
     return 0
 
 

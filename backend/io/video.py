@@ -8,6 +8,7 @@ Backend only: imageio-ffmpeg and Pillow are not available in Blender's Python, w
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -16,10 +17,12 @@ import numpy as np
 
 from .atomic import atomic_path
 
-__all__ = ["VideoError", "write_frames_png", "write_video", "read_video"]
+__all__ = ["VideoError", "write_frames_png", "write_video", "read_video", "video_fps", "FRAME_RATE_FILE"]
 
 _IMAGE_EXTS = (".png", ".jpg", ".jpeg")
 _MAX_GIF_REPEAT = 100  # a GIF frame held longer than this many base frames is a pause, not motion
+# A folder of frames has no frame rate of its own; this file beside the frames carries it ({"fps": 24.0}).
+FRAME_RATE_FILE = "frame_rate.json"
 
 
 class VideoError(ValueError):
@@ -54,11 +57,13 @@ def _natural_key(name: str):
 # Writing
 # --------------------------------------------------------------------------------------
 
-def write_frames_png(frames, folder: str | os.PathLike, *, prefix: str = "frame_", start: int = 0) -> list[str]:
+def write_frames_png(frames, folder: str | os.PathLike, *, prefix: str = "frame_", start: int = 0,
+                     fps: float | None = None) -> list[str]:
     """Write frames as `<prefix><number>.png` (zero-padded, from `start`), each atomically.
 
     Older frames with the same prefix and a number outside the new range are removed, so a
-    shorter rerun never leaves stale frames for a folder reader to pick up.
+    shorter rerun never leaves stale frames for a folder reader to pick up. With `fps`, the
+    folder's frame rate is written beside the frames (FRAME_RATE_FILE), where video_fps finds it.
     """
     from PIL import Image
 
@@ -77,7 +82,16 @@ def write_frames_png(frames, folder: str | os.PathLike, *, prefix: str = "frame_
     for name in os.listdir(folder):
         if ours.fullmatch(name) and name not in keep:
             os.remove(os.path.join(folder, name))
+    if fps is not None:
+        _check_fps(fps, folder)
+        with atomic_path(os.path.join(folder, FRAME_RATE_FILE)) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"fps": float(fps)}, f)
     return paths
+
+
+def _check_fps(fps, where: str) -> None:
+    if isinstance(fps, bool) or not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
+        raise VideoError(f"{where}: fps must be a positive number, got {fps!r}")
 
 
 def write_video(frames, path: str | os.PathLike, fps: float = 24.0, *, quality: float = 8.0) -> str:
@@ -88,8 +102,7 @@ def write_video(frames, path: str | os.PathLike, fps: float = 24.0, *, quality: 
     stores frame times in 1/100 s, so GIF fps is rounded accordingly.
     """
     path = os.fspath(path)
-    if not (isinstance(fps, (int, float)) and math.isfinite(fps) and fps > 0):
-        raise VideoError(f"{path}: fps must be a positive number, got {fps!r}")
+    _check_fps(fps, path)
     frames = _to_uint8(frames, path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".mp4", ".gif"):
@@ -160,6 +173,45 @@ def read_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tup
     return frames.astype(np.float32) / np.float32(255.0), fps
 
 
+def video_fps(path: str | os.PathLike) -> float | None:
+    """The frame rate a clip carries, without decoding it: an MP4's stream rate, a GIF's frame
+    duration, a frame folder's FRAME_RATE_FILE; None where the clip says nothing (bare frames)."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        return _folder_fps(path)
+    if not os.path.isfile(path):
+        raise VideoError(f"{path}: no such video file or frame folder")
+    ext = os.path.splitext(path)[1].lower()
+    if ext in _IMAGE_EXTS:
+        return None
+    if ext == ".gif":
+        return _read_gif(path, 1, decode=False)[1]
+    import imageio_ffmpeg
+
+    try:
+        reader = imageio_ffmpeg.read_frames(path)
+        meta = next(reader)
+        reader.close()
+    except (OSError, RuntimeError, StopIteration) as exc:
+        raise VideoError(f"{path}: cannot read video with ffmpeg ({_first_line(exc)})") from exc
+    fps = meta.get("fps")
+    return float(fps) if fps and math.isfinite(fps) and fps > 0 else None
+
+
+def _folder_fps(folder: str) -> float | None:
+    side = os.path.join(folder, FRAME_RATE_FILE)
+    if not os.path.isfile(side):
+        return None
+    try:
+        with open(side, encoding="utf-8") as f:
+            fps = json.load(f)["fps"]
+        _check_fps(fps, side)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise VideoError(f"{side}: cannot read the folder's frame rate ({_first_line(exc)}); "
+                         'it must hold {"fps": <frames per second>}') from exc
+    return float(fps)
+
+
 def _read_images(paths: list[str], where: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
@@ -185,7 +237,7 @@ def _read_folder(folder: str, max_frames: int | None) -> np.ndarray:
     return _read_images([os.path.join(folder, n) for n in names[:max_frames]], folder)
 
 
-def _read_gif(path: str, max_frames: int | None) -> tuple[np.ndarray, float | None]:
+def _read_gif(path: str, max_frames: int | None, decode: bool = True) -> tuple[np.ndarray | None, float | None]:
     from PIL import Image, ImageSequence, UnidentifiedImageError
 
     frames, durations = [], []
@@ -193,12 +245,14 @@ def _read_gif(path: str, max_frames: int | None) -> tuple[np.ndarray, float | No
         with Image.open(path) as im:
             for frame in ImageSequence.Iterator(im):
                 durations.append(int(frame.info.get("duration", 0) or 0))
-                frames.append(np.asarray(frame.convert("RGB")))
+                frames.append(np.asarray(frame.convert("RGB")) if decode else None)
     except (OSError, UnidentifiedImageError, EOFError) as exc:
         raise VideoError(f"{path}: cannot read GIF ({exc})") from exc
     if not frames:
         raise VideoError(f"{path}: GIF has no frames")
     positive = [d for d in durations if d > 0]
+    if not decode:
+        return None, (1000.0 / min(positive) if positive else None)
     if not positive:
         return np.stack(frames[:max_frames]), None
     base = min(positive)

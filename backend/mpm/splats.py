@@ -13,21 +13,9 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
+from ..geometry import quat_to_matrix
+
 wp.set_module_options({"enable_backward": False})
-
-
-def quat_to_matrix(quats_wxyz: np.ndarray) -> np.ndarray:
-    """(N,4) wxyz quaternions (normalised here) -> (N,3,3) rotation matrices."""
-    q = np.asarray(quats_wxyz, dtype=np.float64)
-    norm = np.linalg.norm(q, axis=1, keepdims=True)
-    if np.any(norm == 0):
-        raise ValueError("rotation quaternions must be non-zero")
-    w, x, y, z = (q / norm).T
-    return np.stack([
-        np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-        np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-        np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-    ], axis=1)
 
 
 def covariance_from_splats(log_scales: np.ndarray, quats_wxyz: np.ndarray) -> np.ndarray:

@@ -2,6 +2,7 @@
 
 import importlib
 import math
+import subprocess
 
 import bpy
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from mathutils import Euler, Matrix, Vector
 
 from backend import protocol
+
+from .conftest import ADDON_MODULE, REPO
 
 
 def _mod(addon, name):
@@ -194,26 +197,55 @@ def test_mesh_anchor_wind_collider_and_locks(addon, blob):
     assert np.all(arrays["youngs_modulus"][10:] == np.float32(blob.splat_physics.youngs_modulus))
 
 
-def test_fill_preview_counts_the_enclosed_interior(addon, clean_scene):
+def _backend_fill_count(job_dir) -> int:
+    """The number of interior particles the backend itself adds for a job folder (its own interpreter)."""
+    code = ("import sys; from backend import protocol; from backend.particles import build_particles; "
+            "job = protocol.read_job(sys.argv[1]); "
+            "print(build_particles(protocol.load_npz(job.scene_path), job.simulation).n_fill)")
+    python = bpy.context.preferences.addons[ADDON_MODULE].preferences.backend_python
+    proc = subprocess.run([python, "-c", code, str(job_dir)], capture_output=True, text=True, timeout=300,
+                          cwd=str(REPO))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return int(proc.stdout.split()[-1])
+
+
+def test_fill_preview_is_the_backends_fill(addon, clean_scene, tmp_path):
     s2j = _mod(addon, "core.scene_to_job")
     rng = np.random.default_rng(1)
     d = rng.normal(size=(6000, 3))
     shell = 0.5 * d / np.linalg.norm(d, axis=1, keepdims=True)
-    obj = _points_object("Shell", shell)
+    obj = _points_object("Shell", shell, location=(3.0, -2.0, 1.0))
     bpy.ops.splat.convert_to_particles()
     s = obj.splat_physics
-    s.fill_enabled, s.n_grid = True, 16
-    count, centres = s2j.estimate_fill(obj)
-    assert count > 0 and s.fill_preview_count == count
-    assert np.all(np.linalg.norm(centres, axis=1) < 0.5)  # all inside the shell
+    assert s.fill_mode == "AUTO"  # hollow captures are filled by default
+    s.n_grid = 16
+    count, centres, note = s2j.estimate_fill(obj)
+    assert count > 0 and s.fill_preview_count == count and "Filled" in s.fill_preview_note
+    assert np.all(np.linalg.norm(centres - np.array([3.0, -2.0, 1.0]), axis=1) < 0.5)  # all inside the shell
+    # The backend, given the job the add-on writes, adds exactly the previewed particles.
+    job, arrays = s2j.build_job(bpy.context, obj, "simulate")
+    assert job["simulation"]["fill"]["enabled"] == "auto"
+    backend_count = _backend_fill_count(s2j.write_job_folder(tmp_path / "job", job, arrays))
+    print(f'{{"figure": "fill of a hollow shell", "panel_preview": {count}, "backend": {backend_count}}}')
+    assert backend_count == count
+
     bpy.ops.splat.preview_fill()
     preview = bpy.data.objects[obj.name + " Fill Preview"]
     assert len(preview.data.vertices) == count
     bpy.context.view_layer.objects.active = obj
     bpy.ops.splat.clear_fill_preview()
     assert obj.name + " Fill Preview" not in bpy.data.objects
+    s.fill_mode = "OFF"
+    assert s.fill_preview_count == -1 and s2j.build_job(bpy.context, obj, "simulate")[0]["simulation"]["fill"] \
+        ["enabled"] is False
 
-    # A flat sheet encloses nothing.
+    # An open bowl is left as it is (auto) and filled on request (On); a flat sheet encloses nothing.
+    bowl = _points_object("Bowl", shell[shell[:, 2] < 0.0])
+    bpy.ops.splat.convert_to_particles()
+    bowl.splat_physics.n_grid = 16
+    assert bowl.splat_physics.fill_preview_count == 0 and "open" in bowl.splat_physics.fill_preview_note
+    bowl.splat_physics.fill_mode = "ON"
+    assert bowl.splat_physics.fill_preview_count > 0
     flat = _points_object("Sheet", np.c_[rng.uniform(-0.5, 0.5, (2000, 2)), np.zeros(2000)])
     bpy.ops.splat.convert_to_particles()
     assert s2j.estimate_fill(flat)[0] == 0

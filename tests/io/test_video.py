@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from backend.io.video import VideoError, read_video, write_frames_png, write_video
+from backend.io.video import FRAME_RATE_FILE, VideoError, read_video, video_fps, write_frames_png, write_video
 
 
 def _moving_disc(t=8, h=48, w=64):
@@ -111,3 +111,17 @@ def test_bad_inputs_raise_video_error(tmp_path):
     with pytest.raises(VideoError, match="fps"):
         write_video(np.zeros((2, 8, 8, 3)), tmp_path / "x.gif", fps=0)
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_video_fps_reads_the_rate_each_clip_carries(tmp_path):
+    frames = (np.random.default_rng(0).random((4, 16, 16, 3)) * 255).astype(np.uint8)
+    assert video_fps(write_video(frames, tmp_path / "a.mp4", fps=30.0)) == pytest.approx(30.0)
+    assert video_fps(write_video(frames, tmp_path / "a.gif", fps=50.0)) == pytest.approx(50.0)
+    write_frames_png(frames, tmp_path / "tagged", fps=60.0)
+    assert video_fps(tmp_path / "tagged") == 60.0
+    assert read_video(tmp_path / "tagged")[0].shape[0] == 4  # the rate file is not a frame
+    write_frames_png(frames, tmp_path / "bare")
+    assert video_fps(tmp_path / "bare") is None  # bare frames say nothing; callers must not guess
+    (tmp_path / "bare" / FRAME_RATE_FILE).write_text("{\"fps\": -1}")
+    with pytest.raises(VideoError, match="frame rate"):
+        video_fps(tmp_path / "bare")

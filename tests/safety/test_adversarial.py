@@ -427,6 +427,7 @@ def test_crafted_estimate_checkpoint_never_runs(world):
     write_frames_png(np.zeros((2, est["camera"]["height"], est["camera"]["width"], 3), np.uint8),
                      world / "elsewhere" / "ref")
     est["reference_video"] = "../elsewhere/ref"  # an input the user names may lie outside: it is only read
+    est["reference_fps"] = sim["fps"]  # bare frames carry no frame rate: the job gives it
     protocol.write_job(job, protocol.default_job("estimate", simulation=sim, estimate=est),
                        es.block_scene(5e3, n_side=3))
     (job / "out").mkdir()

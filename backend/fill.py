@@ -1,4 +1,7 @@
-"""Interior filling of a splat object (numpy, vectorised; no per-cell Python loops).
+"""Interior filling of a splat object (numpy only, vectorised; no per-cell Python loops).
+
+The one fill algorithm of the product: the backend fills with it and the add-on's panel previews
+with it (this module imports nothing but numpy and the contract, so Blender's Python can load it).
 
 The splats' opacity is splatted into a density grid (Gaussians dilated by half a cell so thin
 splats still register), thresholded into a surface mask whose one-cell gaps are closed
@@ -7,6 +10,14 @@ axis-aligned rays: along each ray the number of surface crossings (runs of occup
 counted with cumulative sums. A cell is inside when the count is odd for at least `min_votes` of
 the six directions. The default 5 of 6 lets one ray escape through a hole (a scan without a
 bottom, say) while ragged open edges, where several rays see spurious crossings, stay empty.
+
+Detection ("auto", the default): a capture is filled only when it is a closed-ish shell. Most of
+its interior cells must be enclosed: either sealed off from the outside (a flood fill from the grid's
+border through empty cells, after closing one-cell gaps, cannot reach them: a closed sphere, a donut)
+or seen as inside along all six directions (a shell with a moderate hole: only the rays through the
+hole escape). A bowl or a cup is neither: every cavity cell sees out through its opening. The
+interior must also be more than a sliver of the object: a solid point cloud has next to no empty
+inside cells and is left as it is.
 """
 
 from __future__ import annotations
@@ -15,9 +26,17 @@ import time
 
 import numpy as np
 
-from .splats import quat_to_matrix
+from typing import Any, Mapping
+
+from . import protocol
+from .geometry import quat_to_matrix, splat_shape
 
 _MAX_EVALS_PER_CHUNK = 4_000_000
+# "auto" fills a shell when at least this share of its interior cells is enclosed along all six axes...
+CLOSED_FRACTION = 0.5
+# ...and its interior is at least this share of interior + surface cells (below it, it is solid already).
+HOLLOW_FRACTION = 0.05
+DEFAULT_OPACITY_LOGIT = 3.0  # opacity of points without one (a plain point cloud: nearly opaque)
 
 
 def _activate(scales, opacities, scales_are_log, opacities_are_logits):
@@ -94,17 +113,20 @@ def _parity_votes(occ: np.ndarray) -> np.ndarray:
 
 def fill_interior(positions, scales, rotations, opacities, n_grid_fill: int = 128, max_particles: int = 200_000,
                   density_threshold: float = 0.3, min_votes: int = 5, spacing: float | None = None,
-                  scales_are_log: bool = False, opacities_are_logits: bool = False, seed: int = 0):
+                  scales_are_log: bool = False, opacities_are_logits: bool = False, seed: int = 0,
+                  auto: bool = False):
     """Particles filling the interior of a closed splat surface.
 
     positions (N,3) m; scales (N,3) linear metres (or log with scales_are_log); rotations (N,4)
     wxyz; opacities (N,) in [0,1] (or logits with opacities_are_logits). n_grid_fill: density grid
     cells along the longest axis (a few times the MPM resolution). One particle is placed at the
     centre of every inside cell, or on a lattice of `spacing` metres if given; above
-    max_particles a random subset (seeded) is kept.
+    max_particles a random subset (seeded) is kept. auto=True fills only what classify_shape
+    calls a "shell"; otherwise every inside cell is filled.
 
     Returns (fill_positions (M,3) float32, info); info holds "is_fill" (N+M,) flags for
-    concatenate([positions, fill_positions]), the grid shape/cell size and counts.
+    concatenate([positions, fill_positions]), the grid shape/cell size, counts, and the shape's
+    class ("shell", "open" or "solid") with the two fractions it was decided on.
     """
     t0 = time.perf_counter()
     pos = np.asarray(positions, dtype=np.float64)
@@ -136,7 +158,13 @@ def fill_interior(positions, scales, rotations, opacities, n_grid_fill: int = 12
 
     dens = _density(pos, sc, rot, op, lo, h, shape)
     occ = _close(dens > density_threshold)
-    inside = (~occ) & (_parity_votes(occ) >= int(min_votes))
+    votes = _parity_votes(occ)
+    inside = (~occ) & (votes >= int(min_votes))
+    shape_class, closed, hollow, outside = classify_shape(inside, votes, occ)
+    if auto and shape_class != "shell":
+        inside = np.zeros_like(inside)
+    elif outside is not None:  # a sealed shell: what the outside reaches is not inside, whatever rays say
+        inside &= ~outside
 
     if spacing is None:
         cells = np.argwhere(inside)
@@ -162,6 +190,107 @@ def fill_interior(positions, scales, rotations, opacities, n_grid_fill: int = 12
         "grid_shape": shape,
         "grid_origin": lo.astype(np.float32),
         "truncated": bool(truncated),
+        "shape": shape_class,
+        "closed_fraction": closed,
+        "hollow_fraction": hollow,
         "seconds": time.perf_counter() - t0,
     }
     return fill, info
+
+
+def _spread_along(free: np.ndarray, reached: np.ndarray, axis: int) -> np.ndarray:
+    """Every free cell in a run (along ``axis``) of free cells that holds a reached cell is reached."""
+    f = np.moveaxis(free, axis, -1)
+    shape = f.shape
+    f = f.reshape(-1, shape[-1])
+    r = np.moveaxis(reached, axis, -1).reshape(-1, shape[-1])
+    prev = np.zeros_like(f)
+    prev[:, 1:] = f[:, :-1]
+    run = np.cumsum((f & ~prev).ravel()).reshape(f.shape) * f  # run id per free cell, 0 elsewhere
+    hit = np.zeros(int(run.max()) + 1, bool)
+    hit[run[r & f]] = True
+    hit[0] = False
+    return np.moveaxis((hit[run] & f).reshape(shape), -1, axis)
+
+
+def _outside(occ: np.ndarray) -> np.ndarray:
+    """Empty cells connected to the grid's border (flood fill along runs, sweeping the three axes until
+    nothing changes), with one-cell gaps in the surface sealed so a leak needs a real hole."""
+    sealed = _dilate(occ)
+    free = ~sealed
+    reached = np.zeros_like(free)
+    for axis in range(3):
+        ends = [slice(None)] * 3
+        for end in (0, -1):
+            ends[axis] = end
+            reached[tuple(ends)] = free[tuple(ends)]
+    count = -1
+    while int(reached.sum()) != count:
+        count = int(reached.sum())
+        for axis in range(3):
+            reached = _spread_along(free, reached, axis)
+    return _dilate(reached) & ~occ  # back over the sealing layer
+
+
+def classify_shape(inside: np.ndarray, votes: np.ndarray, occ: np.ndarray):
+    """("shell" | "open" | "solid", closed fraction, hollow fraction, outside) of a surface grid (see the
+    module doc). outside: the cells the flood fill reached when that is what found the shell closed, else None."""
+    n_inside = int(inside.sum())
+    closed, outside = 0.0, None
+    if n_inside:
+        reached = _outside(occ)
+        sealed_off = int((inside & ~reached).sum())
+        seen_inside = int((inside & (votes == 6)).sum())
+        closed = max(sealed_off, seen_inside) / n_inside
+        outside = reached if sealed_off >= max(seen_inside, 1) else None
+    hollow = n_inside / max(n_inside + int(occ.sum()), 1)
+    if closed < CLOSED_FRACTION:
+        return ("solid" if hollow < HOLLOW_FRACTION else "open"), closed, hollow, outside
+    return ("shell" if hollow >= HOLLOW_FRACTION else "solid"), closed, hollow, outside
+
+
+def fill_mode(fill: Mapping[str, Any] | None) -> str | bool:
+    """The job's fill.enabled: "auto" (fill closed shells only), True (always) or False (never)."""
+    return (fill or {}).get("enabled", protocol.SIMULATION_DEFAULTS["fill"]["enabled"])
+
+
+def fill_resolution(fill: Mapping[str, Any] | None, n_grid: int) -> int:
+    """Fill-grid cells along the object's longest side: the job's resolution, or 0 = twice the MPM grid."""
+    return int((fill or {}).get("resolution") or 0) or 2 * int(n_grid)
+
+
+def fill_scene(scene: Mapping[str, np.ndarray], fill: Mapping[str, Any] | None, n_grid: int):
+    """The interior particles a job adds, from its scene.npz arrays and simulation.fill settings.
+
+    Both the backend and the add-on's preview call this with the same arrays (the add-on with
+    what it would write to scene.npz), so the preview count is the count the backend adds.
+    Returns (positions (M,3) float32, info as fill_interior's; info["mode"] is the mode used).
+    """
+    mode = fill_mode(fill)
+    pos = np.asarray(scene["positions"], np.float32)
+    if mode is False:
+        return np.zeros((0, 3), np.float32), {"n_fill": 0, "shape": "off", "mode": False,
+                                              "is_fill": np.zeros(len(pos), bool)}
+    log_scale, quat = splat_shape(scene, pos)
+    opacity = np.asarray(scene["opacity"], np.float32) if "opacity" in scene else \
+        np.full(len(pos), DEFAULT_OPACITY_LOGIT, np.float32)
+    extra, info = fill_interior(pos, log_scale, quat, opacity, fill_resolution(fill, n_grid),
+                                int((fill or {}).get("max_particles", 200000)), scales_are_log=True,
+                                opacities_are_logits=True, auto=mode == protocol.FILL_AUTO)
+    info["mode"] = mode
+    return extra, info
+
+
+def describe_fill(info: Mapping[str, Any]) -> str:
+    """One sentence on what the fill did and why, for the backend's log and the add-on's panel."""
+    shape, n = info.get("shape"), info.get("n_fill", 0)
+    if n:
+        return f"Filled the interior with {n:,} particles ({shape}: {info['closed_fraction']:.0%} enclosed)"
+    if shape == "open":
+        return (f"Not filled: the surface is open ({info['closed_fraction']:.0%} of its inside is enclosed); "
+                "set Fill interior to On to fill it anyway")
+    if shape == "solid":
+        return "Not filled: nothing hollow is enclosed (the object is solid, flat or thin)"
+    if shape == "off":
+        return "Interior fill is off"
+    return "Nothing to fill"

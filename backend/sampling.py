@@ -1,0 +1,77 @@
+"""When estimation looks at the motion: the supervision's own frame times, apart from the timeline.
+
+The scene's frame rate is the bake's business. Estimation renders the rest frame and then one frame
+every 1/fps seconds at the rate its supervision was made at, and the simulation between two of
+those frames takes as many CFL substeps as it needs:
+
+* a reference clip (or the analytic prior's target clip) is compared at its own frame times: its
+  rate is ``estimate.reference_fps`` when given, else the rate the file carries (an MP4's stream
+  rate, a GIF's frame time, a frame folder's ``frame_rate.json``); a bare folder of frames has none,
+  and the job says so instead of guessing;
+* SVD judges clips at the frame rate it is conditioned on (its ``fps`` micro-conditioning);
+* ModelScope has no frame-rate conditioning: it sees the motion at the scene's frame rate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import protocol
+
+CLIP_PRIORS = ("reference", "analytic")  # priors whose data is one clip with its own frame times
+
+
+@dataclass(frozen=True)
+class Sampling:
+    fps: float  # rendered frames per second of simulated time
+    n_frames: int  # the rest frame, then n_frames - 1 simulated frames
+    source: str  # where the rate comes from, in words
+
+    @property
+    def duration(self) -> float:
+        return (self.n_frames - 1) / self.fps
+
+    def describe(self) -> str:
+        return (f"{self.n_frames} frames at {self.fps:g} fps ({self.duration:.3g} s of motion), "
+                f"the rate of {self.source}")
+
+
+def clip_fps(est: dict, folder: Path) -> tuple[float, str]:
+    """The reference clip's frame rate and where it came from; BadJob when nothing says it."""
+    from .io.video import FRAME_RATE_FILE, VideoError, video_fps
+    from .supervision import reference_path
+
+    if est.get("reference_fps"):
+        return float(est["reference_fps"]), "the reference clip (estimate.reference_fps)"
+    path = reference_path(est, folder)
+    try:
+        fps = video_fps(path)
+    except VideoError as exc:
+        raise protocol.BadJob(str(exc)) from None
+    if fps is None:
+        raise protocol.BadJob(
+            f"the reference clip '{path}' does not say its frame rate (a folder of frames without "
+            f"{FRAME_RATE_FILE}, or a single image); give it as estimate.reference_fps (frames per second) "
+            "so the motion is compared at the clip's own frame times")
+    return fps, "the reference clip (read from the file)"
+
+
+def estimation_sampling(est: dict, sim: dict, folder: Path, prior_fps: float | None = None) -> Sampling:
+    """The frame times estimation renders at (see the module doc). prior_fps: a loaded prior's own rate."""
+    n = int(est["frames_per_group"]) * int(est["boost_groups"])
+    if est["prior"] in CLIP_PRIORS:
+        fps, source = clip_fps(est, folder)
+    elif prior_fps:
+        fps, source = float(prior_fps), f"the {est['prior']} model's frame-rate conditioning"
+    else:
+        fps, source = float(sim["fps"]), "the scene (the video model has no frame-rate conditioning)"
+    return Sampling(fps, n, source)
+
+
+def sampling_simulation(sim: dict, sampling: Sampling) -> dict:
+    """The simulation settings estimation runs with: the scene's, with frames at the sampling rate."""
+    out = dict(sim, fps=sampling.fps, n_frames=sampling.n_frames)
+    if out.get("substep_dt"):  # a fixed substep never spans more than one rendered frame
+        out["substep_dt"] = min(float(out["substep_dt"]), 1.0 / sampling.fps)
+    return out
