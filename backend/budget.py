@@ -55,6 +55,11 @@ PRIOR_MODELS = {"svd": PriorModel(weights_mb=9000.0, mb_per_frame_pixel=8.0e-4),
 # measurements. Time is within a factor of 2 (the machine was shared while measuring).
 SECONDS_COEF = (0.0, 0.0, 7.75e-6, 0.0, 4.77e-6, 1.54e-5)
 MB_COEF = (582.0, 0.0, 0.0, 8.84e-7, 4.59e-4, 2.89e-3)
+# The differentiable simulation keeps its whole gradient tape (no recomputation in backward) when the tape
+# needs at most this much; about 340 bytes per particle-substep (README: 3.4 MB per taped substep at 10k).
+# The fit above was measured with checkpointing only, so the tape is added on top.
+FULL_TAPE_MB = 512.0
+TAPE_MB_PER_PARTICLE_SUBSTEP = 3.4 / 10_000
 CPU_SLOWDOWN_ON_CUDA = 0.1  # GPU iterations are far cheaper; the memory model is what matters there
 SAFETY = 1.25  # the projection is multiplied by this before it is compared with free memory
 
@@ -82,6 +87,7 @@ def project(*, n_particles: int, width: int, height: int, frames: int, substeps_
     x = terms(n_particles, width * height, frames, substeps_per_frame, n_grid)
     seconds = sum(c * v for c, v in zip(SECONDS_COEF, x))
     mb = sum(c * v for c, v in zip(MB_COEF, x))
+    mb += min(FULL_TAPE_MB, TAPE_MB_PER_PARTICLE_SUBSTEP * x[2])  # x[2]: particle-substeps
     model = PRIOR_MODELS.get(prior)
     if model is not None:
         scale = 0.5 if device == "cuda" else 1.0  # fp16 weights and activations on the GPU

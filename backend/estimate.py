@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from . import protocol
+from .budget import FULL_TAPE_MB
 from .convergence import make_stop_rule
 from .device import warp_device
 from .jobctl import CancelToken, Reporter, log
@@ -30,9 +31,9 @@ from .simulate import rest_state, sim_config
 from .statefile import StateRejected, load_state, save_state
 from .supervision import Supervision, check_inputs, first_frame, make_supervision
 
+# FULL_TAPE_MB (imported above): below this much tape memory the simulation keeps its whole tape (no
+# recomputation in backward); its home is backend/budget.py, which counts it in the projection.
 
-# Below this much tape memory the simulation keeps its whole tape (no recomputation in backward).
-FULL_TAPE_MB = 512.0
 # Adam steps on the field's raw parameters. A global or per-particle value maps one-to-one to log E;
 # a triplane's planes and head move every particle at once, so a step must be far smaller.
 DEFAULT_LEARNING_RATES = {"global": 0.1, "per_particle": 0.1, "kan_triplane": 0.005, "mlp_triplane": 0.005}

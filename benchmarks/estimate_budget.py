@@ -65,7 +65,7 @@ def run_case(n_all: int, width: int, height: int, frames: int, max_particles: in
              substeps: int | None, repeats: int = 1) -> dict:
     import torch
 
-    from backend.estimate import (iteration, make_differentiable_sim, make_material_field, prepare_scene,
+    from backend.estimate import (Best, iteration, make_differentiable_sim, make_material_field, prepare_scene,
                                   simulate_and_render)
     from backend.io.video import write_frames_png
     from backend.jobctl import Reporter
@@ -89,13 +89,14 @@ def run_case(n_all: int, width: int, height: int, frames: int, max_particles: in
         optimizer = torch.optim.Adam(field.parameters(), lr=0.005)
         setup_s = time.perf_counter() - t0
         spf = substeps_per_frame(dsim, scene.particles)
-        iteration(field, dsim, scene, supervision, optimizer, 0, repeats + 1, frames)  # warm-up (compiles)
+        best = Best()
+        iteration(field, dsim, scene, supervision, optimizer, 0, repeats + 1, frames, best)  # warm-up (compiles)
         base_mb = (status_kb("VmRSS") or 0) / 1024.0
         memory = PeakMemory("cpu").start()
         times = []
         for i in range(repeats):
             t = time.perf_counter()
-            iteration(field, dsim, scene, supervision, optimizer, i + 1, repeats + 1, frames)
+            iteration(field, dsim, scene, supervision, optimizer, i + 1, repeats + 1, frames, best)
             times.append(time.perf_counter() - t)
         peak = memory.peak_mb()
     return {"n": scene.particles.n_visible, "n_sim": scene.particles.n_total, "width": width, "height": height,

@@ -156,7 +156,9 @@ def _wait_for_pending_sigterm(pid, timeout=60):
 
 
 def test_killed_worker_resumes_from_the_checkpoint_and_a_cancelled_batch_stays_resumable(cluster, tmp_path):
-    job = simulate_job(tmp_path / "long", n_frames=24, n_side=8, n_grid=24)
+    # Small substeps make each frame take a while, so the backend is still running when the test acts on a
+    # relayed progress event (on a quiet machine the default steps finished the job before the relay arrived).
+    job = simulate_job(tmp_path / "long", n_frames=24, n_side=8, n_grid=24, substep_dt=2e-5)
     alone = standalone_copy(job)
     # The backend is frozen (SIGSTOP) at each intervention, so the test does not race the simulation.
     state = {}
