@@ -72,3 +72,15 @@ def clean_scene():
     scene.frame_start, scene.frame_end = 1, 24
     scene.render.fps = 24
     return scene
+
+
+@pytest.fixture
+def project(addon, clean_scene, tmp_path):
+    """tmp_path/project/scene.blend, saved; the session gets an empty unsaved file afterwards."""
+    import bpy
+
+    folder = tmp_path / "project"
+    folder.mkdir()
+    bpy.ops.wm.save_as_mainfile(filepath=str(folder / "scene.blend"))
+    yield folder
+    bpy.ops.wm.read_homefile(use_empty=True)

@@ -37,15 +37,6 @@ def mods(addon):
                  for name in ("core.splats", "core.bake", "core.look", "backend.io.ply"))
 
 
-@pytest.fixture
-def project(addon, clean_scene, tmp_path):
-    """tmp_path/project/scene.blend, saved; the session gets an empty unsaved file afterwards."""
-    folder = tmp_path / "project"
-    folder.mkdir()
-    bpy.ops.wm.save_as_mainfile(filepath=str(folder / "scene.blend"))
-    yield folder
-    bpy.ops.wm.read_homefile(use_empty=True)
-
 
 def _frames(bake, tmp_path, p0, name="job", offset=(0.0, 0.0, 0.0), last=None):
     out = tb.write_frames(tmp_path / name / "out", p0, offset)

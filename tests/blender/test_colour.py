@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from backend.io import ply, sh
+from support.renders import render_pixels
 
 
 def _mod(addon, name):
@@ -22,16 +23,7 @@ def _render(scene, path, size=24):
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
     scene.render.dither_intensity = 0.0
-    scene.render.image_settings.file_format = "PNG"
-    scene.render.filepath = str(path)
-    bpy.ops.render.render(write_still=True)
-    img = bpy.data.images.load(str(path))
-    try:
-        px = np.empty(size * size * 4, np.float32)
-        img.pixels.foreach_get(px)
-    finally:
-        bpy.data.images.remove(img)
-    return px.reshape(size, size, 4)[::-1, :, :3]
+    return render_pixels(scene, path, size)[:, :, :3]
 
 
 def _camera(scene, name, location, rotation):

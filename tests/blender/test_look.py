@@ -5,6 +5,7 @@ import importlib
 import bpy
 import numpy as np
 import pytest
+from support.renders import render_pixels
 
 SH_C0 = 0.28209479177387814
 
@@ -119,17 +120,8 @@ def render_png(scene, path, size=64, samples=16):
     scene.cycles.use_denoising = False
     scene.render.resolution_x = scene.render.resolution_y = size
     scene.render.resolution_percentage = 100
-    scene.render.image_settings.file_format = "PNG"
     scene.view_settings.view_transform = "Standard"
-    scene.render.filepath = str(path)
-    bpy.ops.render.render(write_still=True)
-    img = bpy.data.images.load(str(path))
-    try:
-        px = np.empty(size * size * 4, np.float32)
-        img.pixels.foreach_get(px)
-    finally:
-        bpy.data.images.remove(img)
-    return px.reshape(size, size, 4)[::-1]
+    return render_pixels(scene, path, size)
 
 
 def ortho_camera(scene, scale=4.0):

@@ -44,14 +44,6 @@ def _cube_object(name, n_side=4):
     return obj
 
 
-@pytest.fixture
-def project(addon, clean_scene, tmp_path):
-    folder = tmp_path / "project"
-    folder.mkdir()
-    bpy.ops.wm.save_as_mainfile(filepath=str(folder / "scene.blend"))
-    yield folder
-    bpy.ops.wm.read_homefile(use_empty=True)
-
 
 @pytest.fixture
 def prefs(addon):
