@@ -45,7 +45,7 @@ SWAY_RETURN = 0.3  # the flower must come back below this share of its peak disp
 # (residual 0.62 of its size after 4 solves): its animation-scale leaves cannot carry their own weight, so it
 # falls over (the flower drops 285 mm within 2 s). Until it holds, the bake shows the poke alone.
 BAKE_GRAVITY = False
-ESTIMATE_COMMON = {"frames_per_group": 8, "boost_groups": 2, "field": "kan_triplane", "tolerance_decades": 0.01,
+ESTIMATE_COMMON = {"frames_per_group": 8, "boost_groups": 2, "field": "kan_triplane",
                    "learning_rate": 0.008, "E_range": [1.0e2, 1.0e7]}
 N_GRID = 24
 DOMAIN = ((-0.2, -0.2, -0.01), (0.2, 0.2, 0.43))  # around the plant, 24 cells of ~18 mm on its longest side

@@ -3,7 +3,6 @@ fresh Blender process without the add-on; interrupted bakes keep the old cache a
 refused; a Cycles render changes only where the points moved."""
 
 import importlib
-import importlib.util
 import json
 import os
 import subprocess
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from backend import protocol
+from support.siblings import load_sibling
 from support.artist_files import tree_digest
 
 N_FRAMES = 10
@@ -26,12 +26,7 @@ def _mod(addon, name):
 
 
 def _load_test_look():
-    """The render helpers of test_look.py (tests are not a package under --import-mode=importlib)."""
-    path = os.path.join(os.path.dirname(__file__), "test_look.py")
-    spec = importlib.util.spec_from_file_location("splat_test_look_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_sibling(__file__, "test_look")
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ them or re-baked into our own folder replaces only our files, switching targets 
 Free Bake deletes only our files, and bakes keep playing after Save As elsewhere or moving the project."""
 
 import importlib
-import importlib.util
 import json
 import os
 import re
@@ -14,18 +13,14 @@ import bpy
 import numpy as np
 import pytest
 
+from support.siblings import load_sibling
 from support.artist_files import ARTIST_FILES, plant_artist_files, tree_digest
 
 DISK_TARGETS = ("gn_cache", "ply_sequence", "pc2")
 
 
 def _load_test_bake():
-    """Frames, trajectories and splat objects from test_bake.py (tests are not a package)."""
-    path = os.path.join(os.path.dirname(__file__), "test_bake.py")
-    spec = importlib.util.spec_from_file_location("splat_test_bake_helpers", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_sibling(__file__, "test_bake")
 
 
 tb = _load_test_bake()
