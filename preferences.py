@@ -2,7 +2,7 @@
 
 import bpy
 
-from .core import jobs
+from .backend.client import registry
 
 DEFAULT_SVD = "stabilityai/stable-video-diffusion-img2vid-xt"
 DEFAULT_MODELSCOPE = "ali-vilab/text-to-video-ms-1.7b"
@@ -66,7 +66,7 @@ class SPLAT_AP_preferences(bpy.types.AddonPreferences):
         row.operator("splat.check_backend", icon="CHECKMARK")
         row.operator("splat.install_backend", icon="IMPORT")
         col.prop(self, "install_ray")
-        job = jobs.active("install")
+        job = registry.active("install")
         if job is not None:
             col.progress(text=job.runner.stage_message or "Installing…", factor=job.runner.fraction, type="BAR")
             col.operator("splat.cancel_job", text="Cancel install", icon="CANCEL").kind = "install"

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..backend import protocol
+from ..backend.client.runner import addon_root
 from . import scene_to_job
-from .runner import addon_root
 from .scene_to_job import SetupError
 from .workflow import prepare_job
 

@@ -4,8 +4,8 @@
     start_simulate(context, obj)  write a simulate job  -> run it -> on success bake the frames
     start_preview(context, obj)   write a preview job   -> run it -> a video of the motion as estimated
 
-Each returns the core.jobs ActiveJob at once; the UI follows it with the modal ``splat.monitor_job``
-and headless callers use ``jobs.wait(kind)``. Results touch the scene only after a run succeeded
+Each returns the backend.client.registry ActiveJob at once; the UI follows it with the modal ``splat.monitor_job``
+and headless callers use ``registry.wait(kind)``. Results touch the scene only after a run succeeded
 and its outputs were checked, so a failed, cancelled or killed run leaves the previous materials
 and bakes as they were. Every outcome is written to ``obj.splat_physics.last_message`` in the
 artist's words, with the log path.
@@ -20,8 +20,9 @@ from pathlib import Path
 import bpy
 
 from ..backend import protocol
-from . import jobs, materials, runner, scene_to_job
-from .runner import JobRunner, RunResult, RunState
+from ..backend.client import registry, runner
+from ..backend.client.runner import JobRunner, RunResult, RunState
+from . import materials, scene_to_job
 from .scene_to_job import SetupError
 
 ESTIMATE = "estimate"
@@ -115,7 +116,7 @@ def _check_can_start(context, obj, kind: str) -> None:
     """What every run needs before its job folder is written: points, a backend, no run of this kind."""
     scene_to_job.world_positions(obj)
     backend_python(context)
-    running = jobs.active(kind)
+    running = registry.active(kind)
     if running is not None:
         raise SetupError(f"A {kind} run is already going on '{running.label}'; wait for it or cancel it first")
 
@@ -126,7 +127,7 @@ def prepare_job(context, obj, command: str, simulation: dict | None = None, **es
     return scene_to_job.write_job_folder(scene_to_job.job_dir_for(obj, command), job, arrays)
 
 
-def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJob:
+def _start(kind: str, context, obj, job_dir: Path, apply_result) -> registry.ActiveJob:
     python = backend_python(context, check=False)  # checked by _check_can_start
     device = _device(context)
     runner = JobRunner(python, ["run", str(job_dir)], log_path=job_dir / RUN_LOG,
@@ -162,7 +163,7 @@ def _start(kind: str, context, obj, job_dir: Path, apply_result) -> jobs.ActiveJ
                 set_status(target, "INFO", event.message, job_dir / RUN_LOG)
 
     try:
-        active = jobs.start(kind, runner, on_done=on_done, on_event=on_event, label=name)
+        active = registry.start(kind, runner, on_done=on_done, on_event=on_event, label=name)
     except RuntimeError as exc:
         raise SetupError(str(exc)) from None
     if not active.done_called:
@@ -180,7 +181,7 @@ def _undo_push(message: str) -> None:
         pass
 
 
-def start_estimate(context, obj, **estimate_opts) -> jobs.ActiveJob:
+def start_estimate(context, obj, **estimate_opts) -> registry.ActiveJob:
     """Estimate the object's materials; on success they become its point attributes."""
     _check_can_start(context, obj, ESTIMATE)
     job, arrays = scene_to_job.build_job(context, obj, ESTIMATE, **estimate_opts)
@@ -201,7 +202,7 @@ def _apply_estimate(obj, job_dir: Path, result: RunResult) -> str:
             + " (5% / median / 95%)")
 
 
-def start_preview(context, obj, simulation: dict | None = None, **estimate_opts) -> jobs.ActiveJob:
+def start_preview(context, obj, simulation: dict | None = None, **estimate_opts) -> registry.ActiveJob:
     """Render the motion with the current materials as the estimator's camera sees it (a video file).
 
     ``simulation`` overrides simulation settings, e.g. {"fps": 60} to film the clip at another rate than
@@ -243,7 +244,7 @@ def bake_cache_dir(obj, target: str) -> str | None:
         raise SetupError(str(exc)) from None
 
 
-def start_simulate(context, obj, target: str | None = None, simulation: dict | None = None) -> jobs.ActiveJob:
+def start_simulate(context, obj, target: str | None = None, simulation: dict | None = None) -> registry.ActiveJob:
     """Simulate the scene's frame range, then bake the frames to ``target`` (default: the panel's choice).
 
     Running it again with unchanged settings resumes: the backend continues from its checkpoint and

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import bpy
 
-from ..core import jobs
-from ..core.runner import JobRunner, addon_root, interpreter_problem, run_backend
+from ..backend.client import registry
+from ..backend.client.runner import JobRunner, addon_root, interpreter_problem, run_backend
 from ..preferences import get_prefs
 
 _TIMER_STEP = 0.1
@@ -110,7 +110,7 @@ class SPLAT_OT_install_backend(bpy.types.Operator):
                 prefs.install_message = result.message
 
         try:
-            jobs.start("install", runner, on_done=done, label="Install backend")
+            registry.start("install", runner, on_done=done, label="Install backend")
         except RuntimeError as exc:
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
@@ -127,7 +127,7 @@ class SPLAT_OT_monitor_job(bpy.types.Operator):
     kind: bpy.props.StringProperty()
 
     def invoke(self, context, event):
-        if jobs.active(self.kind) is None:
+        if registry.active(self.kind) is None:
             return {"CANCELLED"}
         self._timer = context.window_manager.event_timer_add(_TIMER_STEP, window=context.window)
         context.window_manager.modal_handler_add(self)
@@ -135,18 +135,18 @@ class SPLAT_OT_monitor_job(bpy.types.Operator):
 
     def execute(self, context):
         # Headless (no event loop): block until the job ends.
-        jobs.wait(self.kind)
+        registry.wait(self.kind)
         return {"FINISHED"}
 
     def modal(self, context, event):
         if event.type == "ESC" and event.value == "PRESS":
-            jobs.cancel(self.kind)
+            registry.cancel(self.kind)
         if event.type == "TIMER":
-            jobs.tick_all()
+            registry.tick_all()
             _redraw(context)
-            if jobs.active(self.kind) is None:
+            if registry.active(self.kind) is None:
                 context.window_manager.event_timer_remove(self._timer)
-                result = jobs.LAST_RESULT.get(self.kind)
+                result = registry.LAST_RESULT.get(self.kind)
                 if result is not None and not result.ok:
                     self.report({"WARNING" if result.state.value == "cancelled" else "ERROR"}, result.message)
                 return {"FINISHED"}
@@ -162,7 +162,7 @@ class SPLAT_OT_cancel_job(bpy.types.Operator):
     kind: bpy.props.StringProperty()
 
     def execute(self, context):
-        if not jobs.cancel(self.kind):
+        if not registry.cancel(self.kind):
             self.report({"INFO"}, "Nothing is running")
         return {"FINISHED"}
 
@@ -182,5 +182,5 @@ register = _register_classes
 
 
 def unregister():
-    jobs.cancel_all()  # a backend must not outlive the add-on that follows it
+    registry.cancel_all()  # a backend must not outlive the add-on that follows it
     _unregister_classes()

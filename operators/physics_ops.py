@@ -9,7 +9,8 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty
 
-from ..core import farm, interactions, jobs, materials, scene_to_job, workflow
+from ..backend.client import registry
+from ..core import farm, interactions, materials, scene_to_job, workflow
 from ..core.scene_to_job import SetupError
 from .backend_ops import backend_python
 
@@ -304,10 +305,10 @@ class SPLAT_OT_write_farm_jobs(bpy.types.Operator):
 def _follow(op, context, kind: str, obj) -> set:
     """Hand a started job to the monitor (UI) or wait for it (background); report the outcome."""
     if bpy.app.background:
-        result = jobs.wait(kind)
+        result = registry.wait(kind)
         s = obj.splat_physics
         op.report({"INFO" if result is not None and result.ok else s.last_level}, s.last_message)
-    elif jobs.active(kind) is not None:
+    elif registry.active(kind) is not None:
         bpy.ops.splat.monitor_job("INVOKE_DEFAULT", kind=kind)
     else:  # it ended at once (e.g. the interpreter was not found)
         s = obj.splat_physics

@@ -3,7 +3,8 @@
 import bpy
 
 from ..backend import budget
-from ..core import interactions, jobs, materials, scene_to_job, workflow
+from ..backend.client import registry
+from ..core import interactions, materials, scene_to_job, workflow
 from ..operators.physics_ops import splat_object
 
 _LEVEL_ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
@@ -34,7 +35,7 @@ def progress_text(runner) -> str:
 
 def draw_job(layout, kind: str, obj) -> bool:
     """Progress bar, stage message and Cancel for a running job on ``obj``. True if one is running."""
-    job = jobs.active(kind)
+    job = registry.active(kind)
     if job is None or job.label != obj.name:
         return False
     runner = job.runner

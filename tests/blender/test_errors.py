@@ -162,7 +162,7 @@ def test_cuda_without_a_gpu_offers_the_cpu(addon, clean_scene, prefs):
 
 
 def test_a_killed_backend_is_reported_and_the_scene_is_untouched(addon, clean_scene):
-    jobs = _mod(addon, "core.jobs")
+    jobs = _mod(addon, "backend.client.registry")
     workflow = _mod(addon, "core.workflow")
     mats = _mod(addon, "core.materials")
     obj = _points_object("Killed", _cube())
@@ -229,7 +229,7 @@ def test_a_diverged_simulation_says_what_to_change_and_keeps_the_bake(addon, cle
 
 def test_explain_failure_covers_every_exit_code(addon):
     """The wording for each backend outcome, from real RunResults built as the runner builds them."""
-    runner = _mod(addon, "core.runner")
+    runner = _mod(addon, "backend.client.runner")
     workflow = _mod(addon, "core.workflow")
 
     def result(code, message="", state=runner.RunState.FAILED):

@@ -80,7 +80,7 @@ _CLIP = {}  # the jelly scene is the same in every test: render its reference cl
 
 def _reference_video(addon, obj) -> Path:
     """Frames of the cube moving with TRUE_E, rendered by the backend's preview job."""
-    jobs, workflow, mats = (_mod(addon, n) for n in ("core.jobs", "core.workflow", "core.materials"))
+    jobs, workflow, mats = (_mod(addon, n) for n in ("backend.client.registry", "core.workflow", "core.materials"))
     if _CLIP.get("frames") is None or not _CLIP["frames"].is_dir():
         n = mats.point_count(obj)
         mats.override_materials(obj, np.ones(n, bool), DEFAULTS, youngs_modulus=TRUE_E, lock=False)
@@ -96,7 +96,7 @@ def _reference_video(addon, obj) -> Path:
 
 
 def test_estimate_writes_materials_heatmap_and_keeps_locks(addon, jelly):
-    jobs, workflow, mats = (_mod(addon, n) for n in ("core.jobs", "core.workflow", "core.materials"))
+    jobs, workflow, mats = (_mod(addon, n) for n in ("backend.client.registry", "core.workflow", "core.materials"))
     panel = _mod(addon, "panels.physics_panel")
     obj = jelly
     video = _reference_video(addon, obj)
@@ -158,7 +158,7 @@ class _ProgressLayout:
 
 
 def test_a_cancelled_estimate_keeps_the_previous_materials(addon, jelly):
-    jobs, workflow, mats = (_mod(addon, n) for n in ("core.jobs", "core.workflow", "core.materials"))
+    jobs, workflow, mats = (_mod(addon, n) for n in ("backend.client.registry", "core.workflow", "core.materials"))
     panel = _mod(addon, "panels.physics_panel")
     obj = jelly
     n = mats.point_count(obj)

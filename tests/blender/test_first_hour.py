@@ -228,7 +228,7 @@ def test_stage_message_is_not_shown_twice(addon, hd_scene):
     panel = importlib.import_module(f"{addon.__name__}.panels.physics_panel")
     runner = type("R", (), {"last_progress": None, "stage_message": "Loading the model", "fraction": 0.0})()
     job = type("J", (), {"runner": runner, "label": hd_scene.name})()
-    jobs = _mod(addon, "core.jobs")
+    jobs = _mod(addon, "backend.client.registry")
     real = jobs.active
     jobs.active = lambda kind: job
     try:
@@ -330,7 +330,7 @@ def test_a_gpu_found_by_check_backend_changes_the_guidance_and_the_defaults(addo
 def test_out_of_memory_advice_names_the_panels_settings(addon):
     import signal
 
-    workflow, runner = _mod(addon, "core.workflow"), _mod(addon, "core.runner")
+    workflow, runner = _mod(addon, "core.workflow"), _mod(addon, "backend.client.runner")
     killed = runner.RunResult(runner.RunState.FAILED, -signal.SIGKILL, "", None)
     text = workflow.explain_failure(killed, what=workflow.ESTIMATE)
     assert "out of memory" in text and "Max particles or Resolution in the Estimate Materials panel" in text

@@ -158,7 +158,7 @@ def test_a_python_without_the_backend_packages_says_which_are_missing(addon, cle
 
 
 def test_a_package_missing_in_a_run_is_named_not_internal_error(addon):
-    runner = _mod(addon, "core.runner")
+    runner = _mod(addon, "backend.client.runner")
     workflow = _mod(addon, "core.workflow")
     events = [protocol.Event("error", message="Internal error (ModuleNotFoundError: No module named 'gsplat.cuda'). "
                                               "The log has the details.")]

@@ -48,7 +48,7 @@ def _frame_positions(job_dir, frame):
 
 
 def test_simulate_bake_resume_retarget_fail_and_free(addon, saved_scene, tmp_path):
-    jobs = _mod(addon, "core.jobs")
+    jobs = _mod(addon, "backend.client.registry")
     workflow = _mod(addon, "core.workflow")
     s2j = _mod(addon, "core.scene_to_job")
     splats = _mod(addon, "core.splats")

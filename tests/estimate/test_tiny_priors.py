@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from backend import protocol
+from backend.client import runner as runner_mod
 from backend.protocol import ExitCode
 from support import estimate_scenes as es
-from support.addon_pkg import load
 
 pytestmark = pytest.mark.slow
 
@@ -51,7 +51,6 @@ def test_full_run_through_the_real_pipeline(tiny_models, kind, tmp_path):
 
 
 def test_killed_estimate_resumes_from_the_next_iteration(tiny_models, tmp_path):
-    runner_mod = load("core.runner")
     scene, sim, est = _job("svd", tiny_models["svd"], iterations=4)
     protocol.write_job(tmp_path, protocol.default_job("estimate", simulation=sim, estimate=est), scene)
     runner = runner_mod.JobRunner(sys.executable, ["run", str(tmp_path)]).start()

@@ -5,7 +5,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 HEAVY = {"torch", "warp", "gsplat", "diffusers", "transformers"}
-BLENDER_SIDE = [REPO / "__init__.py", REPO / "preferences.py", *(REPO / d for d in ("core", "operators", "panels"))]
+BLENDER_SIDE = [REPO / "__init__.py", REPO / "preferences.py",
+                *(REPO / d for d in ("core", "operators", "panels", "backend/client"))]
 
 
 def _python_files(paths):
@@ -50,7 +51,7 @@ def test_contract_modules_are_light():
     """What the Blender side imports from backend/ uses only the standard library and numpy."""
     light = [REPO / "backend" / "__init__.py", REPO / "backend" / "protocol.py", REPO / "backend" / "io" / "ply.py",
              REPO / "backend" / "io" / "atomic.py", REPO / "backend" / "render" / "camera.py",
-             REPO / "backend" / "io" / "__init__.py"]
+             REPO / "backend" / "io" / "__init__.py", *(REPO / "backend" / "client").glob("*.py")]
     import sys
 
     stdlib = set(sys.stdlib_module_names)

@@ -10,12 +10,11 @@ import numpy as np
 import pytest
 
 from backend import protocol
+from backend.client import registry
+from backend.client import runner as runner_mod
 from backend.protocol import ExitCode
-from support.addon_pkg import load
 from support.jobs import simulate_job
 
-runner_mod = load("core.runner")
-jobs_mod = load("core.jobs")
 RunState = runner_mod.RunState
 
 
@@ -98,9 +97,9 @@ def test_missing_interpreter_is_reported_not_raised(tmp_path):
 def test_jobs_registry_runs_the_completion_callback_once(tmp_path):
     job = simulate_job(tmp_path / "job", n_frames=3)
     seen = []
-    jobs_mod.start("simulate-test", _runner(job), on_done=seen.append)
+    registry.start("simulate-test", _runner(job), on_done=seen.append)
     with pytest.raises(RuntimeError):
-        jobs_mod.start("simulate-test", _runner(job))
-    result = jobs_mod.wait("simulate-test", timeout=600)
-    jobs_mod.tick_all()
+        registry.start("simulate-test", _runner(job))
+    result = registry.wait("simulate-test", timeout=600)
+    registry.tick_all()
     assert result.ok and len(seen) == 1 and seen[0] is result

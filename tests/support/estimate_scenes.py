@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from backend import protocol
+from backend.client import runner
 from backend.render.camera import Camera, intrinsics_from_fov, look_at
 
-from .addon_pkg import load
 from .jobs import cube_points
 
 RES = 64
@@ -115,7 +115,6 @@ def region_errors(scene: dict, E: np.ndarray, truth: np.ndarray) -> list:
 
 def run_job(folder: Path, command: str, scene: dict, sim: dict, est: dict, timeout=900, on_event=None):
     """Write the job and run it through the add-on's own runner; return the RunResult."""
-    runner = load("core.runner")
     protocol.write_job(folder, protocol.default_job(command, simulation=sim, estimate=est), scene)
     return runner.run_backend(sys.executable, ["run", str(folder)], timeout=timeout, on_event=on_event,
                               log_path=folder / "runner.log", cancel_file=folder / protocol.CANCEL_FILE)

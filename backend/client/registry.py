@@ -1,12 +1,13 @@
 """Registry of the backend runs the add-on has in flight, one per kind.
 
-No bpy here: the modal operator (operators/backend_ops.py) calls ``tick_all()`` from its timer,
+No bpy here (standard library only): the modal operator (operators/backend_ops.py) calls ``tick_all()`` from its timer,
 headless code (tests, the demo) calls ``wait()``. Completion callbacks run on the caller's
 thread, so they may touch bpy.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -45,10 +46,6 @@ def active(kind: str) -> ActiveJob | None:
     return job if job is not None and not job.done_called else None
 
 
-def running_kinds() -> list[str]:
-    return [k for k, j in _ACTIVE.items() if not j.done_called]
-
-
 def cancel(kind: str) -> bool:
     job = _ACTIVE.get(kind)
     if job is None or job.runner.finished:
@@ -80,8 +77,6 @@ def _settle(job: ActiveJob) -> None:
 
 def wait(kind: str, timeout: float | None = None) -> RunResult | None:
     """Headless: block until the job of this kind ends, then run its callback."""
-    import time
-
     job = _ACTIVE.get(kind)
     if job is None:
         return None

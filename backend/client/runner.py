@@ -1,7 +1,7 @@
 """Supervises one backend subprocess: start, stream progress, cancel, report.
 
-Plain Python (no bpy) so it is tested headless; the modal operator only calls ``tick()`` from a
-timer. Reader threads turn the child's stdout (JSON-lines events) and stderr (log text) into a
+Runs in Blender's Python (standard library and the contract only, no bpy), so it is tested headless;
+the modal operator only calls ``tick()`` from a timer. Reader threads turn the child's stdout (JSON-lines events) and stderr (log text) into a
 queue; ``tick()`` drains it on the caller's thread, because bpy must never be touched from another
 thread. stderr is also copied to a log file that error messages point to.
 """
@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from ..backend import protocol
+from .. import protocol
 
 
 class RunState(enum.Enum):
@@ -121,7 +121,7 @@ def interpreter_problem(python: str, modules=CORE_MODULES, timeout: float = PROB
 
 def addon_root() -> Path:
     """The folder that holds the ``backend`` package: it goes on the child's PYTHONPATH."""
-    return Path(__file__).resolve().parents[1]
+    return Path(__file__).resolve().parents[2]
 
 
 class JobRunner:
