@@ -1,12 +1,14 @@
 """Splat Physics: give Gaussian-splat and point-cloud objects real physics.
 
 This is the Blender side. It uses only bpy, numpy and the standard library; the compute stack
-runs in the backend process (see backend/ and ARCHITECTURE.md). Modules:
+runs in the backend process (see README.md, "How it is built", and backend/protocol.py, the contract).
+Modules (each folder's README.md says what it holds and may import):
 
-* core/       Blender-side logic: splat import/export, the splat look, bakes, job writing, the job runner
-* operators/  thin operators over core/
-* panels/     the sidebar UI
-* preferences.py  add-on preferences (backend interpreter, device, model locations)
+* core/            Blender-side logic: splat import/export, the splat look, bakes, job writing
+* backend/client/  starting and following backend runs (no bpy; also imported by plain Python)
+* operators/       thin operators over core/
+* panels/          the sidebar UI
+* preferences.py   add-on preferences (backend interpreter, device, model locations)
 """
 
 import importlib

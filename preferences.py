@@ -2,20 +2,27 @@
 
 import bpy
 
+from .backend import protocol
 from .backend.client import registry
 
-DEFAULT_SVD = "stabilityai/stable-video-diffusion-img2vid-xt"
-DEFAULT_MODELSCOPE = "ali-vilab/text-to-video-ms-1.7b"
-
-
-def addon_package() -> str:
-    return __package__
 
 
 def get_prefs(context=None):
     context = context or bpy.context
     addon = context.preferences.addons.get(__package__)
     return addon.preferences if addon else None
+
+
+def configured_python(context=None) -> str:
+    """The Backend Python the preferences name, as an absolute path; '' when none is set."""
+    prefs = get_prefs(context)
+    return bpy.path.abspath(prefs.backend_python) if prefs and prefs.backend_python.strip() else ""
+
+
+def chosen_device(context=None) -> str:
+    """The Device preference ('auto', 'cpu' or 'cuda'); 'auto' without preferences (not registered)."""
+    prefs = get_prefs(context)
+    return prefs.device if prefs else "auto"
 
 
 class SPLAT_AP_preferences(bpy.types.AddonPreferences):
@@ -37,11 +44,11 @@ class SPLAT_AP_preferences(bpy.types.AddonPreferences):
         default="auto",
     )
     svd_model: bpy.props.StringProperty(
-        name="SVD model", default=DEFAULT_SVD,
+        name="SVD model", default=protocol.DEFAULT_MODELS["svd"],
         description="Hugging Face hub id or local folder of Stable Video Diffusion (img2vid or img2vid-xt)",
     )
     modelscope_model: bpy.props.StringProperty(
-        name="Text-to-video model", default=DEFAULT_MODELSCOPE,
+        name="Text-to-video model", default=protocol.DEFAULT_MODELS["modelscope"],
         description="Hugging Face hub id or local folder of the ModelScope text-to-video model",
     )
     install_ray: bpy.props.BoolProperty(

@@ -135,6 +135,9 @@ DEVICES = ("auto", "cpu", "cuda")
 BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # the Blender side's caches
 FILL_AUTO = "auto"  # fill the interior only when the object is a closed-ish shell (backend/fill.py)
 FILL_MODES = (FILL_AUTO, True, False)
+# The video models each prior loads unless the artist names another (hub id or local folder).
+DEFAULT_MODELS = {"svd": "stabilityai/stable-video-diffusion-img2vid-xt",
+                  "modelscope": "ali-vilab/text-to-video-ms-1.7b"}
 
 
 # ---------------------------------------------------------------------------- array layouts
@@ -153,6 +156,10 @@ class ArraySpec:
 
 N = -1
 NU_LIMITS = (-1.0, 0.5)  # Poisson ratio of a stable isotropic solid (open interval), scene and estimate alike
+# The material of points that carry no per-point value (the panel's defaults and the backend's fallback).
+DEFAULT_E = 1.0e5  # Pa
+DEFAULT_NU = 0.3
+DEFAULT_RHO = 1000.0  # kg/m^3
 # Splat inputs beyond these are not a real object: exp(log scale) squared or exp(-logit) would overflow float32.
 POSITION_LIMIT = 1.0e6  # metres from the world origin
 LOG_SCALE_LIMITS = (-30.0, 10.0)  # natural log of metres: 1e-13 m .. 22 km

@@ -36,7 +36,7 @@ def load_addon_package(tmp: Path):
     sys.path.insert(0, str(link.parent))
     import importlib
 
-    return (importlib.import_module("splat_physics.core.splats"), importlib.import_module("splat_physics.core.bake"),
+    return (importlib.import_module("splat_physics.core.splat_objects"), importlib.import_module("splat_physics.core.bake"),
             importlib.import_module("splat_physics.core.look"), importlib.import_module("splat_physics.backend.io.ply"))
 
 

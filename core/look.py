@@ -29,13 +29,13 @@ from __future__ import annotations
 import bpy
 
 from ..backend.io import sh
+from ..backend.io.ply import SH_C0
 
 LOOK_GROUP = "SPLAT_Look"
 MATERIAL_NAME = "SPLAT_Material"
 LOOK_MODIFIER = "Splat Look"
 LOOK_VERSION = 3  # 2: exact sRGB decoding, view-dependent colour; 3: baked splats lit at rest
 ROLE_KEY = "splat_role"  # node-group custom property naming what the group does
-SH_C0 = 0.28209479177387814
 DEFAULT_SPLAT_SIZE = 2.5
 COLOR_ATTR, ALPHA_ATTR, SIGMA_ATTR = "splat_color", "splat_alpha", "splat_sigma"
 HEAT_ATTR = "heat_color"
@@ -431,11 +431,6 @@ def apply_splat_look(obj, source: str = "attributes", splat_size: float | None =
     if obj.get(HEATMAP_PROP):
         set_modifier_input(mod, "Heat Map", True)
     return mod
-
-
-def remove_splat_look(obj) -> None:
-    for mod in [m for m in obj.modifiers if is_look_modifier(m)]:
-        obj.modifiers.remove(mod)
 
 
 def move_to_end(obj, mod) -> None:

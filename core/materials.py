@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..backend import protocol
+from . import look
 
 MATERIAL_ATTRS = ("youngs_modulus", "poisson_ratio", "density")
 HEAT_ATTR = "heat_color"
@@ -257,12 +258,7 @@ def show_heatmap(obj, visible: bool) -> None:
     """Compute the heat map (when showing) and switch the splat look to it, if the look is set up."""
     if visible and update_heatmap(obj) is None:
         return
-    try:
-        from . import look
-    except ImportError:  # the look module is optional for the physics workflow
-        return
-    if hasattr(look, "set_heatmap_visible"):
-        look.set_heatmap_visible(obj, visible)
+    look.set_heatmap_visible(obj, visible)
 
 
 # Blender has no pressure unit: stiffness is typed as a value and one of these units.

@@ -9,8 +9,7 @@ from bpy.props import (BoolProperty, EnumProperty, FloatProperty, FloatVectorPro
                        PointerProperty, StringProperty)
 
 from ..backend import protocol
-
-BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # = core.bake.TARGETS
+from . import materials
 
 _MODEL_ITEMS = [
     ("fixed_corotated", "Elastic (fixed corotated)", "Elastic solid; the usual choice for plants and soft objects"),
@@ -61,6 +60,7 @@ _BAKE_ITEMS = [
     ("pc2", "Point cache (PC2)", "Positions only, played by a Mesh Cache modifier"),
     ("shape_keys", "Shape keys", "Stored inside the .blend; small objects only"),
 ]
+assert tuple(k for k, *_ in _BAKE_ITEMS) == protocol.BAKE_TARGETS
 
 
 # The panel's fill modes and the job's simulation.fill.enabled values (protocol.FILL_MODES).
@@ -76,7 +76,7 @@ _BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"}
 
 
 def _refresh_readout(self, context):
-    # Deferred import: scene_to_job imports this module.
+    # Imported here, not at the top: scene_to_job imports this module (its fill settings).
     from . import scene_to_job
 
     obj = self.id_data
@@ -85,8 +85,6 @@ def _refresh_readout(self, context):
 
 
 def _toggle_heatmap(self, context):
-    from . import materials
-
     obj = self.id_data
     if isinstance(obj, bpy.types.Object):
         materials.show_heatmap(obj, self.show_heatmap)
@@ -96,9 +94,7 @@ _UNIT_ITEMS = [(u, u, f"Stiffness in {u}") for u in ("Pa", "kPa", "MPa", "GPa")]
 
 
 def _unit_scale(self) -> float:
-    from .materials import PRESSURE_UNITS
-
-    return PRESSURE_UNITS[self.stiffness_unit]
+    return materials.PRESSURE_UNITS[self.stiffness_unit]
 
 
 def _get_stiffness(self):
@@ -152,7 +148,7 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
 
     material_model: EnumProperty(name="Material", items=_MODEL_ITEMS, default="fixed_corotated")
     youngs_modulus: FloatProperty(
-        name="Stiffness (E)", default=1.0e5, min=1.0, max=1.0e12, precision=0,
+        name="Stiffness (E)", default=protocol.DEFAULT_E, min=1.0, max=1.0e12, precision=0,
         description="Young's modulus in Pa, used where the object has no 'youngs_modulus' attribute",
     )
     stiffness: FloatProperty(
@@ -162,8 +158,9 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     )
     stiffness_unit: EnumProperty(name="Unit", items=_UNIT_ITEMS, default="kPa",
                                  description="Unit the stiffness is shown and typed in")
-    poisson_ratio: FloatProperty(name="Poisson ratio", default=0.3, min=-0.99, max=0.49, precision=3)
-    density: FloatProperty(name="Density (kg/m³)", default=1000.0, min=1e-3, max=1e5,
+    poisson_ratio: FloatProperty(name="Poisson ratio", default=protocol.DEFAULT_NU, min=-0.99, max=0.49,
+                                 precision=3)
+    density: FloatProperty(name="Density (kg/m³)", default=protocol.DEFAULT_RHO, min=1e-3, max=1e5,
                            description="Mass per volume in kg/m³ (water 1000, wood ~600, steel 7850)")
     damping: FloatProperty(name="Damping", default=0.0, min=0.0, max=100.0, description="Velocity damping, 1/s")
     substep_dt: FloatProperty(

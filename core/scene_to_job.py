@@ -21,7 +21,8 @@ import numpy as np
 
 from ..backend import budget, fill, protocol
 from ..backend.render.camera import CameraError, camera_from_blender
-from . import interactions, materials, paths, props, splats
+from ..preferences import chosen_device, get_prefs
+from . import interactions, materials, paths, props, splat_objects
 
 DOMAIN_MARGIN = 1.5  # default domain side / the object's largest extent
 JOBS_DIR = "splat_jobs"
@@ -44,7 +45,7 @@ def world_positions(obj) -> np.ndarray:
     if obj.type != "MESH":
         raise SetupError(f"'{obj.name}' is a {obj.type.lower()} object; splat physics needs a mesh of points "
                          "(import a .ply splat, or pick a mesh)")
-    local = splats.local_positions(obj.data)
+    local = splat_objects.local_positions(obj.data)
     if len(local) == 0:
         raise SetupError(f"'{obj.name}' has no points to simulate. Import a splat .ply or pick a mesh with vertices")
     bad = ~np.isfinite(local).all(axis=1)
@@ -248,15 +249,9 @@ def simulation_settings(context, obj) -> dict:
     }
 
 
-def _prefs():
-    from ..preferences import get_prefs
-
-    return get_prefs()
-
-
 def estimation_device(context=None) -> str:
     """'cpu' or 'cuda': the preference, or for Auto what Check Backend last found (CPU until checked)."""
-    prefs = _prefs()
+    prefs = get_prefs()
     if prefs is None:
         return "cpu"
     if prefs.device in ("cpu", "cuda"):
@@ -266,7 +261,7 @@ def estimation_device(context=None) -> str:
 
 def device_guidance() -> tuple[str, str, str]:
     """(what device the estimator will use, one line on why, the prior that works best there)."""
-    prefs = _prefs()
+    prefs = get_prefs()
     device = estimation_device()
     found = prefs.found_device if prefs else "unknown"
     models = set(filter(None, (prefs.found_models if prefs else "").split(",")))
@@ -292,7 +287,7 @@ def estimation_size(obj, prior: str | None = None) -> tuple[int, int]:
 
 def estimate_settings(context, obj, check_prior: bool = True, **overrides) -> dict:
     """The estimate section (also the camera and frame counts a preview renders with)."""
-    s, prefs = obj.splat_physics, _prefs()
+    s, prefs = obj.splat_physics, get_prefs()
     unknown = set(overrides) - set(protocol.ESTIMATE_DEFAULTS)
     if unknown:
         raise TypeError(f"unknown estimate setting(s): {', '.join(sorted(unknown))}")
@@ -425,7 +420,7 @@ def _check_prior_inputs(est: dict) -> None:
 def splat_scene_arrays(obj, positions=None) -> dict[str, np.ndarray]:
     """The splat part of scene.npz (world positions, colours, opacities, scales, rotations), float32."""
     positions = world_positions(obj) if positions is None else positions
-    data = splats.splat_arrays(obj, world=True)
+    data = splat_objects.splat_arrays(obj, world=True)
     arrays = {"positions": positions.astype(np.float32)}
     arrays.update({k: np.ascontiguousarray(data[k], dtype=np.float32) for k in SCENE_KEYS if k in data})
     if arrays.get("f_rest") is not None and arrays["f_rest"].shape[1] == 0:
@@ -466,8 +461,7 @@ def build_job(context, obj, command: str, simulation: dict | None = None, **esti
     arrays = scene_arrays(context, obj)
     sim = simulation_settings(context, obj)
     sim.update(simulation or {})
-    prefs = _prefs()
-    sections = {"simulation": sim, "device": prefs.device if prefs else "auto", "label": obj.name}
+    sections = {"simulation": sim, "device": chosen_device(context), "label": obj.name}
     if command in ("estimate", "preview"):
         sections["estimate"] = estimate_settings(context, obj, check_prior=command == "estimate", **estimate_opts)
     job = protocol.default_job(command, **sections)
@@ -477,9 +471,8 @@ def build_job(context, obj, command: str, simulation: dict | None = None, **esti
 def write_job_folder(job_dir, job: dict, arrays: dict) -> Path:
     """Write job.json + scene.npz atomically and check them as the backend will.
 
-    An existing scene.npz with exactly these arrays is left alone: the backend recognises its
-    checkpoint by the scene file's bytes, and a rewritten .npz differs (zip timestamps) even when the
-    arrays do not, which would throw away a resumable run.
+    An existing scene.npz with exactly these arrays is left alone, so a rerun does not rewrite a large
+    file for nothing (the backend's resume fingerprint hashes array contents, not file bytes).
     """
     job_dir = Path(job_dir)
     try:

@@ -22,15 +22,14 @@ import bpy
 from ..backend import protocol
 from ..backend.client import registry, runner
 from ..backend.client.runner import JobRunner, RunResult, RunState
-from . import materials, scene_to_job
+from ..preferences import chosen_device, configured_python
+from . import bake, materials, scene_to_job
 from .scene_to_job import SetupError
 
 ESTIMATE = "estimate"
 SIMULATE = "simulate"
 PREVIEW = "preview"
 RUN_LOG = "run.log"
-
-BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # core.bake.TARGETS
 
 
 # ---------------------------------------------------------------------------- messages
@@ -48,10 +47,7 @@ def backend_python(context=None, check: bool = True) -> str:
     ``check`` starts it once to make sure it is a Python with the backend's core packages (runner.py),
     so a wrong choice is named before any job folder is written.
     """
-    from ..preferences import get_prefs
-
-    prefs = get_prefs(context)
-    python = bpy.path.abspath(prefs.backend_python) if prefs and prefs.backend_python.strip() else ""
+    python = configured_python(context)
     if not python:
         raise SetupError("No backend is set up. Open Edit > Preferences > Add-ons > Splat Physics and click "
                          "Install Backend, or set Backend Python to an environment that has the backend packages")
@@ -59,13 +55,6 @@ def backend_python(context=None, check: bool = True) -> str:
     if problem:
         raise SetupError(problem)
     return python
-
-
-def _device(context=None) -> str:
-    from ..preferences import get_prefs
-
-    prefs = get_prefs(context)
-    return prefs.device if prefs else "auto"
 
 
 def explain_failure(result: RunResult, device: str = "auto", what: str = "run") -> str:
@@ -129,7 +118,7 @@ def prepare_job(context, obj, command: str, simulation: dict | None = None, **es
 
 def _start(kind: str, context, obj, job_dir: Path, apply_result) -> registry.ActiveJob:
     python = backend_python(context, check=False)  # checked by _check_can_start
-    device = _device(context)
+    device = chosen_device(context)
     runner = JobRunner(python, ["run", str(job_dir)], log_path=job_dir / RUN_LOG,
                        cancel_file=job_dir / protocol.CANCEL_FILE)
     name = obj.name
@@ -228,8 +217,6 @@ def bake_cache_dir(obj, target: str) -> str | None:
     """
     if target == "shape_keys":
         return None
-    from . import bake
-
     custom = obj.splat_physics.bake_dir.strip()
     if custom and not custom.startswith("//"):
         folder = custom
@@ -252,8 +239,10 @@ def start_simulate(context, obj, target: str | None = None, simulation: dict | N
     """
     _check_can_start(context, obj, SIMULATE)
     target = target or obj.splat_physics.bake_target
-    if target not in BAKE_TARGETS:
-        raise SetupError(f"Unknown bake target {target!r}; use one of {', '.join(BAKE_TARGETS)}")
+    try:
+        bake.writer_for(target)
+    except bake.BakeError as exc:
+        raise SetupError(str(exc)) from None
     cache_dir = bake_cache_dir(obj, target)  # fails early for an unsaved .blend
     job_dir = prepare_job(context, obj, SIMULATE, simulation=simulation)
 
@@ -265,8 +254,6 @@ def start_simulate(context, obj, target: str | None = None, simulation: dict | N
 
 def job_frames(job_dir) -> list:
     """(frame, lazily loaded frame file) pairs of this run's frame range; stale extra frames are ignored."""
-    from . import bake
-
     job = protocol.read_job(job_dir)
     first, count = job.simulation["frame_start"], job.simulation["n_frames"]
     frames = [(f, data) for f, data in bake.frames_from_dir(Path(job_dir) / protocol.OUT_DIR)
@@ -277,8 +264,6 @@ def job_frames(job_dir) -> list:
 
 
 def _apply_bake(obj, job_dir: Path, target: str, cache_dir: str | None) -> str:
-    from . import bake
-
     info = bake.bake(obj, job_frames(job_dir), target, cache_dir)
     where = info.path or "the .blend (shape keys)"
     resumed = f", {info.frames_resumed} reused" if info.frames_resumed else ""
@@ -287,8 +272,6 @@ def _apply_bake(obj, job_dir: Path, target: str, cache_dir: str | None) -> str:
 
 def projected_bake_size(obj, target: str | None = None, n_frames: int | None = None) -> int:
     """Bytes the bake will take (on disk; for shape keys inside the .blend)."""
-    from . import bake
-
     scene = bpy.context.scene
     n_frames = n_frames or (scene.frame_end - scene.frame_start + 1)
     return int(bake.estimate_bake_size(target or obj.splat_physics.bake_target, materials.point_count(obj), n_frames))
@@ -296,8 +279,6 @@ def projected_bake_size(obj, target: str | None = None, n_frames: int | None = N
 
 def free_bake(obj) -> bool:
     """Remove the object's bake (readers and the cache files it wrote); the static look comes back."""
-    from . import bake
-
     had = bake.free_bake(obj)
     set_status(obj, "INFO", "Bake freed" if had else "There was no bake to free")
     return had

@@ -8,15 +8,9 @@ import bpy
 
 from ..backend.client import registry
 from ..backend.client.runner import JobRunner, addon_root, interpreter_problem, run_backend
-from ..preferences import get_prefs
+from ..preferences import configured_python, get_prefs
 
 _TIMER_STEP = 0.1
-
-
-def backend_python(context=None) -> str:
-    prefs = get_prefs(context)
-    return bpy.path.abspath(prefs.backend_python) if prefs and prefs.backend_python else ""
-
 
 def backend_env_dir() -> Path:
     """Where Install Backend puts the venv: the extension's user folder (survives add-on updates)."""
@@ -67,7 +61,7 @@ class SPLAT_OT_check_backend(bpy.types.Operator):
 
     def execute(self, context):
         prefs = get_prefs(context)
-        python = backend_python(context)
+        python = configured_python(context)
         # The doctor itself lists missing packages; it only needs a working Python with numpy to start.
         problem = interpreter_problem(python, modules=(("numpy", "numpy"),))
         if problem:

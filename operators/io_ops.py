@@ -1,4 +1,4 @@
-"""File > Import / Export > Gaussian Splat (.ply): thin operators over core.splats."""
+"""File > Import / Export > Gaussian Splat (.ply): thin operators over core.splat_objects."""
 
 import os
 
@@ -7,7 +7,7 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty, StringProperty
 from bpy_extras.io_utils import ExportHelper, ImportHelper, axis_conversion, orientation_helper
 
 from ..backend.io.ply import PlyError
-from ..core import look, splats
+from ..core import look, splat_objects
 
 # Above this many splats the viewport shows points (renders still get splats).
 VIEWPORT_POINTS_ABOVE = 200_000
@@ -95,9 +95,9 @@ class IMPORT_SCENE_OT_gaussian_splat(bpy.types.Operator, ImportHelper):
         forward, up = _axes(self)
         matrix = axis_conversion(from_forward=forward, from_up=up)
         try:
-            obj = splats.import_splats(self.filepath, context, look=False, warnings=warnings,
+            obj = splat_objects.import_splats(self.filepath, context, look=False, warnings=warnings,
                                        axis_matrix=[list(row) for row in matrix])
-        except (PlyError, splats.SplatError) as exc:
+        except (PlyError, splat_objects.SplatError) as exc:
             self.report({"ERROR"}, f"Cannot import splats: {exc}")
             return {"CANCELLED"}
         except MemoryError:
@@ -155,10 +155,10 @@ class EXPORT_SCENE_OT_gaussian_splat(bpy.types.Operator, ExportHelper):
         try:
             forward, up = _axes(self)
             matrix = axis_conversion(to_forward=forward, to_up=up)
-            count = splats.export_splats(obj, self.filepath, apply_transform=self.apply_transform,
+            count = splat_objects.export_splats(obj, self.filepath, apply_transform=self.apply_transform,
                                          format="ascii" if self.ascii else "binary_little_endian",
                                          axis_matrix=[list(row) for row in matrix])
-        except (PlyError, splats.SplatError) as exc:
+        except (PlyError, splat_objects.SplatError) as exc:
             self.report({"ERROR"}, f"Cannot export splats: {exc}")
             return {"CANCELLED"}
         except OSError as exc:

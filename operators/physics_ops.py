@@ -9,27 +9,14 @@ import bpy
 import numpy as np
 from bpy.props import BoolProperty, EnumProperty, FloatProperty
 
+from ..backend import protocol
 from ..backend.client import registry
 from ..core import farm, interactions, materials, scene_to_job, workflow
 from ..core.scene_to_job import SetupError
-from .backend_ops import backend_python
+from ..core.ui import draw_stiffness, splat_object
+from ..preferences import configured_python
 
 FILL_PREVIEW_SUFFIX = " Fill Preview"
-
-
-def splat_object(context):
-    """The splat object the UI acts on: the active mesh, or the target/parent of an active helper empty."""
-    ob = context.active_object
-    if ob is None:
-        return None
-    if ob.type == "MESH" and ob.splat_role.role == "NONE":
-        return ob
-    role = getattr(ob, "splat_role", None)
-    if role is not None and role.target is not None:
-        return role.target
-    if ob.parent is not None and ob.parent.type == "MESH" and ob.parent.splat_physics.domain == ob:
-        return ob.parent
-    return None
 
 
 def _fail(op, obj, exc) -> set:
@@ -170,7 +157,7 @@ class SPLAT_OT_override_materials(_SplatOperator, bpy.types.Operator):
     bl_label = "Override Materials"
     bl_options = {"REGISTER", "UNDO"}
 
-    youngs_modulus: FloatProperty(name="Stiffness (Pa)", default=1.0e5, min=1.0, max=1.0e12,
+    youngs_modulus: FloatProperty(name="Stiffness (Pa)", default=protocol.DEFAULT_E, min=1.0, max=1.0e12,
                                   description="Young's modulus in Pa (for scripts; the dialog shows it with a unit)",
                                   options={"HIDDEN"})
     stiffness: FloatProperty(
@@ -180,8 +167,8 @@ class SPLAT_OT_override_materials(_SplatOperator, bpy.types.Operator):
                                     min(max(v * materials.PRESSURE_UNITS[self.stiffness_unit], 1.0), 1.0e12)),
         description="Young's modulus in the unit beside it")
     stiffness_unit: EnumProperty(name="Unit", items=[(u, u, "") for u in materials.PRESSURE_UNITS], default="kPa")
-    poisson_ratio: FloatProperty(name="Poisson ratio", default=0.3, min=-0.99, max=0.49)
-    density: FloatProperty(name="Density (kg/m³)", default=1000.0, min=1e-3, max=1e5, description="kg/m³")
+    poisson_ratio: FloatProperty(name="Poisson ratio", default=protocol.DEFAULT_NU, min=-0.99, max=0.49)
+    density: FloatProperty(name="Density (kg/m³)", default=protocol.DEFAULT_RHO, min=1e-3, max=1e5, description="kg/m³")
     lock: BoolProperty(name="Lock for estimation", default=True)
 
     def invoke(self, context, event):
@@ -189,8 +176,6 @@ class SPLAT_OT_override_materials(_SplatOperator, bpy.types.Operator):
         return context.window_manager.invoke_props_dialog(self)
 
     def draw(self, context):
-        from ..panels.physics_panel import draw_stiffness
-
         layout = self.layout
         layout.use_property_split = True
         draw_stiffness(layout, self, "stiffness", "stiffness_unit")
@@ -286,7 +271,7 @@ class SPLAT_OT_write_farm_jobs(bpy.types.Operator):
     def execute(self, context):
         objects = farm.farm_objects(context)
         try:
-            result = farm.write_farm_jobs(context, objects, self.command, backend_python(context))
+            result = farm.write_farm_jobs(context, objects, self.command, configured_python(context))
         except SetupError as exc:
             return _fail(self, splat_object(context), exc)
         context.scene.splat_farm_command = result.command_line

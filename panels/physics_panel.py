@@ -5,7 +5,7 @@ import bpy
 from ..backend import budget
 from ..backend.client import registry
 from ..core import interactions, materials, scene_to_job, workflow
-from ..operators.physics_ops import splat_object
+from ..core.ui import draw_stiffness, splat_object
 
 _LEVEL_ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
 
@@ -104,13 +104,6 @@ def draw_farm_command(layout, context) -> None:
         box.label(text="Run the farm jobs (copy this line):", icon="CONSOLE")
         box.prop(context.scene, "splat_farm_command", text="")
         box.label(text="On a Ray cluster: add --address auto, on the head node")
-
-
-def draw_stiffness(layout, data, value: str, unit: str) -> None:
-    """Stiffness as a number and its pressure unit side by side (Blender has no pressure unit)."""
-    row = layout.row(align=True)
-    row.prop(data, value, text=f"Stiffness E ({getattr(data, unit)})")
-    row.prop(data, unit, text="")
 
 
 def _wrapped(layout, text: str, icon: str = "NONE", width: int = 48) -> None:

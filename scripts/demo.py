@@ -111,7 +111,7 @@ def empty_scene(bpy, n_frames: int):
 
 # ---------------------------------------------------------------------------- scene setup
 def import_plant(bpy):
-    obj = core("splats").import_splats(SAMPLE / "potted_plant.ply", bpy.context)
+    obj = core("splat_objects").import_splats(SAMPLE / "potted_plant.ply", bpy.context)
     bpy.context.view_layer.objects.active = obj
     obj.select_set(True)
     print(f"   imported {len(obj.data.vertices)} splats as '{obj.name}'")

@@ -1,6 +1,7 @@
 """Bake writers: simulated frames -> caches that Blender plays back without the add-on.
 
-Targets (each a module with ``bake_<target>(obj, frames, cache_dir, ...) -> BakeInfo``):
+Targets (protocol.BAKE_TARGETS; each module has a writer class, writer.py's interface, registered in
+targets.py and driven by the one loop in loop.py):
 
 * gn_cache      Blender's geometry-nodes bake layout read by a Bake node (default; positions, rotations, scales)
 * ply_sequence  one 3DGS PLY per frame read by the Import PLY node (standard files other tools read too)
@@ -18,35 +19,29 @@ from __future__ import annotations
 
 import os
 
-from .. import paths
-from . import common, folder, gn_cache, pc2, ply_sequence, shape_keys
-from .common import TARGETS, BakeError, BakeInfo, bake_record, default_cache_dir, frames_from_dir
-from .gn_cache import bake_gn_cache
-from .pc2 import bake_pc2
-from .ply_sequence import bake_ply_sequence
-from .shape_keys import bake_shape_keys
-
-_MODULES = {"gn_cache": gn_cache, "ply_sequence": ply_sequence, "pc2": pc2, "shape_keys": shape_keys}
-_BAKERS = {"gn_cache": bake_gn_cache, "ply_sequence": bake_ply_sequence, "pc2": bake_pc2,
-           "shape_keys": bake_shape_keys}
+from .. import look, paths
+from . import common, folder
+from .common import BakeError, BakeInfo, bake_record, default_cache_dir, frames_from_dir
+from .loop import detach_all, run_bake
+from .targets import WRITERS, writer_for
 
 
 def estimate_bake_size(target: str, n_points: int, n_frames: int) -> int:
     """Projected size in bytes of a bake (on disk; for shape keys: inside the .blend)."""
-    if target not in _MODULES:
-        raise BakeError(f"unknown bake target {target!r}; use one of {', '.join(TARGETS)}")
+    writer = writer_for(target)
     if n_points < 0 or n_frames < 0:
         raise BakeError("point and frame counts must not be negative")
-    return _MODULES[target].estimate_size(int(n_points), int(n_frames))
+    return writer.estimate_size(int(n_points), int(n_frames))
 
 
 def bake(obj, frames, target: str = "gn_cache", cache_dir: str | None = None, **options) -> BakeInfo:
-    """Bake with any target; cache_dir defaults to //splat_cache/<object>/<target> (the .blend must be saved)."""
-    if target not in _BAKERS:
-        raise BakeError(f"unknown bake target {target!r}; use one of {', '.join(TARGETS)}")
+    """Bake with any target; cache_dir defaults to //splat_cache/<object>/<target> (the .blend must be saved).
+
+    ``options``: resume (default True), progress (a callback), and force for shape keys (see loop.run_bake)."""
+    writer_for(target)
     if cache_dir is None and target != "shape_keys":
         cache_dir = default_cache_dir(obj, target)
-    return _BAKERS[target](obj, frames, cache_dir, **options)
+    return run_bake(obj, frames, target, cache_dir, **options)
 
 
 def check_cache_dir(cache_dir) -> str:
@@ -61,10 +56,8 @@ def free_bake(obj, delete_files: bool = True) -> bool:
     of earlier targets kept on disk); anything else in the cache folders stays. Returns True if there
     was a bake.
     """
-    from .. import look
-
     record = bake_record(obj)
-    caches = [(t, common.resolve(d)) for t, d in common.record_caches(record) if t in _MODULES and t != "shape_keys"]
+    caches = [(t, common.resolve(d)) for t, d in common.record_caches(record) if t in WRITERS and t != "shape_keys"]
     if delete_files:  # a folder we cannot write is said before anything changes
         for _target, path in caches:
             if folder.is_owned(path):
@@ -72,10 +65,10 @@ def free_bake(obj, delete_files: bool = True) -> bool:
                     paths.check_writable_folder(path, "bake folder")
                 except paths.PathProblem as exc:
                     raise BakeError(f"Cannot free the bake: {exc}") from None
-    common.detach_all(obj)
+    detach_all(obj)
     if delete_files:
         for target, path in caches:
-            folder.release(path, target, _MODULES[target].LAYOUT)
+            folder.release(path, target, WRITERS[target].LAYOUT)
             common.remove_legacy_staging(path)
         for _target, path in caches:  # //splat_cache/<object>/ left empty: our layout, so tidy it away
             parent = os.path.dirname(path)
@@ -91,6 +84,5 @@ def free_bake(obj, delete_files: bool = True) -> bool:
     return record is not None
 
 
-__all__ = ["TARGETS", "BakeError", "BakeInfo", "bake", "bake_gn_cache", "bake_ply_sequence", "bake_pc2",
-           "bake_shape_keys", "check_cache_dir", "estimate_bake_size", "free_bake", "frames_from_dir",
+__all__ = ["BakeError", "BakeInfo", "bake", "check_cache_dir", "estimate_bake_size", "free_bake", "frames_from_dir",
            "default_cache_dir", "bake_record"]

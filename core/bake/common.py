@@ -31,11 +31,10 @@ import numpy as np
 
 from ...backend import protocol
 from .. import paths
-from .. import splats as splat_data
+from .. import splat_objects
 from . import folder
 from .folder import BakeError
 
-TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")
 BAKE_PROP = "splat_bake"  # object custom property: JSON record of the current bake
 STAGE_FILE = "stage.json"  # in a staging folder: what must match for a rerun to resume it
 PROGRESS_DIR = "_splat_progress"
@@ -196,7 +195,7 @@ def world_to_local(matrix_world, arrays: dict) -> dict:
     out = dict(arrays)
     out["positions"] = (arrays["positions"].astype(np.float64) @ inv[:3, :3].T + inv[:3, 3]).astype(np.float32)
     if "rotations" in arrays and "scales" in arrays:
-        out["rotations"], out["scales"] = splat_data.transform_gaussians(inv[:3, :3], arrays["rotations"],
+        out["rotations"], out["scales"] = splat_objects.transform_gaussians(inv[:3, :3], arrays["rotations"],
                                                                          arrays["scales"])
     return out
 
@@ -214,9 +213,8 @@ def blend_relative(path) -> str:
 
 
 def default_cache_dir(obj, target: str) -> str:
-    """//splat_cache/<object>/<target>, absolute. The .blend must be saved (caches live next to it)."""
-    if target not in TARGETS:
-        raise BakeError(f"unknown bake target {target!r}; use one of {', '.join(TARGETS)}")
+    """//splat_cache/<object>/<target> (a known target), absolute. The .blend must be saved (caches live next to
+    it)."""
     if not bpy.data.filepath:
         raise BakeError("save the .blend file first: bake caches are stored next to it")
     return bpy.path.abspath(f"//{CACHE_ROOT}/{paths.safe_folder_name(obj.name)}/{target}")
@@ -339,17 +337,7 @@ def report_progress(progress, done: int, total: int, frame: int) -> None:
         progress(done, total, frame)
 
 
-# ------------------------------------------------------------------------------------------ finishing
-def detach_all(obj, keep: tuple = ()) -> None:
-    """Remove every bake reader (modifiers, committed shape keys) from the object, except the targets in
-    ``keep``; files stay."""
-    from . import gn_cache, pc2, ply_sequence, shape_keys
-
-    for module in (gn_cache, ply_sequence, pc2, shape_keys):
-        if module.TARGET not in keep:
-            module.detach(obj)
-
-
+# ------------------------------------------------------------------------------------------ record paths
 def resolve(path: str) -> str:
     """A stored ('//'-relative or absolute) path as an absolute one, resolved against the current .blend."""
     return os.path.abspath(bpy.path.abspath(path)) if path else ""
@@ -371,28 +359,8 @@ def record_caches(record: dict | None) -> list[tuple[str, str]]:
     return [(t, d) for t, d in out if isinstance(t, str) and isinstance(d, str) and d]
 
 
-def _has_shape_key_bake(record: dict | None) -> bool:
+def has_shape_key_bake(record: dict | None) -> bool:
     if not record:
         return False
     kept = [k.get("target") for k in record.get("kept", []) if isinstance(k, dict)]
     return record.get("target") == "shape_keys" or "shape_keys" in kept
-
-
-def finish_bake(obj, info: BakeInfo, attach) -> None:
-    """After a successful write: swap the readers to the new bake and record it. The previous bake stays:
-    another target's cache files on disk, or its shape keys in the .blend (the new reader overrides them),
-    listed in the record so Free Bake can delete them too."""
-    previous = bake_record(obj)
-    new_dir = os.path.normcase(os.path.abspath(info.cache_dir)) if info.cache_dir else ""
-    kept, seen = [], set()
-    for target, stored in record_caches(previous):
-        key = (target, os.path.normcase(resolve(stored)))
-        if key != (info.target, new_dir) and key not in seen:
-            seen.add(key)
-            kept.append({"target": target, "dir": stored})
-    keep_keys = info.target != "shape_keys" and _has_shape_key_bake(previous)
-    if keep_keys:
-        kept.append({"target": "shape_keys", "dir": ""})
-    detach_all(obj, keep=("shape_keys",) if keep_keys else ())
-    attach()
-    set_bake_record(obj, info, kept)

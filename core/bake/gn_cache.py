@@ -24,13 +24,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 
 import numpy as np
 
 from ...backend import protocol
 from .. import look
 from . import common
+from .writer import StagedWriter
 
 TARGET = "gn_cache"
 # The files write_frame makes: the only files a gn_cache bake replaces or frees in its folder.
@@ -139,35 +139,24 @@ def write_frame(folder, frame: int, key: str, positions, rotations, scales) -> i
     return len(blob) + len(text)
 
 
-def bake_gn_cache(obj, frames, cache_dir, *, resume: bool = True, progress=None) -> common.BakeInfo:
-    """Bake ``frames`` into a GN cache at ``cache_dir`` (absolute) and set the object up to play it.
+class GNCacheWriter(StagedWriter):
+    """Frames into a GN cache folder (object-local), played by the reader modifier."""
 
-    frames: iterable of (frame_number, {positions, rotations, scales} world space). The object keeps its
-    transform: frames are stored in its local space. Returns a BakeInfo; raises BakeError on bad input,
-    leaving any previous bake in place.
-    """
-    t0 = time.perf_counter()
-    n = common.point_count(obj)
-    frames = common.collect_frames(frames)
-    key = bake_item_key(reader_group())
-    common.check_first_frame(frames, n, ("positions", "rotations", "scales"))
-    stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames, item_key=key), LAYOUT, resume)
-    info = common.BakeInfo(TARGET, str(stage.final), "", frames[0][0], frames[-1][0], n, len(frames))
-    mw = obj.matrix_world.copy()
-    for i, (frame, data) in enumerate(frames):
-        fp = common.fingerprint(data)
-        if stage.done(frame, fp):
-            info.frames_resumed += 1
-        else:
-            arrays = common.world_to_local(mw, common.frame_arrays(data, n, ("positions", "rotations", "scales"),
-                                                                   frame))
-            write_frame(stage.dir, frame, key, arrays["positions"], arrays["rotations"], arrays["scales"])
-            stage.mark(frame, fp)
-            info.frames_written += 1
-        common.report_progress(progress, i + 1, len(frames), frame)
-    final = stage.commit()
-    info.path = common.blend_relative(final)
-    info.bytes = stage.bytes
-    common.finish_bake(obj, info, lambda: attach(obj, info.path, info.frame_start, info.frame_end))
-    info.seconds = time.perf_counter() - t0
-    return info
+    TARGET = TARGET
+    KEYS = ("positions", "rotations", "scales")
+    LAYOUT = LAYOUT
+    estimate_size = staticmethod(estimate_size)
+    detach = staticmethod(detach)
+
+    def begin(self, cache_dir, resume, info):
+        self.key = bake_item_key(reader_group())
+        super().begin(cache_dir, resume, info)
+
+    def manifest(self) -> dict:
+        return dict(super().manifest(), item_key=self.key)
+
+    def write_frame(self, index, frame, arrays):
+        write_frame(self.stage.dir, frame, self.key, arrays["positions"], arrays["rotations"], arrays["scales"])
+
+    def attach(self, info):
+        attach(self.obj, info.path, info.frame_start, info.frame_end)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import os
 import re
 import struct
-import time
 
 import numpy as np
 
 from .. import look
 from . import common
+from .writer import StagedWriter
 
 TARGET = "pc2"
 MODIFIER = "Splat PC2"
@@ -35,16 +35,6 @@ def estimate_size(n_points: int, n_frames: int) -> int:
 
 def write_header(f, n_points: int, start: float, n_frames: int) -> None:
     f.write(HEADER.pack(MAGIC, 1, n_points, float(start), 1.0, n_frames))
-
-
-def read_pc2(path) -> tuple[float, np.ndarray]:
-    """(start frame, (frames, N, 3) positions) of a PC2 file (for tests and tools)."""
-    with open(path, "rb") as f:
-        magic, version, n, start, _sampling, frames = HEADER.unpack(f.read(HEADER.size))
-        if magic != MAGIC or version != 1:
-            raise common.BakeError(f"{path} is not a PC2 file")
-        data = np.fromfile(f, "<f4", count=frames * n * 3)
-    return start, data.reshape(frames, n, 3)
 
 
 def is_reader_modifier(mod) -> bool:
@@ -74,41 +64,39 @@ def detach(obj) -> None:
         obj.modifiers.remove(mod)
 
 
-def bake_pc2(obj, frames, cache_dir, *, resume: bool = True, progress=None) -> common.BakeInfo:
-    """Bake positions of consecutive ``frames`` into <cache_dir>/cache.pc2 and add a Mesh Cache modifier."""
-    t0 = time.perf_counter()
-    n = common.point_count(obj)
-    frames = common.collect_frames(frames)
-    first, last = frames[0][0], frames[-1][0]
-    if last - first + 1 != len(frames):
-        raise common.BakeError(f"PC2 needs consecutive frames; got {len(frames)} frames from {first} to {last}")
-    common.check_first_frame(frames, n, ("positions",))
-    stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames), LAYOUT, resume)
-    info = common.BakeInfo(TARGET, str(stage.final), "", first, last, n, len(frames))
-    path = stage.dir / FILE_NAME
-    size = HEADER.size + n * 12 * len(frames)
-    if not (stage.resumed and path.is_file() and path.stat().st_size == size):
-        with open(path, "wb") as f:
-            write_header(f, n, first, len(frames))
-            f.truncate(size)
-    mw = obj.matrix_world.copy()
-    with open(path, "r+b") as f:
-        for i, (frame, data) in enumerate(frames):
-            fp = common.fingerprint(data)
-            if stage.done(frame, fp):
-                info.frames_resumed += 1
-            else:
-                pos = common.world_to_local(mw, common.frame_arrays(data, n, ("positions",), frame))["positions"]
-                f.seek(HEADER.size + i * n * 12)
-                f.write(np.ascontiguousarray(pos, "<f4").tobytes())
-                f.flush()
-                os.fsync(f.fileno())
-                stage.mark(frame, fp)
-                info.frames_written += 1
-            common.report_progress(progress, i + 1, len(frames), frame)
-    final = stage.commit()
-    info.path = common.blend_relative(final / FILE_NAME)
-    info.bytes = stage.bytes
-    common.finish_bake(obj, info, lambda: attach(obj, info.path, first))
-    info.seconds = time.perf_counter() - t0
-    return info
+class PC2Writer(StagedWriter):
+    """Positions of consecutive frames into one PC2 file, played by a Mesh Cache modifier."""
+
+    TARGET = TARGET
+    LAYOUT = LAYOUT
+    estimate_size = staticmethod(estimate_size)
+    detach = staticmethod(detach)
+
+    def __init__(self, obj, n, frames, **options):
+        super().__init__(obj, n, frames, **options)
+        first, last = frames[0][0], frames[-1][0]
+        if last - first + 1 != len(frames):
+            raise common.BakeError(f"PC2 needs consecutive frames; got {len(frames)} frames from {first} to {last}")
+
+    def begin(self, cache_dir, resume, info):
+        super().begin(cache_dir, resume, info)
+        # Allocated at full size up front, so each frame is written in place and a rerun keeps the marked ones.
+        self.path = self.stage.dir / FILE_NAME
+        size = HEADER.size + self.n * 12 * len(self.frames)
+        if not (self.stage.resumed and self.path.is_file() and self.path.stat().st_size == size):
+            with open(self.path, "wb") as f:
+                write_header(f, self.n, self.frames[0][0], len(self.frames))
+                f.truncate(size)
+
+    def write_frame(self, index, frame, arrays):
+        with open(self.path, "r+b") as f:
+            f.seek(HEADER.size + index * self.n * 12)
+            f.write(np.ascontiguousarray(arrays["positions"], "<f4").tobytes())
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the frame is marked done
+
+    def stored_path(self, final):
+        return final / FILE_NAME
+
+    def attach(self, info):
+        attach(self.obj, info.path, info.frame_start)

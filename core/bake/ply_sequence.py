@@ -15,14 +15,13 @@ attributes as for static splats. A missing or mismatched file leaves the points 
 from __future__ import annotations
 
 import re
-import time
 
 import numpy as np
 
 from ...backend.io import ply
-from .. import look
-from .. import splats as splat_data
+from .. import look, splat_objects
 from . import common
+from .writer import StagedWriter
 
 TARGET = "ply_sequence"
 LAYOUT = re.compile(r"frame_\d{6}\.ply")  # file_name(frame): the only files a sequence replaces or frees
@@ -75,7 +74,7 @@ def reader_group():
                         operation="EQUAL"))
     pos = b.sample_index(imported, b.out(b.node("GeometryNodeInputPosition")), "FLOAT_VECTOR")
     moved = b.out(b.node("GeometryNodeSetPosition", {"Geometry": geo, "Position": pos}))
-    for name in splat_data.ROT_NAMES + splat_data.SCALE_NAMES:
+    for name in splat_objects.ROT_NAMES + splat_objects.SCALE_NAMES:
         value = b.sample_index(imported, b.named(name)[0], "FLOAT")
         moved = b.store(moved, name, value, "FLOAT")
     b.node("NodeGroupOutput", {"Geometry": b.switch("GEOMETRY", same, geo, moved)})
@@ -106,38 +105,31 @@ def detach(obj) -> None:
 
 
 # ------------------------------------------------------------------------------------------ writer
-def bake_ply_sequence(obj, frames, cache_dir, *, resume: bool = True, progress=None) -> common.BakeInfo:
-    """Write one 3DGS PLY per frame into ``cache_dir`` and set the object up to play the sequence."""
-    t0 = time.perf_counter()
-    n = common.point_count(obj)
-    frames = common.collect_frames(frames)
-    if frames[0][0] < 0 or frames[-1][0] > MAX_FRAME:
-        raise common.BakeError(f"PLY sequences need frame numbers in 0..{MAX_FRAME}; got "
-                               f"{frames[0][0]}..{frames[-1][0]}")
-    static = splat_data.splat_arrays(obj, world=False)
-    common.check_first_frame(frames, n, ("positions", "rotations", "scales"))
-    stage = common.Stage(cache_dir, common.manifest_for(TARGET, obj, n, frames), LAYOUT, resume)
-    info = common.BakeInfo(TARGET, str(stage.final), "", frames[0][0], frames[-1][0], n, len(frames))
-    mw = obj.matrix_world.copy()
-    empty_rest = np.zeros((n, 0), np.float32)
-    for i, (frame, data) in enumerate(frames):
-        fp = common.fingerprint(data)
-        path = stage.dir / file_name(frame)
-        if stage.done(frame, fp) and path.is_file():
-            info.frames_resumed += 1
-        else:
-            arrays = common.world_to_local(mw, common.frame_arrays(data, n, ("positions", "rotations", "scales"),
-                                                                   frame))
-            log_scale = np.log(np.maximum(arrays["scales"], 1e-30)).astype(np.float32)
-            splats = ply.Splats(arrays["positions"], static["f_dc"], empty_rest, static["opacity"], log_scale,
-                                arrays["rotations"], comments=[f"splat_physics frame {frame}"])
-            ply.write_splats(path, splats)
-            stage.mark(frame, fp)
-            info.frames_written += 1
-        common.report_progress(progress, i + 1, len(frames), frame)
-    final = stage.commit()
-    info.path = common.blend_relative(final)
-    info.bytes = stage.bytes
-    common.finish_bake(obj, info, lambda: attach(obj, info.path, info.frame_start, info.frame_end))
-    info.seconds = time.perf_counter() - t0
-    return info
+class PlySequenceWriter(StagedWriter):
+    """One 3DGS PLY per frame (object-local; colour and opacity from the object), read by Import PLY."""
+
+    TARGET = TARGET
+    KEYS = ("positions", "rotations", "scales")
+    LAYOUT = LAYOUT
+    estimate_size = staticmethod(estimate_size)
+    detach = staticmethod(detach)
+
+    def __init__(self, obj, n, frames, **options):
+        super().__init__(obj, n, frames, **options)
+        if frames[0][0] < 0 or frames[-1][0] > MAX_FRAME:
+            raise common.BakeError(f"PLY sequences need frame numbers in 0..{MAX_FRAME}; got "
+                                   f"{frames[0][0]}..{frames[-1][0]}")
+        self.static = splat_objects.splat_arrays(obj, world=False)
+        self.empty_rest = np.zeros((n, 0), np.float32)
+
+    def done(self, frame, fp):
+        return super().done(frame, fp) and (self.stage.dir / file_name(frame)).is_file()
+
+    def write_frame(self, index, frame, arrays):
+        log_scale = np.log(np.maximum(arrays["scales"], 1e-30)).astype(np.float32)
+        splats = ply.Splats(arrays["positions"], self.static["f_dc"], self.empty_rest, self.static["opacity"],
+                            log_scale, arrays["rotations"], comments=[f"splat_physics frame {frame}"])
+        ply.write_splats(self.stage.dir / file_name(frame), splats)
+
+    def attach(self, info):
+        attach(self.obj, info.path, info.frame_start, info.frame_end)

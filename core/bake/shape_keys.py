@@ -13,13 +13,13 @@ to 1 on its frame and 0 on the neighbouring frames (the first and last keys hold
 from __future__ import annotations
 
 import json
-import time
 
 import bpy
 import numpy as np
 
-from . import common
 from .. import look
+from . import common
+from .writer import Writer
 
 TARGET = "shape_keys"
 KEY_PREFIX = "splat_f"
@@ -102,54 +102,56 @@ def attach(obj, frames: list) -> None:
     obj.update_tag()
 
 
-def bake_shape_keys(obj, frames, cache_dir=None, *, resume: bool = True, progress=None,
-                    force: bool = False) -> common.BakeInfo:
-    """One shape key per frame (``cache_dir`` is unused: the keys live in the .blend)."""
-    t0 = time.perf_counter()
-    n = common.point_count(obj)
-    frames = common.collect_frames(frames)
-    common.check_first_frame(frames, n, ("positions",))
-    load = n * len(frames)
-    info = common.BakeInfo(TARGET, "", "", frames[0][0], frames[-1][0], n, len(frames))
-    size_mb = estimate_size(n, len(frames)) / 1e6
-    if load > LIMIT_POINT_FRAMES and not force:
-        raise common.BakeError(f"shape keys for {n} points x {len(frames)} frames would add about {size_mb:.0f} MB "
-                               "to the .blend; use the geometry-nodes cache (or force the bake)")
-    if load > WARN_POINT_FRAMES:
-        info.warnings.append(f"shape keys add about {size_mb:.0f} MB to the .blend; the geometry-nodes cache "
-                             "is smaller and faster for this many points")
-    if obj.data.shape_keys is None:
-        obj.shape_key_add(name="Basis", from_mix=False)
-        obj.data.shape_keys[ADDED_BASIS_PROP] = True
-    key = obj.data.shape_keys
-    try:
-        done = json.loads(key.get(PROGRESS_PROP, "{}")) if resume else {}
-    except (TypeError, ValueError):
-        done = {}
-    wanted = {_key_name(NEW_PREFIX, f) for f, _ in frames}
-    for kb in [kb for kb in key.key_blocks if _frame_of(kb.name, NEW_PREFIX) is not None]:
-        if kb.name not in wanted or not resume:
-            obj.shape_key_remove(kb)  # leftovers of another interrupted bake
-    if not resume:
-        done = {}
-    mw = obj.matrix_world.copy()
-    for i, (frame, data) in enumerate(frames):
-        fp = common.fingerprint(data)
+class ShapeKeysWriter(Writer):
+    """One shape key per frame in the .blend (``cache_dir`` is unused); ``force`` lifts the size limit."""
+
+    TARGET = TARGET
+    estimate_size = staticmethod(estimate_size)
+    detach = staticmethod(detach)
+
+    def __init__(self, obj, n, frames, *, force: bool = False):
+        super().__init__(obj, n, frames)
+        self.force = force
+
+    def begin(self, cache_dir, resume, info):
+        n, count = self.n, len(self.frames)
+        size_mb = estimate_size(n, count) / 1e6
+        if n * count > LIMIT_POINT_FRAMES and not self.force:
+            raise common.BakeError(f"shape keys for {n} points x {count} frames would add about {size_mb:.0f} MB "
+                                   "to the .blend; use the geometry-nodes cache (or force the bake)")
+        if n * count > WARN_POINT_FRAMES:
+            info.warnings.append(f"shape keys add about {size_mb:.0f} MB to the .blend; the geometry-nodes cache "
+                                 "is smaller and faster for this many points")
+        obj = self.obj
+        if obj.data.shape_keys is None:
+            obj.shape_key_add(name="Basis", from_mix=False)
+            obj.data.shape_keys[ADDED_BASIS_PROP] = True
+        self.key = obj.data.shape_keys
+        try:
+            self.progress = json.loads(self.key.get(PROGRESS_PROP, "{}")) if resume else {}
+        except (TypeError, ValueError):
+            self.progress = {}
+        wanted = {_key_name(NEW_PREFIX, f) for f, _ in self.frames}
+        for kb in [kb for kb in self.key.key_blocks if _frame_of(kb.name, NEW_PREFIX) is not None]:
+            if kb.name not in wanted or not resume:
+                obj.shape_key_remove(kb)  # leftovers of another interrupted bake
+
+    def done(self, frame, fp):
+        return self.key.key_blocks.get(_key_name(NEW_PREFIX, frame)) is not None \
+            and self.progress.get(str(frame)) == fp
+
+    def write_frame(self, index, frame, arrays):
         name = _key_name(NEW_PREFIX, frame)
-        kb = key.key_blocks.get(name)
-        if kb is not None and done.get(str(frame)) == fp:
-            info.frames_resumed += 1
-        else:
-            pos = common.world_to_local(mw, common.frame_arrays(data, n, ("positions",), frame))["positions"]
-            if kb is None:
-                kb = obj.shape_key_add(name=name, from_mix=False)
-            kb.value = 0.0
-            kb.data.foreach_set("co", np.ascontiguousarray(pos, np.float32).ravel())
-            done[str(frame)] = fp
-            key[PROGRESS_PROP] = json.dumps(done)
-            info.frames_written += 1
-        common.report_progress(progress, i + 1, len(frames), frame)
-    info.bytes = estimate_size(n, len(frames))
-    common.finish_bake(obj, info, lambda: attach(obj, [f for f, _ in frames]))
-    info.seconds = time.perf_counter() - t0
-    return info
+        kb = self.key.key_blocks.get(name) or self.obj.shape_key_add(name=name, from_mix=False)
+        kb.value = 0.0
+        kb.data.foreach_set("co", np.ascontiguousarray(arrays["positions"], np.float32).ravel())
+
+    def mark(self, frame, fp):
+        self.progress[str(frame)] = fp
+        self.key[PROGRESS_PROP] = json.dumps(self.progress)
+
+    def end(self, info):
+        info.bytes = estimate_size(self.n, len(self.frames))
+
+    def attach(self, info):
+        attach(self.obj, [f for f, _ in self.frames])

@@ -29,7 +29,7 @@ def _tall_capture(up_sign: float, n=200, seed=0) -> ply.Splats:
 
 
 def _arrays(addon, obj):
-    return _mod(addon, "core.splats").splat_arrays(obj, world=True)
+    return _mod(addon, "core.splat_objects").splat_arrays(obj, world=True)
 
 
 def _long_axes(arrays):

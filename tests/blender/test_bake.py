@@ -31,7 +31,7 @@ def _load_test_look():
 
 @pytest.fixture
 def mods(addon):
-    return _mod(addon, "core.splats"), _mod(addon, "core.bake"), _mod(addon, "core.look"), \
+    return _mod(addon, "core.splat_objects"), _mod(addon, "core.bake"), _mod(addon, "core.look"), \
         _mod(addon, "backend.io.ply")
 
 
@@ -253,9 +253,9 @@ def test_bad_bake_input_is_refused_with_a_clear_message(mods, saved_blend, tmp_p
     for frames, words in ((wrong_n, "shape"), (nan, "NaN"), ([], "no frames"),
                           ([(2, good[0][1]), (1, good[1][1])], "increase")):
         with pytest.raises(bake.BakeError, match=words):
-            bake.bake_gn_cache(obj, frames, str(cache))
+            bake.bake(obj, frames, "gn_cache", str(cache))
     with pytest.raises(bake.BakeError, match="consecutive"):
-        bake.bake_pc2(obj, [good[0], (5, good[1][1])], str(cache))
+        bake.bake(obj, [good[0], (5, good[1][1])], "pc2", str(cache))
     assert not cache.exists() and not (tmp_path / ".cache.partial").exists()
     assert [m.name for m in obj.modifiers] == ["Splat Look"]
     empty = bpy.data.objects.new("Empty", bpy.data.meshes.new("Empty"))

@@ -29,7 +29,7 @@ tb = _load_test_bake()
 @pytest.fixture
 def mods(addon):
     return tuple(importlib.import_module(f"{addon.__name__}.{name}")
-                 for name in ("core.splats", "core.bake", "core.look", "backend.io.ply"))
+                 for name in ("core.splat_objects", "core.bake", "core.look", "backend.io.ply"))
 
 
 

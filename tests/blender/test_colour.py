@@ -100,7 +100,7 @@ def test_a_simulated_splat_keeps_the_colour_of_its_rest_pose(addon, colour_scene
     _one_big_splat(tmp_path / "sh.ply", f_dc, f_rest)
     assert bpy.ops.import_scene.gaussian_splat(filepath=str(tmp_path / "sh.ply"), view_colour=True) == {"FINISHED"}
     obj = bpy.context.active_object
-    splats, look = _mod(addon, "core.splats"), _mod(addon, "core.look")
+    splats, look = _mod(addon, "core.splat_objects"), _mod(addon, "core.look")
     q = np.array([[math.cos(math.pi / 4), 0.0, 0.0, math.sin(math.pi / 4)]])  # 90 degrees about +Z
     splats.set_point_attributes(obj.data, {"rotations": q, "scales": np.full((1, 3), 2.0)},
                                 {"rotations": "QUATERNION", "scales": "FLOAT_VECTOR"})

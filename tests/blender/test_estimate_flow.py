@@ -47,7 +47,7 @@ def jelly(addon, clean_scene):
     obj = bpy.data.objects.new("Jelly", mesh)
     clean_scene.collection.objects.link(obj)
     bpy.context.view_layer.objects.active = obj
-    splats = _mod(addon, "core.splats")
+    splats = _mod(addon, "core.splat_objects")
     splats.ensure_splat_attributes(obj)
     rgb = np.clip((pts - pts.min(0)) / np.ptp(pts, 0), 0, 1)  # a gradient so motion shows in the image
     splats.set_point_attributes(mesh, {f"f_dc_{i}": ((rgb[:, i] - 0.5) / splats.SH_C0).astype(np.float32)

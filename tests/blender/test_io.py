@@ -16,7 +16,7 @@ def _mod(addon, name):
 
 @pytest.fixture
 def mods(addon):
-    return _mod(addon, "core.splats"), _mod(addon, "backend.io.ply")
+    return _mod(addon, "core.splat_objects"), _mod(addon, "backend.io.ply")
 
 
 def _synthetic_splats(ply, n=300, degree=3, normals=True, seed=0):

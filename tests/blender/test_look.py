@@ -16,7 +16,7 @@ def _mod(addon, name):
 
 @pytest.fixture
 def mods(addon):
-    return _mod(addon, "core.splats"), _mod(addon, "core.look"), _mod(addon, "backend.io.ply")
+    return _mod(addon, "core.splat_objects"), _mod(addon, "core.look"), _mod(addon, "backend.io.ply")
 
 
 def _splat_object(mods, tmp_path, n=40, seed=0, **fields):

@@ -234,7 +234,7 @@ def _counts():
 
 def test_zero_padded_sh_names_import_as_the_standard_attributes(addon, clean_scene, tmp_path):
     ply = _mod(addon, "backend.io.ply")
-    splats = _mod(addon, "core.splats")
+    splats = _mod(addon, "core.splat_objects")
     cols = _splat_columns(ply, degree=2, width=2)
     assert "f_rest_00" in cols and "f_dc_00" in cols
     path = tmp_path / "padded.ply"

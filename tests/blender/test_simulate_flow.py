@@ -51,7 +51,7 @@ def test_simulate_bake_resume_retarget_fail_and_free(addon, saved_scene, tmp_pat
     jobs = _mod(addon, "backend.client.registry")
     workflow = _mod(addon, "core.workflow")
     s2j = _mod(addon, "core.scene_to_job")
-    splats = _mod(addon, "core.splats")
+    splats = _mod(addon, "core.splat_objects")
     bake = _mod(addon, "core.bake")
     obj = saved_scene
     scene = bpy.context.scene

@@ -27,6 +27,7 @@ import numpy as np
 
 from ..backend.geometry import quat_to_matrix  # one home, numpy only
 from ..backend.io import ply, sh
+from . import look as look_mod  # 'look' is import_splats' flag
 
 SH_C0 = ply.SH_C0
 DC_NAMES = ("f_dc_0", "f_dc_1", "f_dc_2")
@@ -472,7 +473,6 @@ def import_splats(filepath, context=None, name: str | None = None, *, look: bool
     collection = getattr(context, "collection", None) or context.scene.collection
     obj = create_splat_object(splats, name, collection, warnings, columns=data)
     if look:
-        from . import look as look_mod
         look_mod.apply_splat_look(obj, source="attributes")
     return obj
 
@@ -517,7 +517,6 @@ def evaluated_points(obj, depsgraph=None) -> dict:
     For tests and tools that need the bake-driven point data rather than the instanced splats.
     Returns {"positions": (N,3), name: array for each POINT attribute readable as floats}.
     """
-    from . import look as look_mod
     mods = [m for m in obj.modifiers if look_mod.is_look_modifier(m)]
     states = [m.show_viewport for m in mods]
     try:
