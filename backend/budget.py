@@ -105,6 +105,25 @@ def substeps_per_frame(E_max: float, nu: float, rho_min: float, dx: float, fps: 
     return max(1, min(cap, math.ceil(c_p / (fps * cfl * dx) - 1e-9)))
 
 
+def substeps_from_dt(fps: float, substep_dt: float) -> int:
+    """Substeps per frame for a fixed substep length (the frame is split evenly, never longer than asked)."""
+    return max(1, math.ceil(1.0 / (fps * substep_dt) - 1e-6))
+
+
+GRID_PADDING = 3  # grid cells the solver keeps outside the domain on each side (mpm SimConfig.padding)
+
+
+def planned_substeps(E_max: float, nu: float, rho_min: float, extent: float, n_grid: int, fps: float,
+                     substep_dt: float | None = None) -> int:
+    """Substeps per frame the solver will plan for a domain whose largest side is ``extent`` metres: the
+    artist's substep length when set, else the CFL bound on the grid's cell (as backend/mpm/grid.py sizes
+    it: the domain spans n_grid - 2 * GRID_PADDING cells)."""
+    if substep_dt:
+        return substeps_from_dt(fps, substep_dt)
+    dx = max(extent, 1e-6) / max(n_grid - 2 * GRID_PADDING, 1)
+    return substeps_per_frame(E_max, nu, rho_min, dx, fps)
+
+
 def capped_size(width: int, height: int, long_side: int) -> tuple[int, int]:
     """(width, height) scaled down so the long side is at most ``long_side`` (never up), aspect kept.
     Both stay multiples of 8, which the video models' VAEs need."""

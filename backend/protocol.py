@@ -591,12 +591,13 @@ def _check_command_needs(job: dict, folder: Path) -> None:
     """Settings a command needs that others do not (a prior's model, the estimation camera)."""
     e = job["estimate"]
     if job["command"] == "estimate":
-        _check_prior_needs(e, folder)
+        check_prior_needs(e, folder)
     if job["command"] in ("estimate", "preview") and e["camera"] is None:
         raise SettingError("estimate.camera", "is needed (the view the video is rendered from)")
 
 
-def _check_prior_needs(e: dict, folder: Path) -> None:
+def check_prior_needs(e: dict, folder: Path) -> None:
+    """What the estimate's prior needs (a prompt, a model, a reference video): the add-on asks before writing."""
     if e["prior"] == "modelscope" and not e["prompt"].strip():
         raise SettingError("estimate.prompt", "is empty: the text-to-video prior needs a prompt describing the "
                                               "motion, e.g. 'a red flower swaying in the wind'")

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..backend import protocol
 from ..backend.client.runner import addon_root
-from . import scene_to_job
-from .scene_to_job import SetupError
+from .errors import SetupError
+from .job_folder import job_dir_for
 from .workflow import prepare_job
 
 SHARED_STORAGE_NOTE = ("The job folders must be on storage every farm node sees at the same path; "
@@ -39,7 +39,7 @@ def farm_objects(context) -> list:
 
 
 def manifest_path(obj, command: str) -> Path:
-    return scene_to_job.job_dir_for(obj, command).parent.parent / f"farm_{command}.json"
+    return job_dir_for(obj, command).parent.parent / f"farm_{command}.json"
 
 
 def write_farm_jobs(context, objects, command: str, python: str) -> FarmJobs:

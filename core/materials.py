@@ -263,6 +263,15 @@ def show_heatmap(obj, visible: bool) -> None:
 
 # Blender has no pressure unit: stiffness is typed as a value and one of these units.
 PRESSURE_UNITS = {"Pa": 1.0, "kPa": 1e3, "MPa": 1e6, "GPa": 1e9}
+# What the artist may type: stiffness in Pa, Poisson ratio (inside protocol.NU_LIMITS), density in kg/m^3.
+E_RANGE = (1.0, 1.0e12)
+NU_RANGE = (-0.99, 0.49)
+RHO_RANGE = (1e-3, 1e5)
+
+
+def pa_from(value: float, unit: str) -> float:
+    """A stiffness typed in ``unit``, in Pa, kept inside E_RANGE."""
+    return min(max(value * PRESSURE_UNITS[unit], E_RANGE[0]), E_RANGE[1])
 
 
 def pressure_unit(value: float) -> str:

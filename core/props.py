@@ -1,7 +1,7 @@
 """Property groups the artist edits: per splat object (``obj.splat_physics``) and per helper object
 (``obj.splat_role``: anchors, pokes, wind, colliders).
 
-Only settings live here; what they mean for the backend is decided in core/scene_to_job.py.
+Only settings live here; what they mean for the backend is decided in core/scene_to_job.py and the modules it uses.
 """
 
 import bpy
@@ -76,12 +76,12 @@ _BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"}
 
 
 def _refresh_readout(self, context):
-    # Imported here, not at the top: scene_to_job imports this module (its fill settings).
-    from . import scene_to_job
+    # Imported here, not at the top: readouts imports this module (its fill modes).
+    from . import readouts
 
     obj = self.id_data
     if isinstance(obj, bpy.types.Object):
-        scene_to_job.update_readouts(obj)
+        readouts.update_readouts(obj)
 
 
 def _toggle_heatmap(self, context):
@@ -93,16 +93,12 @@ def _toggle_heatmap(self, context):
 _UNIT_ITEMS = [(u, u, f"Stiffness in {u}") for u in ("Pa", "kPa", "MPa", "GPa")]
 
 
-def _unit_scale(self) -> float:
-    return materials.PRESSURE_UNITS[self.stiffness_unit]
-
-
 def _get_stiffness(self):
-    return self.youngs_modulus / _unit_scale(self)
+    return self.youngs_modulus / materials.PRESSURE_UNITS[self.stiffness_unit]
 
 
 def _set_stiffness(self, value):
-    self.youngs_modulus = min(max(value * _unit_scale(self), 1.0), 1.0e12)
+    self.youngs_modulus = materials.pa_from(value, self.stiffness_unit)
 
 
 def _get_display_size(self):
@@ -148,7 +144,8 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
 
     material_model: EnumProperty(name="Material", items=_MODEL_ITEMS, default="fixed_corotated")
     youngs_modulus: FloatProperty(
-        name="Stiffness (E)", default=protocol.DEFAULT_E, min=1.0, max=1.0e12, precision=0,
+        name="Stiffness (E)", default=protocol.DEFAULT_E, min=materials.E_RANGE[0], max=materials.E_RANGE[1],
+        precision=0,
         description="Young's modulus in Pa, used where the object has no 'youngs_modulus' attribute",
     )
     stiffness: FloatProperty(
@@ -158,9 +155,10 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     )
     stiffness_unit: EnumProperty(name="Unit", items=_UNIT_ITEMS, default="kPa",
                                  description="Unit the stiffness is shown and typed in")
-    poisson_ratio: FloatProperty(name="Poisson ratio", default=protocol.DEFAULT_NU, min=-0.99, max=0.49,
-                                 precision=3)
-    density: FloatProperty(name="Density (kg/m³)", default=protocol.DEFAULT_RHO, min=1e-3, max=1e5,
+    poisson_ratio: FloatProperty(name="Poisson ratio", default=protocol.DEFAULT_NU, min=materials.NU_RANGE[0],
+                                 max=materials.NU_RANGE[1], precision=3)
+    density: FloatProperty(name="Density (kg/m³)", default=protocol.DEFAULT_RHO, min=materials.RHO_RANGE[0],
+                           max=materials.RHO_RANGE[1],
                            description="Mass per volume in kg/m³ (water 1000, wood ~600, steel 7850)")
     damping: FloatProperty(name="Damping", default=0.0, min=0.0, max=100.0, description="Velocity damping, 1/s")
     substep_dt: FloatProperty(

@@ -23,8 +23,8 @@ from ..backend import protocol
 from ..backend.client import registry, runner
 from ..backend.client.runner import JobRunner, RunResult, RunState
 from ..preferences import chosen_device, configured_python
-from . import bake, materials, scene_to_job
-from .scene_to_job import SetupError
+from . import bake, estimate_setup, job_folder, materials, points, scene_to_job
+from .errors import SetupError
 
 ESTIMATE = "estimate"
 SIMULATE = "simulate"
@@ -103,7 +103,7 @@ def explain_failure(result: RunResult, device: str = "auto", what: str = "run") 
 # ---------------------------------------------------------------------------- starting jobs
 def _check_can_start(context, obj, kind: str) -> None:
     """What every run needs before its job folder is written: points, a backend, no run of this kind."""
-    scene_to_job.world_positions(obj)
+    points.world_positions(obj)
     backend_python(context)
     running = registry.active(kind)
     if running is not None:
@@ -113,7 +113,7 @@ def _check_can_start(context, obj, kind: str) -> None:
 def prepare_job(context, obj, command: str, simulation: dict | None = None, **estimate_opts) -> Path:
     """Check the setup and write the job folder. Raises SetupError; changes nothing in the scene."""
     job, arrays = scene_to_job.build_job(context, obj, command, simulation=simulation, **estimate_opts)
-    return scene_to_job.write_job_folder(scene_to_job.job_dir_for(obj, command), job, arrays)
+    return job_folder.write_job_folder(job_folder.job_dir_for(obj, command), job, arrays)
 
 
 def _start(kind: str, context, obj, job_dir: Path, apply_result) -> registry.ActiveJob:
@@ -174,8 +174,8 @@ def start_estimate(context, obj, **estimate_opts) -> registry.ActiveJob:
     """Estimate the object's materials; on success they become its point attributes."""
     _check_can_start(context, obj, ESTIMATE)
     job, arrays = scene_to_job.build_job(context, obj, ESTIMATE, **estimate_opts)
-    projection = scene_to_job.check_estimate_fits(context, obj, job["estimate"], job["simulation"])
-    job_dir = scene_to_job.write_job_folder(scene_to_job.job_dir_for(obj, ESTIMATE), job, arrays)
+    projection = estimate_setup.check_estimate_fits(context, obj, job["estimate"], job["simulation"])
+    job_dir = job_folder.write_job_folder(job_folder.job_dir_for(obj, ESTIMATE), job, arrays)
     active = _start(ESTIMATE, context, obj, job_dir, _apply_estimate)
     if not active.done_called:
         set_status(obj, "INFO", f"Estimate started: {projection.text()}", job_dir / RUN_LOG)
@@ -220,7 +220,7 @@ def bake_cache_dir(obj, target: str) -> str | None:
     custom = obj.splat_physics.bake_dir.strip()
     if custom and not custom.startswith("//"):
         folder = custom
-    elif not scene_to_job.blend_saved():
+    elif not job_folder.blend_saved():
         raise SetupError("Save the .blend file first: bake caches are written next to it "
                          "(//splat_cache/...) so they travel with the file")
     else:

@@ -11,8 +11,8 @@ from bpy.props import BoolProperty, EnumProperty, FloatProperty
 
 from ..backend import protocol
 from ..backend.client import registry
-from ..core import farm, interactions, materials, scene_to_job, workflow
-from ..core.scene_to_job import SetupError
+from ..core import farm, interactions, job_folder, materials, points, readouts, scene_to_job, workflow
+from ..core.errors import SetupError
 from ..core.ui import draw_stiffness, splat_object
 from ..preferences import configured_python
 
@@ -65,10 +65,10 @@ class SPLAT_OT_add_interaction(_SplatOperator, bpy.types.Operator):
     def execute(self, context):
         obj = splat_object(context)
         try:
-            points = scene_to_job.world_positions(obj)
+            positions = points.world_positions(obj)
         except SetupError as exc:
             return _fail(self, obj, exc)
-        empty = interactions.add_sized_interaction(context, self.role, obj, points)
+        empty = interactions.add_sized_interaction(context, self.role, obj, positions)
         for ob in context.selected_objects:
             ob.select_set(False)
         empty.select_set(True)
@@ -111,7 +111,7 @@ class SPLAT_OT_preview_fill(_SplatOperator, bpy.types.Operator):
     def execute(self, context):
         obj = splat_object(context)
         try:
-            count, centres, note = scene_to_job.estimate_fill(obj)
+            count, centres, note = readouts.estimate_fill(obj)
         except SetupError as exc:
             return _fail(self, obj, exc)
         obj.splat_physics.fill_preview_count, obj.splat_physics.fill_preview_note = count, note
@@ -157,18 +157,20 @@ class SPLAT_OT_override_materials(_SplatOperator, bpy.types.Operator):
     bl_label = "Override Materials"
     bl_options = {"REGISTER", "UNDO"}
 
-    youngs_modulus: FloatProperty(name="Stiffness (Pa)", default=protocol.DEFAULT_E, min=1.0, max=1.0e12,
+    youngs_modulus: FloatProperty(name="Stiffness (Pa)", default=protocol.DEFAULT_E, min=materials.E_RANGE[0],
+                                  max=materials.E_RANGE[1],
                                   description="Young's modulus in Pa (for scripts; the dialog shows it with a unit)",
                                   options={"HIDDEN"})
     stiffness: FloatProperty(
         name="Stiffness (E)", min=0.0, soft_min=0.001, precision=3,
         get=lambda self: self.youngs_modulus / materials.PRESSURE_UNITS[self.stiffness_unit],
-        set=lambda self, v: setattr(self, "youngs_modulus",
-                                    min(max(v * materials.PRESSURE_UNITS[self.stiffness_unit], 1.0), 1.0e12)),
+        set=lambda self, v: setattr(self, "youngs_modulus", materials.pa_from(v, self.stiffness_unit)),
         description="Young's modulus in the unit beside it")
     stiffness_unit: EnumProperty(name="Unit", items=[(u, u, "") for u in materials.PRESSURE_UNITS], default="kPa")
-    poisson_ratio: FloatProperty(name="Poisson ratio", default=protocol.DEFAULT_NU, min=-0.99, max=0.49)
-    density: FloatProperty(name="Density (kg/m³)", default=protocol.DEFAULT_RHO, min=1e-3, max=1e5, description="kg/m³")
+    poisson_ratio: FloatProperty(name="Poisson ratio", default=protocol.DEFAULT_NU, min=materials.NU_RANGE[0],
+                                 max=materials.NU_RANGE[1])
+    density: FloatProperty(name="Density (kg/m³)", default=protocol.DEFAULT_RHO, min=materials.RHO_RANGE[0],
+                           max=materials.RHO_RANGE[1], description="kg/m³")
     lock: BoolProperty(name="Lock for estimation", default=True)
 
     def invoke(self, context, event):
@@ -191,7 +193,7 @@ class SPLAT_OT_override_materials(_SplatOperator, bpy.types.Operator):
             mask = materials.selected_points(obj)
             if not mask.any():
                 mask = np.ones(materials.point_count(obj), dtype=bool)
-            count = materials.override_materials(obj, mask, scene_to_job.material_defaults(obj),
+            count = materials.override_materials(obj, mask, points.material_defaults(obj),
                                                  self.youngs_modulus, self.poisson_ratio, self.density, self.lock)
         except materials.MaterialsError as exc:
             return _fail(self, obj, exc)
@@ -280,7 +282,7 @@ class SPLAT_OT_write_farm_jobs(bpy.types.Operator):
             workflow.set_status(obj, "INFO", message)
         if result.skipped:
             self.report({"WARNING"}, "Not written: " + "; ".join(result.skipped))
-        if not scene_to_job.blend_saved():
+        if not job_folder.blend_saved():
             self.report({"WARNING"}, "The .blend is not saved, so the jobs are in a temporary folder; "
                                      "save it on shared storage before writing jobs for a farm")
         self.report({"INFO"}, message + ". " + farm.SHARED_STORAGE_NOTE)

@@ -4,7 +4,8 @@ import bpy
 
 from ..backend import budget
 from ..backend.client import registry
-from ..core import interactions, materials, scene_to_job, workflow
+from ..core import estimate_setup, interactions, materials, workflow
+from ..core.errors import SetupError
 from ..core.ui import draw_stiffness, splat_object
 
 _LEVEL_ICONS = {"INFO": "INFO", "WARNING": "ERROR", "ERROR": "CANCEL"}
@@ -275,7 +276,7 @@ class SPLAT_PT_estimate(_Converted, bpy.types.Panel):
         layout.use_property_split = True
         obj = splat_object(context)
         s = obj.splat_physics
-        where, why, best = scene_to_job.device_guidance()
+        where, why, best = estimate_setup.device_guidance()
         box = layout.box().column(align=True)
         box.label(text=where, icon="MEMORY")
         _wrapped(box, why, icon="BLANK1")
@@ -317,8 +318,8 @@ def draw_estimate_size(layout, context, obj) -> None:
     col.prop(s, "estimate_resolution", text="Resolution (0 = auto)")
     col.prop(s, "estimate_max_particles", text="Max particles (0 = auto)")
     try:
-        proj, n, width, height = scene_to_job.panel_projection(context, obj)
-    except (scene_to_job.SetupError, ValueError, KeyError, ZeroDivisionError):
+        proj, n, width, height = estimate_setup.panel_projection(context, obj)
+    except (SetupError, ValueError, KeyError, ZeroDivisionError):
         return
     col.label(text=f"{width}×{height} px, {n:,} particles: {proj.text()}", icon="TIME")
     free = budget.available_memory_mb()

@@ -240,7 +240,7 @@ def run_job(kind: str, start, timeout: float = 3600):
     if result is None or not result.ok:
         raise SystemExit(f"The {kind} failed: {message}")
     print(f"   {message}")
-    return workflow.scene_to_job.job_dir_for(obj, kind)
+    return workflow.job_folder.job_dir_for(obj, kind)
 
 
 def bpy_module():

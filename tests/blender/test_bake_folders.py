@@ -65,7 +65,7 @@ def test_a_folder_holding_the_artists_files_is_refused_and_left_untouched(mods, 
 
 def test_simulate_and_bake_refuses_the_artists_folder_before_running(mods, project, tmp_path):
     splats, bake, _look, _ply = mods
-    s2j = importlib.import_module(bake.__name__.rsplit(".", 1)[0] + ".scene_to_job")
+    job_folder = importlib.import_module(bake.__name__.rsplit(".", 1)[0] + ".job_folder")
     obj, _p0 = tb.make_splat_object(mods, tmp_path)
     bpy.context.view_layer.objects.active = obj
     bpy.ops.splat.convert_to_particles()
@@ -77,7 +77,7 @@ def test_simulate_and_bake_refuses_the_artists_folder_before_running(mods, proje
         bpy.ops.splat.simulate_bake()
     assert obj.splat_physics.last_level == "ERROR" and str(chosen) in obj.splat_physics.last_message
     assert tree_digest(project, skip=("scene.blend",)) == before  # no job folder, no cache, the files as they were
-    assert not s2j.job_dir_for(obj, "simulate").exists()
+    assert not job_folder.job_dir_for(obj, "simulate").exists()
 
 
 @pytest.mark.parametrize("target", DISK_TARGETS)

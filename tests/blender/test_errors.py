@@ -68,7 +68,7 @@ def test_an_object_without_points_is_refused_and_nothing_is_added(addon, clean_s
     assert obj.splat_physics.last_level == "ERROR" and "no points" in obj.splat_physics.last_message
     assert not obj.splat_physics.enabled and obj.splat_physics.domain is None
     for command in ("simulate", "estimate"):
-        assert not s2j.job_dir_for(obj, command).exists()
+        assert not _mod(addon, "core.job_folder").job_dir_for(obj, command).exists()
 
 
 @pytest.mark.parametrize("op", OPS)
@@ -91,13 +91,13 @@ def test_no_backend_configured_says_how_to_set_one_up(addon, clean_scene, prefs,
     prefs.backend_python = ""
     with pytest.raises(RuntimeError, match="No backend is set up.*Install Backend"):
         getattr(bpy.ops.splat, op)()
-    assert not s2j.job_dir_for(obj, "simulate").exists() and not s2j.job_dir_for(obj, "estimate").exists()
+    assert not _mod(addon, "core.job_folder").job_dir_for(obj, "simulate").exists() and not _mod(addon, "core.job_folder").job_dir_for(obj, "estimate").exists()
 
 
 @pytest.mark.parametrize("prior, camera, expected", [
     ("svd", False, "needs an active camera"),
     ("modelscope", True, "needs a prompt describing the motion"),
-    ("reference", True, "needs a reference video; choose one in the panel"),
+    ("reference", True, "reference_video is needed by the reference prior"),
 ])
 def test_estimate_inputs_the_prior_needs_are_asked_for(addon, clean_scene, prior, camera, expected):
     s2j = _mod(addon, "core.scene_to_job")
@@ -110,7 +110,7 @@ def test_estimate_inputs_the_prior_needs_are_asked_for(addon, clean_scene, prior
     obj.splat_physics.prior = prior
     with pytest.raises(RuntimeError, match=expected):
         bpy.ops.splat.estimate_materials()
-    assert not s2j.job_dir_for(obj, "estimate").exists()
+    assert not _mod(addon, "core.job_folder").job_dir_for(obj, "estimate").exists()
 
 
 def test_a_missing_interpreter_is_reported_and_materials_stay(addon, clean_scene, prefs):
@@ -136,7 +136,7 @@ def test_an_unsaved_blend_cannot_hold_a_relative_cache(addon, clean_scene):
     obj.splat_physics.bake_target = "gn_cache"
     with pytest.raises(RuntimeError, match=r"Save the \.blend file first"):
         bpy.ops.splat.simulate_bake()
-    assert not s2j.job_dir_for(obj, "simulate").exists()
+    assert not _mod(addon, "core.job_folder").job_dir_for(obj, "simulate").exists()
 
 
 def _small_sim(obj, scene):
@@ -215,7 +215,7 @@ def test_a_diverged_simulation_says_what_to_change_and_keeps_the_bake(addon, cle
     keys = [k.name for k in obj.data.shape_keys.key_blocks]
 
     # Blow up the solver state the next run resumes from (deformation gradients of 1e30), then extend the range.
-    ckpt = s2j.job_dir_for(obj, "simulate") / "out" / protocol.SIM_CHECKPOINT_FILE
+    ckpt = _mod(addon, "core.job_folder").job_dir_for(obj, "simulate") / "out" / protocol.SIM_CHECKPOINT_FILE
     state = protocol.load_npz(ckpt)
     state["F"][:] = 1e30
     protocol.atomic_save_npz(ckpt, **state)

@@ -59,7 +59,7 @@ def test_write_jobs_for_a_farm_writes_a_folder_per_object_and_a_runnable_command
     listed = protocol.read_manifest(manifest)
     assert [label for _, label in listed] == ["Leaf: a/b*c", "Rock"]
     for (folder, label), obj in zip(listed, (odd, rock)):
-        assert folder == s2j.job_dir_for(obj, "simulate").resolve()
+        assert folder == _mod(addon, "core.job_folder").job_dir_for(obj, "simulate").resolve()
         assert folder.parent.parent == manifest.parent  # one folder per object, safe names, beside the manifest
         assert not any(c in folder.parent.name for c in '/*:')
         job = protocol.read_job(folder)

@@ -72,13 +72,13 @@ def test_estimate_job_from_a_default_hd_scene_is_capped_for_the_cpu(addon, hd_sc
     assert (s.estimate_resolution, s.estimate_max_particles) == (0, 0)  # automatic
 
     job, arrays = s2j.build_job(bpy.context, hd_scene, "preview")
-    folder = s2j.write_job_folder(tmp_path / "job", job, arrays)
+    folder = _mod(addon, "core.job_folder").write_job_folder(tmp_path / "job", job, arrays)
     est = protocol.read_job(folder).estimate
     cpu = budget.DEVICE_DEFAULTS["cpu"]
     assert (est["camera"]["width"], est["camera"]["height"]) == (256, 144) == budget.capped_size(1920, 1080, 256)
     assert est["max_particles"] == cpu.max_particles == 3000
     # Same framing, fewer pixels: the intrinsics scale with the image.
-    full = s2j.camera_settings(bpy.context.scene)
+    full = _mod(addon, "core.job_camera").camera_settings(bpy.context.scene)
     k = np.array(est["camera"]["K"])[:2, :2].diagonal() / np.array(full["K"])[:2, :2].diagonal()
     assert k[0] == pytest.approx(256 / 1920, rel=1e-3) and k[1] == pytest.approx(144 / 1080, rel=1e-3)
     assert np.allclose(est["camera"]["viewmat"], full["viewmat"])
@@ -98,14 +98,14 @@ def test_an_estimate_that_cannot_fit_is_refused_with_the_fix(addon, hd_scene, tm
     video.write_bytes(b"not read: the refusal comes first")
     limit = 2500.0
     job, _ = s2j.build_job(bpy.context, hd_scene, "estimate", reference_video=str(video), memory_limit_mb=limit)
-    proj = s2j.estimate_projection(bpy.context, hd_scene, job["estimate"], job["simulation"])
+    proj = _mod(addon, "core.estimate_setup").estimate_projection(bpy.context, hd_scene, job["estimate"], job["simulation"])
     assert proj.memory_mb * budget.SAFETY > limit
 
-    with pytest.raises(s2j.SetupError) as err:
+    with pytest.raises(_mod(addon, "core.errors").SetupError) as err:
         workflow.start_estimate(bpy.context, hd_scene, reference_video=str(video), memory_limit_mb=limit)
     message = str(err.value)
     assert "run out of memory" in message and "(Estimate Materials panel)" in message
-    assert not s2j.job_dir_for(hd_scene, "estimate").exists()  # nothing written, nothing started
+    assert not _mod(addon, "core.job_folder").job_dir_for(hd_scene, "estimate").exists()  # nothing written, nothing started
 
     # Each suggested change fits on its own, with everything else unchanged.
     assert "Resolution to " in message or "Max particles to " in message
@@ -114,7 +114,7 @@ def test_an_estimate_that_cannot_fit_is_refused_with_the_fix(addon, hd_scene, tm
     else:
         s.estimate_max_particles = int(message.split("Max particles to ")[1].split(" or")[0].replace(",", ""))
     job, _ = s2j.build_job(bpy.context, hd_scene, "estimate", reference_video=str(video), memory_limit_mb=limit)
-    assert s2j.check_estimate_fits(bpy.context, hd_scene, job["estimate"], job["simulation"]).memory_mb > 0
+    assert _mod(addon, "core.estimate_setup").check_estimate_fits(bpy.context, hd_scene, job["estimate"], job["simulation"]).memory_mb > 0
 
 
 def test_panel_shows_device_guidance_and_the_projection(addon, hd_scene):
@@ -130,7 +130,7 @@ def test_new_helpers_are_sized_and_placed_from_the_object(addon, clean_scene, pr
     s2j = _mod(addon, "core.scene_to_job")
     obj = _object("Thing", _shell(4000, size, seed=1) + [3 * size, 0.0, 0.0])
     bpy.ops.splat.convert_to_particles()
-    pts = s2j.world_positions(obj)
+    pts = _mod(addon, "core.points").world_positions(obj)
     lo, hi = pts.min(0), pts.max(0)
 
     bpy.ops.splat.add_interaction(role="ANCHOR")
@@ -161,7 +161,7 @@ def test_new_helpers_are_sized_and_placed_from_the_object(addon, clean_scene, pr
     bpy.ops.splat.add_interaction(role="WIND")
     wind = bpy.context.active_object
     assert wind.empty_display_size == pytest.approx(0.5 * extent, rel=1e-5)
-    domain = np.array(s2j.domain_bounds(obj))
+    domain = np.array(_mod(addon, "core.domain").domain_bounds(obj))
     assert np.max(domain[1] - domain[0]) == pytest.approx(1.5 * extent, rel=1e-4)
     assert anchor.splat_role.target == obj
 
@@ -246,7 +246,7 @@ def test_a_blend_relative_reference_video_is_accepted(addon, hd_scene, tmp_path)
         warnings.simplefilter("error")  # Blender warns (and may drop it) when a path property refuses '//'
         s.reference_video = "//clips/ref.mp4"
     assert s.reference_video == "//clips/ref.mp4"
-    with pytest.raises(s2j.SetupError, match="not saved"):
+    with pytest.raises(_mod(addon, "core.errors").SetupError, match="not saved"):
         s2j.build_job(bpy.context, hd_scene, "estimate")
     (tmp_path / "clips").mkdir()
     (tmp_path / "clips" / "ref.mp4").write_bytes(b"x")
@@ -313,16 +313,16 @@ def test_a_gpu_found_by_check_backend_changes_the_guidance_and_the_defaults(addo
     try:
         ops.remember_device(prefs, {"device": {"cuda": True, "gpu": "NVIDIA H200", "gpu_memory_gb": 139.8},
                                     "models": [{"kind": "svd", "ok": True}, {"kind": "modelscope", "ok": False}]})
-        where, why, best = s2j.device_guidance()
+        where, why, best = _mod(addon, "core.estimate_setup").device_guidance()
         assert where == "Device: NVIDIA H200, 139.8 GB" and best == "svd" and "SVD" in why
         hd_scene.splat_physics.prior = "svd"
-        assert s2j.estimation_size(hd_scene) == (1024, 100_000)  # SVD-xt's native long side on the GPU
+        assert _mod(addon, "core.estimate_setup").estimation_size(hd_scene) == (1024, 100_000)  # SVD-xt's native long side on the GPU
         ops.remember_device(prefs, {"device": {"cuda": False}, "models": []})
-        where, why, best = s2j.device_guidance()
+        where, why, best = _mod(addon, "core.estimate_setup").device_guidance()
         assert where == "Device: CPU (no GPU found)" and best == "reference"
-        assert s2j.estimation_size(hd_scene) == (256, 3000)
+        assert _mod(addon, "core.estimate_setup").estimation_size(hd_scene) == (256, 3000)
         prefs.device = "cuda"  # an explicit choice wins over what was found
-        assert s2j.estimation_device() == "cuda"
+        assert _mod(addon, "core.estimate_setup").estimation_device() == "cuda"
     finally:
         prefs.found_gpu, prefs.found_models = saved
 

@@ -105,7 +105,7 @@ def test_write_job_for_nasty_names_stays_inside_splat_jobs(addon, project):
     for name in ("..", "a/../../b", "CON", "Tulpe 🌷"):
         obj = _cube_object(name)
         assert bpy.ops.splat.write_job(command="simulate") == {"FINISHED"}
-        job_dir = s2j.job_dir_for(obj, "simulate")
+        job_dir = _mod(addon, "core.job_folder").job_dir_for(obj, "simulate")
         assert job_dir.resolve().parent.parent == jobs_root, (name, job_dir)
         assert protocol.read_job(job_dir).label == obj.name
     assert tree_digest(project.parent, skip=("project",)) == around
@@ -113,8 +113,8 @@ def test_write_job_for_nasty_names_stays_inside_splat_jobs(addon, project):
 
 
 # ------------------------------------------------------------------------------------------ backend interpreter
-def _no_job_written(s2j, obj):
-    return not s2j.job_dir_for(obj, "simulate").exists()
+def _no_job_written(job_folder, obj):
+    return not job_folder.job_dir_for(obj, "simulate").exists()
 
 
 @pytest.mark.parametrize("python, words", [
@@ -134,7 +134,7 @@ def test_a_wrong_backend_interpreter_is_named_before_any_job_is_written(addon, c
     with pytest.raises(RuntimeError, match=words):
         bpy.ops.splat.simulate_bake()
     assert obj.splat_physics.last_level == "ERROR" and "internal error" not in obj.splat_physics.last_message.lower()
-    assert _no_job_written(s2j, obj) and obj.data.shape_keys is None
+    assert _no_job_written(_mod(addon, "core.job_folder"), obj) and obj.data.shape_keys is None
     with pytest.raises(RuntimeError, match=words):  # Check Backend says the same, in the preferences too
         bpy.ops.splat.check_backend()
     assert re.search(words, prefs.doctor_report)
@@ -152,7 +152,7 @@ def test_a_python_without_the_backend_packages_says_which_are_missing(addon, cle
     with pytest.raises(RuntimeError, match=re.escape(f"The backend Python at '{bare}' has no numpy, torch, warp-lang. "
                                                      "Click Install Backend")):
         bpy.ops.splat.simulate_bake()
-    assert _no_job_written(s2j, obj)
+    assert _no_job_written(_mod(addon, "core.job_folder"), obj)
     with pytest.raises(RuntimeError, match=r"has no numpy\. Click Install Backend"):
         bpy.ops.splat.check_backend()
 
@@ -183,7 +183,7 @@ def test_a_read_only_bake_folder_is_refused_before_the_run(addon, project, prefs
             bpy.ops.splat.simulate_bake()
         with pytest.raises(bake.BakeError, match="is read-only"):
             bake.bake(obj, [(1, {"positions": np.zeros((64, 3))})], "pc2", str(locked / "cache"))
-    assert tree_digest(tmp_path, skip=("project",)) == before and _no_job_written(s2j, obj)
+    assert tree_digest(tmp_path, skip=("project",)) == before and _no_job_written(_mod(addon, "core.job_folder"), obj)
 
 
 def test_free_bake_in_a_read_only_folder_says_so_and_keeps_the_bake(addon, project, tmp_path):
@@ -276,5 +276,5 @@ def test_bad_splat_values_and_sh_names_are_refused_with_the_scene_unchanged(addo
 def test_unsaved_job_folders_stay_in_the_temp_folder(addon, clean_scene, tmp_path):
     s2j = _mod(addon, "core.scene_to_job")
     obj = _cube_object("..")
-    job = s2j.job_dir_for(obj, "estimate")
+    job = _mod(addon, "core.job_folder").job_dir_for(obj, "estimate")
     assert job.resolve().is_relative_to((tmp_path / "splat_jobs").resolve()) and job.parent.name != ".."

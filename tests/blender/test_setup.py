@@ -52,7 +52,7 @@ def test_convert_adds_a_domain_box_around_the_object_and_readouts(addon, blob):
     s = blob.splat_physics
     assert s.enabled and s.domain is not None and s.domain.empty_display_type == "CUBE"
     assert s.domain.parent == blob
-    lo, hi = (np.array(v) for v in s2j.domain_bounds(blob))
+    lo, hi = (np.array(v) for v in _mod(addon, "core.domain").domain_bounds(blob))
     pts = _world(blob)
     assert np.all(pts >= lo) and np.all(pts <= hi)
 
@@ -67,7 +67,7 @@ def test_convert_adds_a_domain_box_around_the_object_and_readouts(addon, blob):
     s.domain.scale *= 2.0
     blob.location.x += 1.0
     bpy.context.view_layer.update()
-    lo2, hi2 = (np.array(v) for v in s2j.domain_bounds(blob))
+    lo2, hi2 = (np.array(v) for v in _mod(addon, "core.domain").domain_bounds(blob))
     assert np.allclose(hi2 - lo2, 2 * (hi - lo), rtol=1e-5)
     assert np.allclose((lo2 + hi2) / 2, (lo + hi) / 2 + [1.0, 0, 0], atol=1e-5)
 
@@ -100,7 +100,7 @@ def test_anchor_box_and_poke_become_the_jobs_mask_and_window(addon, blob, tmp_pa
     poke.splat_role.start_frame, poke.splat_role.end_frame = 8, 20
 
     job, arrays = s2j.build_job(bpy.context, blob, "simulate")
-    folder = s2j.write_job_folder(tmp_path / "job é", job, arrays)
+    folder = _mod(addon, "core.job_folder").write_job_folder(tmp_path / "job é", job, arrays)
     read = protocol.read_job(folder)
     scene_arrays = protocol.load_npz(read.scene_path)
     assert protocol.validate_scene(scene_arrays) == len(blob.data.vertices)
@@ -122,7 +122,7 @@ def test_anchor_box_and_poke_become_the_jobs_mask_and_window(addon, blob, tmp_pa
     assert sim["gravity"] == pytest.approx([0.0, 0.0, -5.0])
     assert sim["ground"] == {"height": pytest.approx(0.05), "kind": "frictional", "friction": pytest.approx(0.5)}
     assert sim["material_model"] == "neo_hookean"
-    assert sim["domain_min"] == pytest.approx(s2j.domain_bounds(blob)[0])
+    assert sim["domain_min"] == pytest.approx(_mod(addon, "core.domain").domain_bounds(blob)[0])
     (p,) = sim["pokes"]
     assert p["start"] == pytest.approx((8 - 5) / fps) and p["end"] == pytest.approx((20 - 5) / fps)
     assert p["direction"] == pytest.approx([0.0, -1.0, 0.0], abs=1e-6)
@@ -165,7 +165,7 @@ def test_mesh_anchor_wind_collider_and_locks(addon, blob):
     mats = _mod(addon, "core.materials")
     mask = np.zeros(len(blob.data.vertices), bool)
     mask[:10] = True
-    mats.override_materials(blob, mask, s2j.material_defaults(blob), youngs_modulus=5e6)
+    mats.override_materials(blob, mask, _mod(addon, "core.points").material_defaults(blob), youngs_modulus=5e6)
     group = blob.vertex_groups.new(name=mats.LOCK_GROUP)
     group.add([20, 21, 22], 1.0, "REPLACE")
     group.add([23], 0.2, "REPLACE")
@@ -219,13 +219,13 @@ def test_fill_preview_is_the_backends_fill(addon, clean_scene, tmp_path):
     s = obj.splat_physics
     assert s.fill_mode == "AUTO"  # hollow captures are filled by default
     s.n_grid = 16
-    count, centres, note = s2j.estimate_fill(obj)
+    count, centres, note = _mod(addon, "core.readouts").estimate_fill(obj)
     assert count > 0 and s.fill_preview_count == count and "Filled" in s.fill_preview_note
     assert np.all(np.linalg.norm(centres - np.array([3.0, -2.0, 1.0]), axis=1) < 0.5)  # all inside the shell
     # The backend, given the job the add-on writes, adds exactly the previewed particles.
     job, arrays = s2j.build_job(bpy.context, obj, "simulate")
     assert job["simulation"]["fill"]["enabled"] == "auto"
-    backend_count = _backend_fill_count(s2j.write_job_folder(tmp_path / "job", job, arrays))
+    backend_count = _backend_fill_count(_mod(addon, "core.job_folder").write_job_folder(tmp_path / "job", job, arrays))
     print(f'{{"figure": "fill of a hollow shell", "panel_preview": {count}, "backend": {backend_count}}}')
     assert backend_count == count
 
@@ -248,7 +248,7 @@ def test_fill_preview_is_the_backends_fill(addon, clean_scene, tmp_path):
     assert bowl.splat_physics.fill_preview_count > 0
     flat = _points_object("Sheet", np.c_[rng.uniform(-0.5, 0.5, (2000, 2)), np.zeros(2000)])
     bpy.ops.splat.convert_to_particles()
-    assert s2j.estimate_fill(flat)[0] == 0
+    assert _mod(addon, "core.readouts").estimate_fill(flat)[0] == 0
 
 
 def test_estimate_job_has_the_scene_camera_in_opencv_form(addon, blob, tmp_path):
@@ -272,7 +272,7 @@ def test_estimate_job_has_the_scene_camera_in_opencv_form(addon, blob, tmp_path)
 
     job, arrays = s2j.build_job(bpy.context, blob, "estimate", prior="reference", reference_video=str(video),
                                 iterations=3)
-    folder = s2j.write_job_folder(tmp_path / "est", job, arrays)
+    folder = _mod(addon, "core.job_folder").write_job_folder(tmp_path / "est", job, arrays)
     est = protocol.read_job(folder).estimate
     assert est["prior"] == "reference" and est["iterations"] == 3
     # the panel's stop and learn switches reach the job with the job's own defaults
@@ -296,14 +296,14 @@ def test_resaving_an_unchanged_scene_keeps_the_file_for_resume(addon, blob, tmp_
     s2j = _mod(addon, "core.scene_to_job")
     bpy.ops.splat.convert_to_particles()
     job, arrays = s2j.build_job(bpy.context, blob, "simulate")
-    folder = s2j.write_job_folder(tmp_path / "j", job, arrays)
+    folder = _mod(addon, "core.job_folder").write_job_folder(tmp_path / "j", job, arrays)
     before = (folder / protocol.SCENE_FILE).read_bytes()
     job, arrays = s2j.build_job(bpy.context, blob, "simulate")
-    s2j.write_job_folder(folder, job, arrays)
+    _mod(addon, "core.job_folder").write_job_folder(folder, job, arrays)
     assert (folder / protocol.SCENE_FILE).read_bytes() == before
     blob.splat_physics.youngs_modulus *= 2
     job, arrays = s2j.build_job(bpy.context, blob, "simulate")
-    s2j.write_job_folder(folder, job, arrays)
+    _mod(addon, "core.job_folder").write_job_folder(folder, job, arrays)
     assert protocol.load_npz(folder / protocol.SCENE_FILE)["youngs_modulus"][0] == np.float32(2e5)
 
 
@@ -327,7 +327,7 @@ def test_override_selected_points_and_write_a_job_for_a_farm(addon, blob, tmp_pa
     attr = blob.data.attributes.new("material_id", "INT", "POINT")
     attr.data.foreach_set("value", ids)
     assert bpy.ops.splat.write_job(command="simulate") == {"FINISHED"}
-    folder = s2j.job_dir_for(blob, "simulate")
+    folder = _mod(addon, "core.job_folder").job_dir_for(blob, "simulate")
     assert folder.is_relative_to(tmp_path)
     arrays = protocol.load_npz(protocol.read_job(folder).scene_path)
     assert np.array_equal(arrays["material_id"], ids)

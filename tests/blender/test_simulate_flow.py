@@ -62,7 +62,7 @@ def test_simulate_bake_resume_retarget_fail_and_free(addon, saved_scene, tmp_pat
     assert bpy.ops.splat.simulate_bake() == {"FINISHED"}  # background mode: waits for the run
     s = obj.splat_physics
     assert s.last_level == "INFO" and s.last_message.startswith("Baked 3 frames to //splat_cache/"), s.last_message
-    job_dir = s2j.job_dir_for(obj, "simulate")
+    job_dir = _mod(addon, "core.job_folder").job_dir_for(obj, "simulate")
     assert job_dir == tmp_path / "splat_jobs" / "Jelly" / "simulate"
     record = bake.bake_record(obj)
     assert record["target"] == "gn_cache" and record["path"].startswith("//splat_cache/")
