@@ -1,13 +1,14 @@
 """The estimate section of a job and what it will cost: device, resolution, particles, the prior's inputs.
 
-The projection and the refusal of a run that will not fit use backend/budget.py, the backend's own model.
+The projection and the refusal of a run that will not fit use backend/estimation/budget.py, the backend's own model.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..backend import budget, protocol
+from ..backend import protocol
+from ..backend.estimation import budget
 from ..preferences import get_prefs
 from . import interactions, materials
 from .domain import DOMAIN_MARGIN, domain_bounds, grid_box
@@ -101,7 +102,7 @@ def substeps_per_frame(obj, sim: dict) -> int:
 
 
 def estimate_projection(context, obj, est: dict, sim: dict, spf: int | None = None) -> budget.Projection:
-    """Memory and time of one estimation iteration for this object and these settings (backend.budget)."""
+    """Memory and time of one estimation iteration for this object and these settings (backend.estimation.budget)."""
     n_points = materials.point_count(obj)
     n = min(n_points, est["max_particles"]) if est["max_particles"] else n_points
     s = obj.splat_physics

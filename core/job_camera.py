@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 
-from ..backend import budget
+from ..backend.estimation import budget
 from ..backend.render.camera import CameraError, camera_from_blender
 from .errors import SetupError
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..backend import fill
+from ..backend.geometry import fill
 from . import props
 from .domain import grid_box
 from .errors import SetupError
@@ -40,7 +40,7 @@ def fill_settings(settings) -> dict:
 def estimate_fill(obj, positions=None) -> tuple[int, np.ndarray, str]:
     """How many particles the backend's interior fill will add, their world positions and a sentence on why.
 
-    It runs the backend's own fill (backend/fill.py) on the arrays scene.npz will hold, so the count
+    It runs the backend's own fill (backend/geometry/fill.py) on the arrays scene.npz will hold, so the count
     is the backend's count, not an estimate of it.
     """
     s = obj.splat_physics

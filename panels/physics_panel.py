@@ -2,7 +2,7 @@
 
 import bpy
 
-from ..backend import budget
+from ..backend.estimation import budget
 from ..backend.client import registry
 from ..core import estimate_setup, interactions, materials, workflow
 from ..core.errors import SetupError
