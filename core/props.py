@@ -9,7 +9,7 @@ from bpy.props import (BoolProperty, EnumProperty, FloatProperty, FloatVectorPro
                        PointerProperty, StringProperty)
 
 from ..backend import protocol
-from . import materials
+from . import materials, readouts
 
 _MODEL_ITEMS = [
     ("fixed_corotated", "Elastic (fixed corotated)", "Elastic solid; the usual choice for plants and soft objects"),
@@ -63,22 +63,11 @@ _BAKE_ITEMS = [
 assert tuple(k for k, *_ in _BAKE_ITEMS) == protocol.BAKE_TARGETS
 
 
-# The panel's fill modes and the job's simulation.fill.enabled values (protocol.FILL_MODES).
-FILL_MODE_ITEMS = [
-    ("AUTO", "Auto", "Fill the interior when the object is a closed (or nearly closed) shell"),
-    ("ON", "On", "Always fill whatever the surface encloses, even an open one"),
-    ("OFF", "Off", "Never fill: simulate the splats as they are"),
-]
-FILL_MODE_TO_JOB = {"AUTO": protocol.FILL_AUTO, "ON": True, "OFF": False}
-
 # '//' paths are resolved at use time and kept pointing at the same place on Save As (core/bake/relocate.py).
 _BLEND_RELATIVE = {"PATH_SUPPORTS_BLEND_RELATIVE"}
 
 
 def _refresh_readout(self, context):
-    # Imported here, not at the top: readouts imports this module (its fill modes).
-    from . import readouts
-
     obj = self.id_data
     if isinstance(obj, bpy.types.Object):
         readouts.update_readouts(obj)
@@ -131,7 +120,7 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     occupied_cells: IntProperty(name="Occupied cells", default=0)
 
     fill_mode: EnumProperty(
-        name="Fill interior", items=FILL_MODE_ITEMS, default="AUTO", update=_refresh_readout,
+        name="Fill interior", items=readouts.FILL_MODE_ITEMS, default="AUTO", update=_refresh_readout,
         description="Add particles inside closed shells so a hollow splat surface behaves like a solid",
     )
     fill_max_particles: IntProperty(name="Max fill particles", default=200000, min=0, max=10_000_000)

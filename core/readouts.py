@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import protocol
 from ..backend.geometry import fill
-from . import props
 from .domain import grid_box
 from .errors import SetupError
 from .points import splat_scene_arrays, world_positions
@@ -14,6 +14,13 @@ from .points import splat_scene_arrays, world_positions
 # change: it takes seconds for tens of thousands of splats at the default grid (about 6 s for 45k), too slow
 # to run on every slider step.
 FILL_READOUT_MAX_POINTS = 20_000
+# The panel's fill modes and the job's simulation.fill.enabled values (protocol.FILL_MODES).
+FILL_MODE_ITEMS = [
+    ("AUTO", "Auto", "Fill the interior when the object is a closed (or nearly closed) shell"),
+    ("ON", "On", "Always fill whatever the surface encloses, even an open one"),
+    ("OFF", "Off", "Never fill: simulate the splats as they are"),
+]
+FILL_MODE_TO_JOB = {"AUTO": protocol.FILL_AUTO, "ON": True, "OFF": False}
 
 
 def cell_indices(positions, lo, hi, resolution: int) -> tuple[np.ndarray, np.ndarray, float]:
@@ -33,7 +40,7 @@ def occupied_cells(positions, lo, hi, resolution: int) -> int:
 
 def fill_settings(settings) -> dict:
     """The job's simulation.fill section from the panel's settings."""
-    return {"enabled": props.FILL_MODE_TO_JOB[settings.fill_mode], "max_particles": int(settings.fill_max_particles),
+    return {"enabled": FILL_MODE_TO_JOB[settings.fill_mode], "max_particles": int(settings.fill_max_particles),
             "resolution": int(settings.fill_resolution)}
 
 

@@ -70,3 +70,53 @@ def test_backend_uses_relative_imports_for_its_own_modules():
             if name == "backend":
                 offenders.append(f"{f.relative_to(REPO)}:{line}")
     assert not offenders, "use relative imports inside backend/:\n" + "\n".join(offenders)
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _relative_import_graph(files) -> dict:
+    """Module -> the add-on modules it imports relatively (at any depth: a lazy import is still an edge)."""
+    modules = {_module_name(f): f for f in files}
+    graph = {}
+    for name, f in modules.items():
+        package = (name if f.name == "__init__.py" else name.rpartition(".")[0]).split(".")
+        graph[name] = set()
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                base = ".".join(package[:len(package) - node.level + 1] + ([node.module] if node.module else []))
+                hits = {f"{base}.{a.name}" for a in node.names} & modules.keys()
+                graph[name] |= (hits or {base} & modules.keys()) - {name}
+    return graph
+
+
+def _cycle(graph):
+    """One import cycle as a list of modules, or None."""
+    state = {}
+
+    def visit(node, path):
+        state[node] = "open"
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == "open":
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt, path + [nxt])):
+                return found
+        state[node] = "done"
+        return None
+
+    return next((c for n in sorted(graph) if n not in state and (c := visit(n, [n]))), None)
+
+
+def test_blender_side_imports_form_no_cycle_and_keep_their_layers():
+    """Bake writers, the loop and the registry import one way; panels and operators share core/ui.py, not each
+    other. Lazy imports count too: a cycle hidden inside a function is still a cycle."""
+    files = [*_python_files(BLENDER_SIDE[2:]), REPO / "preferences.py"]
+    graph = _relative_import_graph(files)
+    assert _cycle(graph) is None, f"import cycle: {' -> '.join(_cycle(graph))}"
+    assert _cycle({"a": {"b"}, "b": {"a"}}) == ["a", "b", "a"]  # the check itself finds one
+    for layer, other in (("panels", "operators"), ("operators", "panels")):
+        crossing = [m for m, deps in graph.items() if m.startswith(layer) and any(d.startswith(other) for d in deps)]
+        assert not crossing, f"{layer} import {other}: {crossing}"
+    assert not {d for d in graph["core.bake.common"] if d.startswith("core.bake.")} - {"core.bake.folder"}
