@@ -36,8 +36,8 @@ def load_addon_package(tmp: Path):
     sys.path.insert(0, str(link.parent))
     import importlib
 
-    return (importlib.import_module("splat_physics.core.splat_objects"), importlib.import_module("splat_physics.core.bake"),
-            importlib.import_module("splat_physics.core.look"), importlib.import_module("splat_physics.backend.io.ply"))
+    return tuple(importlib.import_module(f"splat_physics.{name}")
+                 for name in ("core.splat_objects", "core.bake", "core.look", "backend.io.ply"))
 
 
 def synthetic_splats(ply, n: int, seed: int = 0):

@@ -53,6 +53,8 @@ _STOP_ITEMS = [
 ]
 assert tuple(k for k, *_ in _STOP_ITEMS) == protocol.STOP_RULES
 _EST = protocol.ESTIMATE_DEFAULTS
+_SIM = protocol.SIMULATION_DEFAULTS
+_GROUND = protocol.SIMULATION.fields["ground"].fields  # the ground is off by default: its fields hold the defaults
 
 _BAKE_ITEMS = [
     ("gn_cache", "Geometry Nodes cache", "Per-frame point clouds loaded by a Bake node; renders without Python"),
@@ -123,7 +125,8 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
         name="Fill interior", items=readouts.FILL_MODE_ITEMS, default="AUTO", update=_refresh_readout,
         description="Add particles inside closed shells so a hollow splat surface behaves like a solid",
     )
-    fill_max_particles: IntProperty(name="Max fill particles", default=200000, min=0, max=10_000_000)
+    fill_max_particles: IntProperty(name="Max fill particles", default=_SIM["fill"]["max_particles"], min=0,
+                                     max=10_000_000)
     fill_resolution: IntProperty(
         name="Fill resolution", default=0, min=0, max=512, update=_refresh_readout,
         description="Cells along the object's longest side used to find the interior; 0 = twice the grid resolution",
@@ -131,7 +134,7 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     fill_preview_count: IntProperty(name="Fill particles", default=-1, description="-1: not estimated yet")
     fill_preview_note: StringProperty(name="Fill", default="", description="What the fill found, in words")
 
-    material_model: EnumProperty(name="Material", items=_MODEL_ITEMS, default="fixed_corotated")
+    material_model: EnumProperty(name="Material", items=_MODEL_ITEMS, default=_SIM["material_model"])
     youngs_modulus: FloatProperty(
         name="Stiffness (E)", default=protocol.DEFAULT_E, min=materials.E_RANGE[0], max=materials.E_RANGE[1],
         precision=0,
@@ -149,18 +152,19 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
     density: FloatProperty(name="Density (kg/m³)", default=protocol.DEFAULT_RHO, min=materials.RHO_RANGE[0],
                            max=materials.RHO_RANGE[1],
                            description="Mass per volume in kg/m³ (water 1000, wood ~600, steel 7850)")
-    damping: FloatProperty(name="Damping", default=0.0, min=0.0, max=100.0, description="Velocity damping, 1/s")
+    damping: FloatProperty(name="Damping", default=_SIM["damping"], min=0.0, max=100.0,
+                           description="Velocity damping, 1/s")
     substep_dt: FloatProperty(
         name="Substep", default=0.0, min=0.0, max=0.1, precision=5, unit="TIME_ABSOLUTE",
         description="Length of one solver step in seconds; 0 = automatic from the material's wave speed (stable)",
     )
 
     use_ground: BoolProperty(name="Ground", default=False, description="A horizontal ground plane at a height")
-    ground_height: FloatProperty(name="Height", default=0.0, unit="LENGTH")
-    ground_kind: EnumProperty(name="Ground", items=_BOUNDARY_ITEMS, default="frictional")
-    ground_friction: FloatProperty(name="Friction", default=0.5, min=0.0, max=10.0)
-    walls_kind: EnumProperty(name="Walls", items=_BOUNDARY_ITEMS, default="slip")
-    walls_friction: FloatProperty(name="Friction", default=0.3, min=0.0, max=10.0)
+    ground_height: FloatProperty(name="Height", default=_GROUND["height"].default, unit="LENGTH")
+    ground_kind: EnumProperty(name="Ground", items=_BOUNDARY_ITEMS, default=_GROUND["kind"].default)
+    ground_friction: FloatProperty(name="Friction", default=_GROUND["friction"].default, min=0.0, max=10.0)
+    walls_kind: EnumProperty(name="Walls", items=_BOUNDARY_ITEMS, default=_SIM["walls"]["kind"])
+    walls_friction: FloatProperty(name="Friction", default=_SIM["walls"]["friction"], min=0.0, max=10.0)
 
     # Estimate Materials
     prior: EnumProperty(name="Prior", items=_PRIOR_ITEMS, default="svd")
@@ -172,7 +176,7 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
         description="Frames per second of the reference video; 0 = read it from the file (a folder of frames "
                     "needs it). The motion is compared at the video's own frame times, whatever the scene's rate",
     )
-    iterations: IntProperty(name="Iterations", default=30, min=1, max=100000)
+    iterations: IntProperty(name="Iterations", default=_EST["iterations"], min=1, max=100000)
     stop_rule: EnumProperty(name="Stop", items=_STOP_ITEMS, default=_EST["stop_rule"])
     stop_tolerance: FloatProperty(
         name="Tolerance", default=_EST["stop_tolerance"], min=1e-6, max=1.0, subtype="FACTOR",
@@ -194,7 +198,7 @@ class SplatPhysicsSettings(bpy.types.PropertyGroup):
         description="Particles simulated while estimating (an even subsample; the result reaches every point). "
                     "0 = automatic for the device: 3,000 on a CPU, 100,000 on a GPU",
     )
-    field: EnumProperty(name="Field", items=_FIELD_ITEMS, default="kan_triplane")
+    field: EnumProperty(name="Field", items=_FIELD_ITEMS, default=_EST["field"])
     learn_nu: BoolProperty(
         name="Learn Poisson ratio", default=_EST["learn_nu"],
         description="Off: Poisson's ratio stays as set. A video of a sway or wobble hardly shows it (it changes "

@@ -1,8 +1,8 @@
 """Registry of the backend runs the add-on has in flight, one per kind.
 
-No bpy here (standard library only): the modal operator (operators/backend_ops.py) calls ``tick_all()`` from its timer,
-headless code (tests, the demo) calls ``wait()``. Completion callbacks run on the caller's
-thread, so they may touch bpy.
+No bpy here (standard library only): the modal operator (operators/backend_ops.py) calls
+``tick_all()`` from its timer, headless code (tests, the demo) calls ``wait()``. Completion callbacks
+run on the caller's thread, so they may touch bpy.
 """
 
 from __future__ import annotations

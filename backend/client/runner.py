@@ -1,9 +1,10 @@
 """Supervises one backend subprocess: start, stream progress, cancel, report.
 
 Runs in Blender's Python (standard library and the contract only, no bpy), so it is tested headless;
-the modal operator only calls ``tick()`` from a timer. Reader threads turn the child's stdout (JSON-lines events) and stderr (log text) into a
-queue; ``tick()`` drains it on the caller's thread, because bpy must never be touched from another
-thread. stderr is also copied to a log file that error messages point to.
+the modal operator only calls ``tick()`` from a timer. Reader threads turn the child's stdout
+(JSON-lines events) and stderr (log text) into a queue; ``tick()`` drains it on the caller's thread,
+because bpy must never be touched from another thread. stderr is also copied to a log file that error
+messages point to.
 """
 
 from __future__ import annotations
