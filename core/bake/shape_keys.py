@@ -142,7 +142,9 @@ class ShapeKeysWriter(Writer):
 
     def write_frame(self, index, frame, arrays):
         name = _key_name(NEW_PREFIX, frame)
-        kb = self.key.key_blocks.get(name) or self.obj.shape_key_add(name=name, from_mix=False)
+        kb = self.key.key_blocks.get(name)
+        if kb is None:
+            kb = self.obj.shape_key_add(name=name, from_mix=False)
         kb.value = 0.0
         kb.data.foreach_set("co", np.ascontiguousarray(arrays["positions"], np.float32).ravel())
 
