@@ -221,7 +221,7 @@ def choose_prior() -> tuple[str, str]:
 
 def run_job(kind: str, start, timeout: float = 3600):
     """Start a job through core.workflow, print its progress, wait, and fail loudly if it did not succeed."""
-    jobs, workflow = core("jobs"), core("workflow")
+    registry = importlib.import_module(f"{ADDON_MODULE}.backend.client.registry")
     active = start()
     last = [0.0]
 
@@ -234,13 +234,13 @@ def run_job(kind: str, start, timeout: float = 3600):
             print(f"   {event.message}", flush=True)
 
     active.on_event = on_event
-    result = jobs.wait(kind, timeout=timeout)
+    result = registry.wait(kind, timeout=timeout)
     obj = next(o for o in bpy_module().data.objects if o.name == active.label)
     message = obj.splat_physics.last_message
     if result is None or not result.ok:
         raise SystemExit(f"The {kind} failed: {message}")
     print(f"   {message}")
-    return workflow.job_folder.job_dir_for(obj, kind)
+    return core("job_folder").job_dir_for(obj, kind)
 
 
 def bpy_module():
