@@ -135,6 +135,12 @@ DEVICES = ("auto", "cpu", "cuda")
 BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # the Blender side's caches
 FILL_AUTO = "auto"  # fill the interior only when the object is a closed-ish shell (backend/geometry/fill.py)
 FILL_MODES = (FILL_AUTO, True, False)
+# The video models a prior loads when the job names none (Hugging Face hub ids; weights never downloaded for you).
+DEFAULT_MODELS = {"svd": "stabilityai/stable-video-diffusion-img2vid-xt", "modelscope": "ali-vilab/text-to-video-ms-1.7b"}
+# The material of points the scene gives none for (Pa, dimensionless, kg/m^3); also the add-on's property defaults.
+DEFAULT_E = 1.0e5
+DEFAULT_NU = 0.3
+DEFAULT_RHO = 1000.0
 
 
 # ---------------------------------------------------------------------------- array layouts

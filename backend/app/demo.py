@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import protocol
+from ..io.sh import dc_to_rgb
 from ..protocol import ExitCode
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples"
@@ -89,7 +90,7 @@ def render_preview(sim_out: Path, arrays: dict, info: dict, path: Path, quick: b
     from ..render import Camera, render_splats
 
     camera = Camera.from_dict(sample_camera(info, 160 if quick else 320, 90 if quick else 180))
-    colors = torch.as_tensor(np.clip(0.5 + 0.28209479177387814 * arrays["f_dc"], 0, 1))
+    colors = torch.as_tensor(dc_to_rgb(arrays["f_dc"]))
     opacities = torch.sigmoid(torch.as_tensor(arrays["opacity"]))
     frames = []
     for f in protocol.iter_frame_files(sim_out):

@@ -28,6 +28,7 @@ from ..jobctl import CancelToken, Reporter, log
 from .scene import SceneParticles, build_particles
 from ..estimation.sampling import estimation_sampling, sampling_simulation
 from .simulate import rest_state, sim_config
+from ..io.sh import dc_to_rgb
 from ..io.statefile import StateRejected, load_state, save_state
 from ..estimation.supervision import Supervision, check_inputs, first_frame, make_supervision
 
@@ -287,7 +288,7 @@ def prepare_scene(arrays: dict, sim: dict, est: dict, reporter: Reporter, device
     particles = build_particles(arrays, sim, reporter)
     n = particles.n_visible
     f_dc = np.asarray(arrays.get("f_dc", np.zeros((n, 3))), np.float32)
-    colors = np.clip(0.5 + SH_C0 * f_dc, 0.0, 1.0)
+    colors = dc_to_rgb(f_dc)
     opacity = 1.0 / (1.0 + np.exp(-np.asarray(arrays.get("opacity", np.full(n, 3.0)), np.float32)))
     camera = Camera.from_dict(est["camera"])
     n_render = est["frames_per_group"] * est["boost_groups"]
@@ -297,9 +298,6 @@ def prepare_scene(arrays: dict, sim: dict, est: dict, reporter: Reporter, device
     dev = torch.device(device)
     return Scene(particles, torch.as_tensor(colors, device=dev), torch.as_tensor(opacity, device=dev), cameras,
                  torch.zeros(3, device=dev), all_positions, subset)
-
-
-SH_C0 = 0.28209479177387814
 
 
 def orbit_about(camera, pivot: np.ndarray, n: int, degrees: float) -> list:

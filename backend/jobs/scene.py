@@ -16,10 +16,6 @@ from ..geometry.fill import describe_fill, fill_scene
 from ..geometry.shape import splat_shape
 from ..jobctl import Reporter
 
-DEFAULT_E = 1.0e5
-DEFAULT_NU = 0.3
-DEFAULT_RHO = 1000.0
-
 
 @dataclass
 class SceneParticles:
@@ -65,15 +61,15 @@ class SceneParticles:
 def build_particles(scene: dict, sim: dict, reporter: Reporter | None = None) -> SceneParticles:
     pos = np.asarray(scene["positions"], np.float32)
     n = len(pos)
-    model = protocol.MATERIAL_MODELS.index(sim.get("material_model", "fixed_corotated"))
+    model = protocol.MATERIAL_MODELS.index(sim.get("material_model", protocol.SIMULATION_DEFAULTS["material_model"]))
     log_scale, quat = splat_shape(scene, pos)
     from ..mpm import covariance_from_splats
 
     base = SceneParticles(
         positions=pos,
-        E=_per_point(scene, "youngs_modulus", DEFAULT_E, n),
-        nu=_per_point(scene, "poisson_ratio", DEFAULT_NU, n),
-        rho=_per_point(scene, "density", DEFAULT_RHO, n),
+        E=_per_point(scene, "youngs_modulus", protocol.DEFAULT_E, n),
+        nu=_per_point(scene, "poisson_ratio", protocol.DEFAULT_NU, n),
+        rho=_per_point(scene, "density", protocol.DEFAULT_RHO, n),
         material_id=np.asarray(scene.get("material_id", np.full(n, model)), np.int32),
         anchor=np.asarray(scene.get("anchor", np.zeros(n)), bool),
         velocity=np.asarray(scene.get("initial_velocity", np.zeros((n, 3))), np.float32),
