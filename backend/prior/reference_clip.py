@@ -159,7 +159,7 @@ def generate_reference(prior, cond_image: torch.Tensor, num_frames: int, cache_d
     from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
     from PIL import Image
 
-    from .tiny import clip_image_processor_class
+    from .loader import clip_image_processor_class
 
     if getattr(prior, "kind", None) != "svd":
         raise PriorConfigError("reference generation needs the Stable Video Diffusion prior (kind 'svd')")
