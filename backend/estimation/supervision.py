@@ -16,14 +16,10 @@ import torch
 
 from .. import protocol
 from ..jobctl import Reporter
+from .sampling import clip_fps, reference_path
 
 # The job says "sds_t" (the papers' name); backend.prior calls the same loss "sds".
 _LOSS_NAMES = {"mds": "mds", "sds_t": "sds"}
-
-
-def reference_path(est: dict, folder: Path) -> str:
-    p = Path(str(est["reference_video"]))
-    return str(p if p.is_absolute() else folder / p)
 
 
 def render_size(est: dict) -> tuple[int, int]:
@@ -38,8 +34,6 @@ def check_inputs(est: dict, folder: Path, n_render: int) -> None:
     kind = est["prior"]
     if kind in ("reference", "analytic"):
         from ..prior.reference_clip import check_fit, video_info
-
-        from .sampling import clip_fps
 
         path = reference_path(est, folder)
         try:
