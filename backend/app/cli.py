@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p_batch)
 
     args = parser.parse_args(argv)
+    # Each command imports what it needs when it runs: `run` refuses a bad job before torch or warp loads.
     if args.command == "run":
         return cmd_run(Path(args.job_dir), verbose=args.verbose)
     if args.command == "doctor":
@@ -154,6 +155,7 @@ def _on(exc: OSError) -> str:
 
 
 def _dispatch(job: protocol.Job, scene: dict, reporter: Reporter, token: CancelToken) -> dict:
+    # The jobs load the compute stack; only a job that passed validation gets here.
     from ..jobs.device import resolve_device
 
     device = resolve_device(job.device)

@@ -13,7 +13,9 @@ import math
 import os
 import re
 
+import imageio_ffmpeg
 import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .atomic import atomic_path
 
@@ -67,8 +69,6 @@ def write_frames_png(frames, folder: str | os.PathLike, *, prefix: str = "frame_
     shorter rerun never leaves stale frames for a folder reader to pick up. With `fps`, the
     folder's frame rate is written beside the frames (FRAME_RATE_FILE), where video_fps finds it.
     """
-    from PIL import Image
-
     folder = os.fspath(folder)
     frames = _to_uint8(frames, folder)
     os.makedirs(folder, exist_ok=True)
@@ -121,8 +121,6 @@ def write_video(frames, path: str | os.PathLike, fps: float = 24.0, *, quality: 
 
 
 def _write_mp4(frames: np.ndarray, tmp: str, fps: float, quality: float, path: str) -> None:
-    import imageio_ffmpeg
-
     _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -141,8 +139,6 @@ def _write_mp4(frames: np.ndarray, tmp: str, fps: float, quality: float, path: s
 
 
 def _write_gif(frames: np.ndarray, tmp: str, fps: float) -> None:
-    from PIL import Image
-
     images = [Image.fromarray(frame) for frame in frames]
     images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                    duration=max(10, int(round(1000.0 / fps, -1))), loop=0)
@@ -188,8 +184,6 @@ def video_fps(path: str | os.PathLike) -> float | None:
         return None
     if ext == ".gif":
         return _read_gif(path, 1, decode=False)[1]
-    import imageio_ffmpeg
-
     try:
         reader = imageio_ffmpeg.read_frames(path)
         meta = next(reader)
@@ -207,8 +201,6 @@ def video_info(path: str | os.PathLike) -> tuple[int, int, int]:
         files = frame_files(path)
         if not files:
             raise VideoError(f"{path}: folder holds no frame images ({', '.join(IMAGE_EXTS)})")
-        from PIL import Image, UnidentifiedImageError
-
         try:
             with Image.open(files[0]) as im:  # reads the header only
                 width, height = im.size
@@ -218,8 +210,6 @@ def video_info(path: str | os.PathLike) -> tuple[int, int, int]:
     if os.path.splitext(path)[1].lower() == ".gif":  # frame count after undoing merged frames: decode (GIFs are small)
         frames, _ = _read_gif(path, None)
         return frames.shape[0], frames.shape[1], frames.shape[2]
-    import imageio_ffmpeg
-
     try:
         reader = imageio_ffmpeg.read_frames(path)
         meta = next(reader)
@@ -254,8 +244,6 @@ def _folder_fps(folder: str) -> float | None:
 
 
 def _read_images(paths: list[str], where: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     frames = []
     for p in paths:
         try:
@@ -278,8 +266,6 @@ def _read_folder(folder: str, max_frames: int | None) -> np.ndarray:
 
 
 def _read_gif(path: str, max_frames: int | None, decode: bool = True) -> tuple[np.ndarray | None, float | None]:
-    from PIL import Image, ImageSequence, UnidentifiedImageError
-
     frames, durations = [], []
     try:
         with Image.open(path) as im:
@@ -303,8 +289,6 @@ def _read_gif(path: str, max_frames: int | None, decode: bool = True) -> tuple[n
 
 
 def _read_ffmpeg(path: str, max_frames: int | None) -> tuple[np.ndarray, float | None]:
-    import imageio_ffmpeg
-
     reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
     frames = []
     try:

@@ -15,6 +15,8 @@ from .. import protocol
 from ..geometry.fill import describe_fill, fill_scene
 from ..geometry.shape import splat_shape
 from ..jobctl import Reporter
+from ..mpm import covariance_from_splats
+from ..mpm.grid import p_wave_speed
 
 
 @dataclass
@@ -63,8 +65,6 @@ def build_particles(scene: dict, sim: dict, reporter: Reporter | None = None) ->
     n = len(pos)
     model = protocol.MATERIAL_MODELS.index(sim.get("material_model", protocol.SIMULATION_DEFAULTS["material_model"]))
     log_scale, quat = splat_shape(scene, pos)
-    from ..mpm import covariance_from_splats
-
     base = SceneParticles(
         positions=pos,
         E=_per_point(scene, "youngs_modulus", protocol.DEFAULT_E, n),
@@ -95,8 +95,6 @@ MAX_MACH = 10.0  # initial speed / P-wave speed; above 1 is a shock, warned
 
 def check_physical(p: SceneParticles, reporter: Reporter | None) -> None:
     """Refuse (BadJob, exit 2) or warn, with the reason, on unphysical densities, Poisson ratios and speeds."""
-    from ..mpm.grid import p_wave_speed
-
     def refuse(what: str, bad: np.ndarray, why: str) -> None:
         raise protocol.BadJob(f"{int(bad.sum())} of {len(bad)} points have {what}: {why}")
 
