@@ -656,6 +656,18 @@ def check_output_tree(output_dir: Path) -> None:
                              "Remove it (or the whole output folder) and run again")
 
 
+# ---------------------------------------------------------------------------- the stiffness summary
+# How an estimate sums up per-point Young's moduli (progress events, result.json, the batch table, the panel):
+# key -> percentile of E.
+E_PERCENTILES = {"E_p5": 5.0, "E_p50": 50.0, "E_p95": 95.0}
+
+
+def e_percentiles(E) -> dict[str, float]:
+    """The stiffness summary (Pa) of per-point Young's moduli, computed in their own float type."""
+    values = np.percentile(np.asarray(E).ravel(), list(E_PERCENTILES.values()))
+    return {k: float(v) for k, v in zip(E_PERCENTILES, values)}
+
+
 # ---------------------------------------------------------------------------- progress events
 EVENT_KINDS = ("start", "stage", "progress", "warning", "result", "error")
 

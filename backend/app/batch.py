@@ -408,7 +408,7 @@ def _follow(proc: subprocess.Popen, send) -> tuple[int, str, dict, list[str], bo
 def figures(folder: Path, result: dict) -> dict:
     """The table's key figures: frames written for a bake, E percentiles for an estimate."""
     if result.get("command") == "estimate":
-        return {k: result[k] for k in ("E_p5", "E_p50", "E_p95", "iterations", "converged") if k in result}
+        return {k: result[k] for k in (*protocol.E_PERCENTILES, "iterations", "converged") if k in result}
     try:
         out = protocol.read_job(folder).output_dir
     except BadJob:

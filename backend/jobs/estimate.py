@@ -114,7 +114,7 @@ def run_estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, toke
         save_checkpoint(ckpt_path, fingerprint, field, optimizer, history, best, ladder_json)
         reporter.progress("estimate", it + 1, total, loss=record["loss"] if np.isfinite(record["loss"]) else None,
                           message=f"iteration {it + 1}: E median {record['E_p50']:.3g} Pa",
-                          data={k: record[k] for k in ("E_p5", "E_p50", "E_p95", "seconds")})
+                          data={k: record[k] for k in (*protocol.E_PERCENTILES, "seconds")})
         if converged:
             reason = stop.reason
             break
@@ -211,7 +211,7 @@ class Best:
 
     def to_json(self) -> dict:
         return {"iteration": self.iteration, "loss": self.loss, "chosen_by": self.CRITERIA[self.by_loss],
-                **{k: self.record[k] for k in ("E_p5", "E_p50", "E_p95") if k in self.record}}
+                **{k: self.record[k] for k in protocol.E_PERCENTILES if k in self.record}}
 
 
 def simulate_and_render(dsim, mats: dict, scene: Scene, n_render: int) -> torch.Tensor:
@@ -264,13 +264,11 @@ def cosine_lr(base: float, it: int, total: int, floor: float = 0.1) -> float:
 
 def _tracked(record: dict) -> dict:
     """What the stop rule watches besides the loss: ln E at the 5th, 50th and 95th percentile."""
-    return {f"ln {k}": float(np.log(record[k])) for k in ("E_p5", "E_p50", "E_p95")}
+    return {f"ln {k}": float(np.log(record[k])) for k in protocol.E_PERCENTILES}
 
 
 def e_percentiles(E: torch.Tensor) -> dict:
-    e = E.detach().float().cpu().numpy()
-    p5, p50, p95 = np.percentile(e, [5, 50, 95])
-    return {"E_p5": float(p5), "E_p50": float(p50), "E_p95": float(p95)}
+    return protocol.e_percentiles(E.detach().float().cpu().numpy())
 
 
 # --------------------------------------------------------------------------- set-up
@@ -531,7 +529,7 @@ def write_outputs(job, scene: Scene, field, dsim, history, converged, reason, re
     return {"command": "estimate", "materials": protocol.MATERIALS_FILE, "summary": protocol.SUMMARY_FILE,
             "preview": protocol.PREVIEW_FILE, "loss_plot": protocol.LOSS_PLOT_FILE, "converged": converged,
             "stop_reason": reason, "iterations": len(history), "best_iteration": best.iteration,
-            **{k: summary[k] for k in ("E_p5", "E_p50", "E_p95")}}
+            **{k: summary[k] for k in protocol.E_PERCENTILES}}
 
 
 def last_vs_best(history: list, last: dict, best: dict) -> dict:
