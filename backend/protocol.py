@@ -38,6 +38,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from .io.atomic import TEMP_MARKER, atomic_path, remove_own_temps
+from .render.camera import Camera, CameraError  # numpy only
 from .schema import REQUIRED, Choice, Flag, ListOf, Number, Rule, Section, SettingError, Text, Vector, bounds_text
 
 SCHEMA_VERSION = 1
@@ -351,8 +352,6 @@ def _fill_rule(d: dict, key: str) -> None:
 
 def _camera_rule(d: dict, key: str) -> None:
     """The camera class holds what makes a camera usable (positive focal lengths, near < far, ...)."""
-    from .render.camera import Camera, CameraError  # numpy only
-
     try:
         Camera.from_dict(d)
     except CameraError as exc:

@@ -25,6 +25,9 @@ driver hashes each job.json and scene.npz, and the worker checks the hash before
 stdout carries JSON lines (protocol.Event): every job's own events with ``data.job`` set, and the
 batch's own under stage "batch" (totals, starts, finishes, the final table as the last "result").
 The table also goes to ``<report>/report.json`` and, as text, to stderr.
+
+Ray is an optional extra (requirements/ray.txt) that reads its environment when imported, so it is
+imported inside the functions that use it: ``--help`` and a missing Ray are answered without it.
 """
 
 from __future__ import annotations

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import torch
 
-from .. import protocol
+from .. import protocol, render
 from ..jobctl import Reporter
 from ..prior import ModelUnavailable, PriorConfigError, ReferenceVideoError, check_model, load_prior
 from ..prior.analytic import AnalyticPrior
 from ..prior.boosting import interleaved_groups
 from ..prior.reference_clip import ReferenceVideoLoss, check_fit, load_video, video_info
-from ..render import render_splats
 from .sampling import clip_fps, reference_path
 
 # The job says "sds_t" (the papers' name); backend.prior calls the same loss "sds".
@@ -115,6 +114,6 @@ def first_frame(scene) -> torch.Tensor:
     p = scene.particles
     n = p.n_visible
     with torch.no_grad():
-        out = render_splats(torch.as_tensor(p.positions[:n]), colors=scene.colors, opacities=scene.opacities,
+        out = render.render_splats(torch.as_tensor(p.positions[:n]), colors=scene.colors, opacities=scene.opacities,
                             covars=torch.as_tensor(p.cov0[:n]), camera=scene.cameras[0], background=scene.background)
     return out.rgb.permute(2, 0, 1)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from .. import protocol
 from ..geometry.fill import describe_fill, fill_scene
@@ -139,8 +140,6 @@ def add_fill(p: SceneParticles, scene: dict, fill: dict, sim: dict, reporter: Re
     """Append interior particles; each copies the material and anchoring of its nearest visible point.
 
     The fill comes from the scene's own arrays (fill_scene), exactly as the add-on's preview counts it."""
-    from scipy.spatial import cKDTree
-
     if reporter:  # a stage of its own: a fill that runs out of memory is reported as the fill's
         reporter.stage("fill", "Looking for a hollow interior to fill")
     extra, info = fill_scene(scene, fill, int(sim.get("n_grid", 64)))
