@@ -21,7 +21,7 @@ from .projection import project_gaussians, symmetric_from_upper
 from .sh import MAX_DEGREE, degree_from_bases, sh_to_rgb, view_directions
 from .tiles import bin_gaussians
 
-# "reference" is the brute-force dense compositor (reference.py): slow, for tests.
+# "reference" is the brute-force dense compositor (dense.py): slow, for tests.
 BACKENDS = ("auto", "torch", "gsplat", "reference")
 
 

@@ -174,6 +174,11 @@ def test_backend_modules_import_only_their_own_layer_or_lower():
 
 
 def test_the_product_never_imports_test_code():
+    """Test helpers (tests/support: the tiny diffusers models, ...) stay out of the product and of its zip."""
+    import tomllib
+
+    manifest = tomllib.loads((REPO / "blender_manifest.toml").read_text(encoding="utf-8"))
+    assert "/tests/" in manifest["build"]["paths_exclude_pattern"]
     roots = [BACKEND, *(REPO / p for p in BLENDER_PACKAGES), REPO / "__init__.py", REPO / "preferences.py"]
     offenders = []
     for path in _modules(roots).values():
