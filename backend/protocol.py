@@ -3,6 +3,8 @@
 Both sides import this module, so it uses only the standard library and numpy. It holds:
 
 * the job schema (``job.json``) with its version, and validation with precise messages;
+* the facts both sides share: enumerations (material models, boundary kinds, ...), the default
+  video models, the material of points without one, and the stiffness summary (E percentiles);
 * the array layouts of the job folder (``scene.npz``) and of the results;
 * the progress events streamed as JSON lines on the backend's stdout;
 * the exit codes;
