@@ -150,7 +150,7 @@ def threads_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
 
 
 def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: int | None, device: str,
-                  threads: int | None = None) -> None:
+                  threads: int | None = None, adjoints: str = "hand") -> None:
     import torch
 
     from backend.mpm import DifferentiableSim, SimConfig
@@ -159,7 +159,8 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
     n = len(pos)
     cfg = SimConfig(n_grid=n_grid, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (substeps * 1e-4),
                     substep_dt=1e-4, **({} if threads is None else {"threads": threads}))
-    sim = DifferentiableSim(pos, config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol)
+    sim = DifferentiableSim(pos, config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol,
+                            adjoints=adjoints)
     rng = np.random.default_rng(0)
     weights = torch.from_numpy(rng.standard_normal((1, n, 3)).astype(np.float32))
 
@@ -168,8 +169,11 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
                 torch.full((n,), 1000.0, requires_grad=True), torch.zeros((n, 3), requires_grad=True)]
 
     # warm-up on a tiny copy (loads the kernels) so the peak RSS below is this run's own
-    tiny = DifferentiableSim(pos[:8], config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol)
-    P, C = tiny(torch.tensor(np.log(1e5)), torch.tensor(0.3), torch.tensor(1000.0), torch.zeros(3), 1)
+    tiny = DifferentiableSim(pos[:8], config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol,
+                             adjoints=adjoints)
+    P, C = tiny(torch.tensor(np.log(1e5), requires_grad=True), torch.tensor(0.3), torch.tensor(1000.0),
+                torch.zeros(3), 1)
+    P.sum().backward()  # loads the adjoint kernels too
     base = peak_rss_mb()
     p = params()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -181,7 +185,7 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
     t_bwd, c_bwd = time.perf_counter() - t0, time.process_time() - c0
     ok = all(torch.isfinite(t.grad).all().item() for t in p)
     emit(case="gradient", device=device, n=n, n_grid=n_grid, substeps=substeps, threads=getattr(sim, "n_threads", 1),
-         checkpoint_every=checkpoint_every, forward_ms_per_substep=1e3 * t_fwd / substeps,
+         checkpoint_every=checkpoint_every, adjoints=adjoints, forward_ms_per_substep=1e3 * t_fwd / substeps,
          backward_ms_per_substep=1e3 * t_bwd / substeps, backward_over_forward=t_bwd / t_fwd,
          forward_cpu_ms_per_substep=1e3 * c_fwd / substeps, backward_cpu_ms_per_substep=1e3 * c_bwd / substeps,
          backward_over_forward_cpu=c_bwd / c_fwd,
@@ -221,7 +225,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--grad-case", nargs=5, metavar=("N", "NGRID", "SUBSTEPS", "CKPT", "THREADS"), help=argparse.SUPPRESS)
+    ap.add_argument("--grad-case", nargs=6, metavar=("N", "NGRID", "SUBSTEPS", "CKPT", "THREADS", "ADJOINTS"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--forward-case", nargs=3, metavar=("N", "NGRID", "REPS"), help=argparse.SUPPRESS)
     ap.add_argument("--baseline", metavar="DIR", help="A/B the forward throughput against the source tree DIR")
     args = ap.parse_args()
@@ -241,9 +246,9 @@ def main() -> None:
                 run_subprocess(["--forward-case", "50000", "64", "5", "--device", args.device], root, label)
         return
     if args.grad_case:
-        n, ng, ss, ck, th = args.grad_case
+        n, ng, ss, ck, th, adjoints = args.grad_case
         gradient_case(int(n), int(ng), int(ss), None if ck == "none" else int(ck), args.device,
-                      None if th == "auto" else int(th))
+                      None if th == "auto" else int(th), adjoints)
         return
     emit(case="info", note="machine shared with other jobs: wall-time figures are noisy; *_cpu is steadier",
          cpu_count=os.cpu_count(), warp=wp.config.version)

@@ -97,13 +97,17 @@ class DifferentiableSim:
     full_tape_mb: keep the full tape anyway when it needs at most this many MB (no recomputation:
     the backward then costs about a forward less); 0 = always checkpoint when checkpoint_every is set.
 
+    adjoints: "hand" (the hand-written p2g/g2p adjoints of mpm/adjoints.py) or "generated" (warp's
+    generated adjoints of every kernel: slower, the reference the hand-written ones are tested against).
+
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
     """
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
-                 volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0):
+                 volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0,
+                 adjoints: str = "hand"):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
@@ -130,6 +134,9 @@ class DifferentiableSim:
         vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, self.device)
         self.n_threads = self.core.use_threads(self.config.threads)
+        if adjoints not in ("hand", "generated"):
+            raise ValueError(f"adjoints must be 'hand' or 'generated', got {adjoints!r}")
+        self.core.use_hand_adjoints(adjoints == "hand")
         self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
         a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
         self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)

@@ -16,6 +16,7 @@ from . import kernels as taped
 from . import kernels_forward as untaped
 from .kernels import GridInfo
 from .kernels_forward import anchor_node_mass, cell_bounds
+from .adjoints import HandAdjoints, Launch
 from .threads import SlabLauncher, plain_adjoint, thread_count
 
 NO_BAD_SUBSTEP = 2**31 - 1
@@ -129,8 +130,10 @@ class SimCore:
         self.fixed = wp.zeros(self.n_nodes if self.has_fixed else 1, dtype=wp.int32, device=device)
         self.bad = wp.array([NO_BAD_SUBSTEP], dtype=wp.int32, device=device)
         self.launch = wp.launch  # forward-path launcher; use_threads() swaps in a SlabLauncher
-        self.adjoint = plain_adjoint  # reverse launches of recorded substeps (threads.LaunchRecord)
         self.n_threads = 1
+        self.has_plastic = bool((material_id > int(MaterialModel.STVK_HENCKY)).any())
+        self.hand_adjoints = True
+        self._build_adjoint()
 
     def use_threads(self, setting: int | None) -> int:
         """Run the forward (clear=True) substeps, and recorded substeps and their reverse passes,
@@ -139,9 +142,24 @@ class SimCore:
         n = thread_count(setting, self.n_particles, self.device)
         if n != self.n_threads:
             self.launch = SlabLauncher(self.n_particles, n, self.device) if n > 1 else wp.launch
-            self.adjoint = self.launch.adjoint if n > 1 else plain_adjoint
             self.n_threads = n
+            self._build_adjoint()
         return n
+
+    def use_hand_adjoints(self, on: bool) -> None:
+        """Reverse passes with the hand-written p2g/g2p adjoints (mpm/adjoints.py; the default) or with
+        warp's generated adjoints of every kernel (the reference they are tested against)."""
+        self.hand_adjoints = bool(on)
+        self._build_adjoint()
+
+    def _build_adjoint(self) -> None:
+        """self.adjoint: the reverse launch of a recorded substep kernel (threads.LaunchRecord)."""
+        threaded = self.n_threads > 1
+        if not self.hand_adjoints:
+            self.adjoint = self.launch.adjoint if threaded else plain_adjoint
+            return
+        launcher = self.launch if threaded else Launch(self.device)
+        self.adjoint = HandAdjoints(launcher, self.n_particles, self.has_plastic, self.device)
 
     def grid_info(self, lo, dims) -> GridInfo:
         """A fresh GridInfo for the node box lo .. lo + dims - 1 (a new struct each time, since a
