@@ -59,6 +59,9 @@ MB_COEF = (582.0, 0.0, 0.0, 8.84e-7, 4.59e-4, 2.89e-3)
 # needs at most this much; about 340 bytes per particle-substep (README: 3.4 MB per taped substep at 10k).
 # The fit above was measured with checkpointing only, so the tape is added on top.
 FULL_TAPE_MB = 512.0
+# A checkpointed forward keeps each substep's P2G grid (16 bytes per node of the particles' box) up to this
+# much, so that backward recomputes only the grid update and G2P (backend/mpm/autograd.py).
+GRID_STORE_MB = 256.0
 TAPE_MB_PER_PARTICLE_SUBSTEP = 3.4 / 10_000
 CPU_SLOWDOWN_ON_CUDA = 0.1  # GPU iterations are far cheaper; the memory model is what matters there
 SAFETY = 1.25  # the projection is multiplied by this before it is compared with free memory

@@ -231,7 +231,7 @@ class SimCore:
 
     def substep(self, st_in: State, st_out: State, mu: wp.array, lam: wp.array, mass: wp.array,
                 vol: wp.array, grid_mv: wp.array, grid_v: wp.array, t: float, dt: float,
-                k: int, clear: bool, g: GridInfo | None = None, launch=None) -> None:
+                k: int, clear: bool, g: GridInfo | None = None, launch=None, clear_grid: bool | None = None) -> None:
         """Advance st_in by dt (seconds) into st_out (may be the same object when clear=True).
 
         t: simulation time at the start of the substep; k: substep index reported on divergence.
@@ -240,6 +240,7 @@ class SimCore:
         the forward-only kernels run (no tape may record them).
         launch: the launcher (default: self.launch on the forward path, which may be threaded, and
         plain wp.launch otherwise, which a wp.Tape records); see threads.LaunchRecord.
+        clear_grid=False keeps grid_mv on the forward path (default: clear), for a backward to reuse.
         """
         dev = self.device
         g = self.g_full if g is None else g
@@ -255,7 +256,8 @@ class SimCore:
                   outputs=[grid_mv], device=dev)
         launch(kern.grid_update, self.box_nodes(g),
                   inputs=[grid_mv, self.fixed, self.has_fixed, g, self.bnd,
-                          wp.vec3(*body_dv), float(damp), float(self.grid.dx / dt), float(t), int(clear)],
+                          wp.vec3(*body_dv), float(damp), float(self.grid.dx / dt), float(t),
+                          int(clear if clear_grid is None else clear_grid)],
                   outputs=[grid_v], device=dev)
         launch(kern.g2p, self.n_particles,
                inputs=[st_in.x, st_in.x_err, st_in.F, st_in.F_err, st_in.plastic, self.material, self.anchor, mu, lam,

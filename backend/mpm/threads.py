@@ -317,14 +317,17 @@ def plain_adjoint(kernel, dim, args: list, adj_args: list, device=None) -> None:
 
 class LaunchRecord:
     """The launches of one taped substep, replayed in reverse by `backward` (warp's Tape does the
-    same, but its reverse pass runs each kernel on one thread)."""
+    same, but its reverse pass runs each kernel on one thread). Kernels in `given` are recorded for
+    the reverse pass but not run: their outputs are already in place (a kept P2G grid)."""
 
-    def __init__(self, launch):
+    def __init__(self, launch, given=()):
         self._launch = launch
+        self._given = tuple(given)
         self.launches: list = []
 
     def __call__(self, kernel, dim, inputs=(), outputs=(), device=None, **kwargs) -> None:
-        self._launch(kernel, dim, inputs=inputs, outputs=outputs, device=device, **kwargs)
+        if kernel not in self._given:
+            self._launch(kernel, dim, inputs=inputs, outputs=outputs, device=device, **kwargs)
         self.launches.append((kernel, dim, list(inputs) + list(outputs), device))
 
     def backward(self, adjoint=plain_adjoint) -> None:
