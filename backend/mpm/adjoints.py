@@ -13,8 +13,8 @@ atomic, and differentiates the compensated updates term by term. Here:
   and applies constitutive.kirchhoff_stress_vjp, the hand-written stress adjoint of every model.
 
 The grid update and the covariance keep their generated adjoints (one thread per node / particle,
-no atomics). `GeneratedAdjoints`-free use: SimCore.hand_adjoints = False replays warp's generated
-adjoints of every kernel, the readable reference the tests compare against.
+no atomics). SimCore.use_hand_adjoints(False) (DifferentiableSim(adjoints="generated")) replays warp's
+generated adjoints of every kernel instead: the readable reference the tests compare against.
 
 Launchers: `Launch` runs these on one thread; threads.SlabLauncher provides the same three methods on
 particle slabs (the g2p adjoint's scatter goes into private grids reduced afterwards).

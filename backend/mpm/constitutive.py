@@ -9,7 +9,8 @@ rest state F = I where all singular values are equal):
 - StVK-Hencky: tau = mu log(b) + (lambda / 2) tr(log b) I (= 2 mu log V + lambda log J I), with
   a divided-difference adjoint for the matrix logarithm.
 The plastic return mappings use the SVD (forward only; their gradients go through warp's SVD
-adjoint and are not verified).
+adjoint and are not verified). kirchhoff_stress_vjp is the hand-written adjoint of kirchhoff_stress
+that the backward's P2G adjoint uses (mpm/adjoints.py); it shares the helpers of the func_grads above.
 """
 
 from __future__ import annotations
