@@ -166,7 +166,8 @@ def p2g_adjoint(
     m = mass[p]
     c = C[p]
     ks = -dt * vol[p] * 4.0 * g.inv_dx * g.inv_dx
-    affine = ks * kirchhoff_stress(f, material[p], plastic[p], mu[p], lam[p], pp.snow_xi) + m * c
+    tau = kirchhoff_stress(f, material[p], plastic[p], mu[p], lam[p], pp.snow_xi)
+    affine = ks * tau + m * c
     vp = v[p]
     if pk.n > 0:
         vp = vp + poke_velocity_change(xp, pk, t, dt)
@@ -211,7 +212,7 @@ def p2g_adjoint(
     adj_affine = g.dx * (wp.matrix_from_cols(t0, t1, t2) - wp.outer(sum_gm, fx))
     gfx -= g.dx * (wp.transpose(affine) @ sum_gm)
     aF, amu, alam, apl = kirchhoff_stress_vjp(f, material[p], plastic[p], mu[p], lam[p], pp.snow_xi,
-                                              ks * adj_affine)
+                                              ks * adj_affine, tau)
     adj_x[p] = adj_x[p] + g.inv_dx * gfx
     adj_v[p] = adj_v[p] + m * sum_gm
     adj_C[p] = adj_C[p] + m * adj_affine

@@ -88,13 +88,13 @@ def sym_sqrt(b: wp.mat33) -> wp.mat33:
 
 
 @wp.func
-def sym_sqrt_vjp_at(v: wp.mat33, inv: wp.vec3, adj_v: wp.mat33) -> wp.mat33:
+def sym_sqrt_vjp_at(b: wp.mat33, v: wp.mat33, inv: wp.vec3, adj_v: wp.mat33) -> wp.mat33:
     """Adjoint of b for V = sqrt(b), given V and its invariants (i1, i2, i3); symmetric.
 
     dV solves V dV + dV V = db, so adj_b solves V X + X V = G = sym(adj_V). In V's eigenbasis
     X_ij = G_ij / (a_i + a_j), and for eigenvalues x, y of V
     1 / (x + y) = (x^2 - x y + y^2 - i1 x + i1 y + i2) / (2 (i1 y^2 + i3)),
-    which gives X = (V^2 G - V G V + G V^2 - i1 V G + i1 G V + i2 G) (2 (i1 V^2 + i3 I))^-1."""
+    which gives X = (V^2 G - V G V + G V^2 - i1 V G + i1 G V + i2 G) (2 (i1 V^2 + i3 I))^-1 (V^2 = b)."""
     i1 = inv[0]
     i2 = inv[1]
     i3 = inv[2]
@@ -102,15 +102,15 @@ def sym_sqrt_vjp_at(v: wp.mat33, inv: wp.vec3, adj_v: wp.mat33) -> wp.mat33:
     g = 0.5 * (adj_v + wp.transpose(adj_v))
     vg = v @ g
     gv = g @ v
-    y = v @ vg - vg @ v + gv @ v - i1 * vg + i1 * gv + i2 * g
-    x = y @ wp.inverse(2.0 * (i1 * (v @ v) + i3 * ident))
+    y = b @ g - v @ gv + g @ b - i1 * vg + i1 * gv + i2 * g
+    x = y @ wp.inverse(2.0 * (i1 * b + i3 * ident))
     return 0.5 * (x + wp.transpose(x))
 
 
 @wp.func_grad(sym_sqrt)
 def adj_sym_sqrt(b: wp.mat33, adj_ret: wp.mat33):
     inv = sqrt_invariants(b)
-    wp.adjoint[b] += sym_sqrt_vjp_at(sym_sqrt_at(b, inv), inv, adj_ret)
+    wp.adjoint[b] += sym_sqrt_vjp_at(b, sym_sqrt_at(b, inv), inv, adj_ret)
 
 
 @wp.func
@@ -224,8 +224,10 @@ def polar_rotation_vjp(u: wp.mat33, s: wp.vec3, v: wp.mat33, adj_r: wp.mat33) ->
 
 
 @wp.func
-def corotated_stress_vjp(F: wp.mat33, mu: float, lam: float, G: wp.mat33):
-    """(adj_F, adj_mu, adj_lam) of corotated_stress for the stress adjoint G."""
+def corotated_stress_vjp(F: wp.mat33, mu: float, lam: float, G: wp.mat33, tau: wp.mat33):
+    """(adj_F, adj_mu, adj_lam) of corotated_stress for the stress adjoint G; tau is the stress itself,
+    from which the left stretch V = b - (tau - lam J (J - 1) I) / (2 mu) is read back (no second
+    square root), unless mu is too small to divide by."""
     ident = wp.identity(n=3, dtype=float)
     J = wp.determinant(F)
     tr_g = wp.trace(G)
@@ -234,10 +236,17 @@ def corotated_stress_vjp(F: wp.mat33, mu: float, lam: float, G: wp.mat33):
     adj_mu = float(0.0)
     if J > 1.0e-3:
         b = F @ wp.transpose(F)
-        inv = sqrt_invariants(b)
-        vs = sym_sqrt_at(b, inv)
+        vs = wp.mat33()
+        inv = wp.vec3()
+        if mu > 1.0e-12:
+            vs = b - (tau - (lam * J * (J - 1.0)) * ident) / (2.0 * mu)
+            i1 = wp.trace(vs)
+            inv = wp.vec3(i1, 0.5 * (i1 * i1 - wp.trace(b)), wp.sqrt(wp.max(wp.determinant(b), 0.0)))
+        else:
+            inv = sqrt_invariants(b)
+            vs = sym_sqrt_at(b, inv)
         adj_mu = 2.0 * wp.ddot(b - vs, G)
-        adj_b = (2.0 * mu) * (0.5 * (G + wp.transpose(G)) - sym_sqrt_vjp_at(vs, inv, G))
+        adj_b = (2.0 * mu) * (0.5 * (G + wp.transpose(G)) - sym_sqrt_vjp_at(b, vs, inv, G))
         adj_F = adj_F + 2.0 * adj_b @ F
     else:
         u = wp.mat33()
@@ -253,12 +262,13 @@ def corotated_stress_vjp(F: wp.mat33, mu: float, lam: float, G: wp.mat33):
 
 @wp.func
 def kirchhoff_stress_vjp(F: wp.mat33, material: int, plastic: float, mu: float, lam: float, snow_xi: float,
-                         G: wp.mat33):
-    """Hand-written adjoint of kirchhoff_stress for the stress adjoint G (every material model):
-    returns (adj_F, adj_mu, adj_lam, adj_plastic). Tested against warp's generated adjoint."""
+                         G: wp.mat33, tau: wp.mat33):
+    """Hand-written adjoint of kirchhoff_stress for the stress adjoint G (every material model), given
+    the stress tau = kirchhoff_stress(F, ...): returns (adj_F, adj_mu, adj_lam, adj_plastic). Tested
+    against warp's generated adjoint."""
     ident = wp.identity(n=3, dtype=float)
     if material == FIXED_COROTATED:
-        aF, amu, alam = corotated_stress_vjp(F, mu, lam, G)
+        aF, amu, alam = corotated_stress_vjp(F, mu, lam, G, tau)
         return aF, amu, alam, 0.0
     if material == NEO_HOOKEAN:
         J = wp.determinant(F)
@@ -271,7 +281,7 @@ def kirchhoff_stress_vjp(F: wp.mat33, material: int, plastic: float, mu: float, 
     if material == SNOW:
         e = wp.exp(snow_xi * (1.0 - plastic))
         h = wp.clamp(e, SNOW_H_MIN, SNOW_H_MAX)
-        aF, amu_h, alam_h = corotated_stress_vjp(F, mu * h, lam * h, G)
+        aF, amu_h, alam_h = corotated_stress_vjp(F, mu * h, lam * h, G, tau)
         dh = float(0.0)
         if e > SNOW_H_MIN and e < SNOW_H_MAX:
             dh = -snow_xi * e

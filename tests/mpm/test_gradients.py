@@ -148,7 +148,8 @@ def _stress_vjp(F: wp.array(dtype=wp.mat33), material: wp.array(dtype=wp.int32),
                 adj_F: wp.array(dtype=wp.mat33), adj_mu: wp.array(dtype=float), adj_lam: wp.array(dtype=float),
                 adj_plastic: wp.array(dtype=float)):
     p = wp.tid()
-    aF, amu, alam, apl = kirchhoff_stress_vjp(F[p], material[p], plastic[p], mu[p], lam[p], snow_xi, G[p])
+    tau = kirchhoff_stress(F[p], material[p], plastic[p], mu[p], lam[p], snow_xi)
+    aF, amu, alam, apl = kirchhoff_stress_vjp(F[p], material[p], plastic[p], mu[p], lam[p], snow_xi, G[p], tau)
     adj_F[p] = aF
     adj_mu[p] = amu
     adj_lam[p] = alam
