@@ -153,7 +153,7 @@ def threads_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
         report(f"threads_{k}", sim, [t[0] for t in times[k]], [t[1] for t in times[k]], **extra)
 
 
-# gradient variants: DifferentiableSim options
+# gradient variants: DifferentiableSim options ("after" keeps P2G grids as estimation does: GRID_STORE_MB)
 GRADIENT_VARIANTS = {"before": dict(adjoints="generated", grid_store_mb=0.0),
                      "hand_recompute": dict(adjoints="hand", grid_store_mb=0.0),
                      "after": dict(adjoints="hand")}
@@ -169,7 +169,10 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
     n = len(pos)
     cfg = SimConfig(n_grid=n_grid, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (substeps * 1e-4),
                     substep_dt=1e-4, **({} if threads is None else {"threads": threads}))
-    options = GRADIENT_VARIANTS[variant]
+    options = dict(GRADIENT_VARIANTS[variant])
+    if "grid_store_mb" not in options:
+        from backend.estimation.budget import GRID_STORE_MB
+        options["grid_store_mb"] = GRID_STORE_MB
     sim = DifferentiableSim(pos, config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol, **options)
     rng = np.random.default_rng(0)
     weights = torch.from_numpy(rng.standard_normal((1, n, 3)).astype(np.float32))

@@ -29,7 +29,6 @@ import numpy as np
 import torch
 import warp as wp
 
-from ..budget import GRID_STORE_MB
 from .config import SimConfig
 from .core import SimCore, State, init_warp, initial_state
 from .errors import SimulationDiverged
@@ -104,7 +103,8 @@ class DifferentiableSim:
     adjoints: "hand" (the hand-written p2g/g2p adjoints of mpm/adjoints.py) or "generated" (warp's
     generated adjoints of every kernel: slower, the reference the hand-written ones are tested against).
     grid_store_mb: the most a checkpointed forward keeps of its P2G grids (MB) so that backward need not
-    recompute P2G; substeps beyond it are recomputed whole. 0 keeps none.
+    recompute P2G (estimation passes budget.GRID_STORE_MB); substeps beyond it are recomputed whole.
+    0 keeps none.
 
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
@@ -113,7 +113,7 @@ class DifferentiableSim:
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
                  volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0,
-                 adjoints: str = "hand", grid_store_mb: float = GRID_STORE_MB):
+                 adjoints: str = "hand", grid_store_mb: float = 0.0):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()

@@ -32,9 +32,10 @@ def scene():
     return pos, params, weights, rng
 
 
-def loss_and_grads(pos, params, weights, checkpoint_every, bptt=None, n_frames=N_FRAMES, backward=True, threads=1):
+def loss_and_grads(pos, params, weights, checkpoint_every, bptt=None, n_frames=N_FRAMES, backward=True, threads=1,
+                   grid_store_mb=64.0):
     sim = DifferentiableSim(pos, config=SimConfig(**CFG, threads=threads), checkpoint_every=checkpoint_every,
-                            bptt_substeps=bptt)
+                            bptt_substeps=bptt, grid_store_mb=grid_store_mb)
     t = {k: torch.tensor(v, dtype=torch.float64, requires_grad=True) for k, v in params.items()}
     P, C = sim(t["log_E"], t["nu"], t["rho"], t["v0"], n_frames)
     loss = (P.double() * weights[0][:n_frames]).sum() + (C.double() * weights[1][:n_frames]).sum()
@@ -62,11 +63,18 @@ def test_gradients_match_finite_differences(scene, checkpoint_every, threads):
         assert analytic == pytest.approx(fd, rel=0.05), name
 
 
-def test_checkpointing_gives_the_full_tape_gradients(scene):
+@pytest.mark.parametrize("grid_store_mb, kept", [(0.0, "none"), (0.1, "some"), (64.0, "all")])
+def test_checkpointing_gives_the_full_tape_gradients(scene, grid_store_mb, kept):
+    """Checkpointed: each substep recomputed whole, from its kept P2G grid, or some of each."""
     pos, params, weights, _ = scene
     loss_full, g_full, _ = loss_and_grads(pos, params, weights, None)
-    loss_ck, g_ck, _ = loss_and_grads(pos, params, weights, 5)
+    loss_ck, g_ck, sim = loss_and_grads(pos, params, weights, 5, grid_store_mb=grid_store_mb)
     assert loss_ck == loss_full
+    run = sim.forward_numpy(*(params[k] for k in ("log_E", "nu", "rho", "v0")), N_FRAMES)[2]
+    n_substeps = N_FRAMES * run.plan.n
+    assert {"none": 0, "all": n_substeps}.get(kept, len(run.grids)) == len(run.grids)
+    assert kept != "some" or 0 < len(run.grids) < n_substeps
+    assert sum(g.shape[0] for _, g in run.grids.values()) * 16 <= grid_store_mb * 2**20
     for name in STEPS:
         scale = np.abs(g_full[name]).max()
         assert np.allclose(g_ck[name], g_full[name], rtol=0, atol=1e-5 * scale), name
