@@ -112,9 +112,10 @@ def g2p_adjoint(
             v0 = grid_v[row]
             v1 = grid_v[row + 1]
             v2 = grid_v[row + 2]
-            adj_grid_v[row] = adj_grid_v[row] + (wij * w[0, 2]) * d0
-            adj_grid_v[row + 1] = adj_grid_v[row + 1] + (wij * w[1, 2]) * d1
-            adj_grid_v[row + 2] = adj_grid_v[row + 2] + (wij * w[2, 2]) * d2
+            # other particles add into the same nodes (on CUDA at the same time; warp's CPU atomics are plain adds)
+            wp.atomic_add(adj_grid_v, row, (wij * w[0, 2]) * d0)
+            wp.atomic_add(adj_grid_v, row + 1, (wij * w[1, 2]) * d1)
+            wp.atomic_add(adj_grid_v, row + 2, (wij * w[2, 2]) * d2)
             aw0 = wp.dot(v0, d0)
             aw1 = wp.dot(v1, d1)
             aw2 = wp.dot(v2, d2)
