@@ -10,8 +10,9 @@ of the box around the particles, up to grid_store_mb); backward re-runs one segm
 `checkpoint_every` substeps on fresh buffers with one small tape per substep, starting each substep
 from its kept grid (so only the grid update and G2P are recomputed, not P2G and its stress), so the
 live tape holds at most one segment of particle states and grids, and each taped grid covers only
-the node box around the particles (not the whole domain). With checkpoint_every=None every substep stays taped from the forward
-pass (memory grows with every substep; used to check the checkpointed path).
+the node box around the particles (not the whole domain). With checkpoint_every=None every substep
+stays taped from the forward pass (memory grows with every substep; used to check the checkpointed
+path).
 
 Truncated BPTT: bptt_substeps=None backpropagates through the whole rollout (exact gradient);
 bptt_substeps=K lets each frame's loss flow back only through the last K substeps before that
@@ -242,8 +243,8 @@ class DifferentiableSim:
             raise SimulationDiverged(frame, bad, f"Substep dt = {plan.dt:.3g} s ({plan.n} per frame).")
 
     def _forward_checkpointed(self, params: _Params, plan: SubstepPlan, init: State, n_frames: int, taped: bool):
-        """Forward keeping the checkpoints and, when a backward follows (taped), each substep's P2G grid
-        on the node box the recomputation would use, while they fit in grid_store_mb."""
+        """Forward keeping the checkpoints and, when a backward follows (taped), the P2G grids of the first
+        substeps, each on its own node box (the one the recomputation uses), until grid_store_mb is spent."""
         dev, n_sub = self.device, plan.n
         grids: dict[int, tuple] = {}
         store_left = self.grid_store_mb * 2**20 if taped else 0.0
@@ -255,21 +256,23 @@ class DifferentiableSim:
         ckpts: dict[int, State] = {}
         pos_out, cov_out = [], []
         self.core.reset_bad()
-        box, window = self.core.g_full, 4
+        box, window, box_until = self.core.g_full, 4, 0
         for s in range(n_frames * n_sub):
             if s in needed:
                 ckpts[s] = State.zeros(self.n, dev)
                 ckpts[s].assign(st)
-            if taped:
-                box = self.core.particle_box(st.x, 1)
-            elif s % window == 0:
-                box = self.core.particle_box(st.x, window)
             mv = grid_mv
-            nodes = self.core.box_nodes(box)
-            if nodes * 16 <= store_left:
-                store_left -= nodes * 16
-                mv = wp.zeros(nodes, dtype=wp.vec4, device=dev)
-                grids[s] = (box, mv)
+            if store_left > 0:
+                box, box_until = self.core.particle_box(st.x, 1), s + 1
+                nodes = self.core.box_nodes(box)
+                if 16 * nodes <= store_left:
+                    store_left -= 16 * nodes
+                    mv = wp.zeros(nodes, dtype=wp.vec4, device=dev)
+                    grids[s] = (box, mv)
+                else:
+                    store_left = 0.0  # spent: the later substeps are recomputed whole
+            elif s >= box_until:
+                box, box_until = self.core.particle_box(st.x, window), s + window
             self.core.substep(st, st, params.mu, params.lam, params.mass, self.vol, mv, grid_v,
                               s * plan.dt, plan.dt, s % n_sub, clear=True, g=box, clear_grid=mv is grid_mv)
             if (s + 1) % n_sub == 0:
