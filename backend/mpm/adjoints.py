@@ -276,8 +276,12 @@ class HandAdjoints:
         self.has_plastic = has_plastic
         self.device = device
         self._scratch = None
+        self._loaded = False
 
     def __call__(self, kernel, dim, args: list, adj: list, device=None) -> None:
+        if not self._loaded:  # here, before any slab thread launches from it (no concurrent compile / load)
+            wp.load_module(__name__, device=self.device)
+            self._loaded = True
         if kernel is kernels.g2p:
             self._g2p(dict(zip(_names(kernel), args)), dict(zip(_names(kernel), adj)))
         elif kernel is kernels.p2g:

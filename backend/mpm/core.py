@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
+from .adjoints import HandAdjoints, Launch
 from .boundary import body_acceleration, build_boundaries, build_pokes
 from .config import MaterialModel, SimConfig
 from .constitutive import PlasticParams
@@ -16,7 +17,6 @@ from . import kernels as taped
 from . import kernels_forward as untaped
 from .kernels import GridInfo
 from .kernels_forward import anchor_node_mass, cell_bounds
-from .adjoints import HandAdjoints, Launch
 from .threads import SlabLauncher, plain_adjoint, thread_count
 
 NO_BAD_SUBSTEP = 2**31 - 1

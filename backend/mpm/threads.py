@@ -28,7 +28,7 @@ import weakref
 
 import warp as wp
 
-from . import adjoints, kernels, kernels_forward
+from . import kernels, kernels_forward
 from .kernels import GridInfo
 
 # Launch arguments of the particle kernels that live on the grid (not sliced by particle), and
@@ -145,7 +145,7 @@ class SlabLauncher:
         self._private = {wp.vec4: [], wp.vec3: []}
         self._views: dict = {}
         # Load the modules here: two threads must not compile or load one at the same time.
-        for module in (kernels, kernels_forward, adjoints, __name__):
+        for module in (kernels, kernels_forward, __name__):
             wp.load_module(module, device=device)
         self._workers = _Workers(n_threads)
         weakref.finalize(self, self._workers.close)
