@@ -88,7 +88,7 @@ def _reference_video(addon, obj) -> Path:
         result = jobs.wait(workflow.PREVIEW, timeout=300)
         assert result.ok, obj.splat_physics.last_message
         assert obj.splat_physics.last_message.startswith("Preview rendered")
-        _CLIP["frames"] = workflow.scene_to_job.job_dir_for(obj, "preview") / "out" / protocol.PREVIEW_FRAMES_DIR
+        _CLIP["frames"] = workflow.job_folder.job_dir_for(obj, "preview") / "out" / protocol.PREVIEW_FRAMES_DIR
         assert len(list(_CLIP["frames"].glob("*.png"))) == FAST["frames_per_group"]
         for name in mats.MATERIAL_ATTRS + (mats.LOCK_ATTR,):
             mats.remove_attr(obj, name)  # start the estimate from the object's defaults
@@ -118,7 +118,7 @@ def test_estimate_writes_materials_heatmap_and_keeps_locks(addon, jelly):
     for a in (E, nu, rho):
         assert a is not None and a.shape == (n,) and np.all(np.isfinite(a)) and np.all(a > 0)
     assert np.all(nu < 0.5)
-    est = protocol.load_npz(workflow.scene_to_job.job_dir_for(obj, "estimate") / "out" / protocol.MATERIALS_FILE)
+    est = protocol.load_npz(workflow.job_folder.job_dir_for(obj, "estimate") / "out" / protocol.MATERIALS_FILE)
     assert np.allclose(E, est["youngs_modulus"], rtol=1e-6)
     assert np.allclose(E[locked], 2.0e6, rtol=1e-3)  # the artist's override survived the estimation
     assert not np.allclose(E[~locked], START_E, rtol=1e-3)  # and the rest was estimated
