@@ -4,7 +4,7 @@ World units at the interface (metres, seconds, Pa, kg/m^3, Z up), domain-local p
 Modules: config (settings), particles (inputs), grid (world <-> domain-local <-> grid mapping, CFL),
 constitutive / boundary / kernels (warp code), core (one substep), solver (forward baking), rest
 (rest state under gravity), autograd (checkpointed gradients + torch bridge), splats (covariances
-and ellipsoids). Interior filling is backend/fill.py (numpy only, shared with the add-on).
+and ellipsoids), reference (a float64 torch substep the kernels are tested against; not imported here). Interior filling is backend/fill.py (numpy only, shared with the add-on).
 """
 
 from .config import Boundary, BoxCollider, Ground, MaterialModel, Plasticity, Poke, SimConfig, Wind

@@ -14,6 +14,7 @@ from backend.mpm.config import Boundary, BoxCollider, Ground, MaterialModel, Pla
 from backend.mpm.core import SimCore, State, init_warp
 from backend.mpm.grid import GridMapping, lame
 from backend.mpm import kernels
+from backend.mpm.constitutive import PlasticParams, kirchhoff_stress, return_mapping
 
 N = 300
 DT = 1.0e-3
@@ -114,12 +115,12 @@ def assert_close(actual, expected, rel, name):
 # ------------------------------------------------------------------------------------ per stage
 @wp.kernel
 def stress_and_return(F: wp.array(dtype=wp.mat33), material: wp.array(dtype=wp.int32), plastic: wp.array(dtype=float),
-                      mu: wp.array(dtype=float), lam: wp.array(dtype=float), pp: kernels.PlasticParams, dt: float,
+                      mu: wp.array(dtype=float), lam: wp.array(dtype=float), pp: PlasticParams, dt: float,
                       tau: wp.array(dtype=wp.mat33), F_out: wp.array(dtype=wp.mat33),
                       plastic_out: wp.array(dtype=float)):
     p = wp.tid()
-    tau[p] = kernels.kirchhoff_stress(F[p], material[p], plastic[p], mu[p], lam[p], pp.snow_xi)
-    f, pl = kernels.return_mapping(F[p], material[p], plastic[p], mu[p], lam[p], pp, dt)
+    tau[p] = kirchhoff_stress(F[p], material[p], plastic[p], mu[p], lam[p], pp.snow_xi)
+    f, pl = return_mapping(F[p], material[p], plastic[p], mu[p], lam[p], pp, dt)
     F_out[p] = f
     plastic_out[p] = pl
 
