@@ -35,7 +35,6 @@ from .grid import SNOW_HARDENING_RANGE, GridMapping
 from .kernels import MIN_NODE_MASS
 
 F64 = torch.float64
-STATE_KEYS = ("x", "v", "C", "F", "plastic")
 # Offsets of the 3x3x3 stencil, in the kernels' loop order (i slowest).
 OFFSETS = [(i, j, k) for i in range(3) for j in range(3) for k in range(3)]
 M = MaterialModel
@@ -66,6 +65,8 @@ class Collider:
 
 @dataclass
 class PokeSphere:
+    """Acceleration accel (m/s^2) on the particles inside the sphere during [start, end) seconds."""
+
     center: np.ndarray
     radius: float
     accel: np.ndarray

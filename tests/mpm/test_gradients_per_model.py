@@ -19,8 +19,8 @@ import warp.autograd
 
 from backend.mpm import DifferentiableSim, MaterialModel, Plasticity, SimConfig
 from backend.mpm import reference as ref
-from backend.mpm.constitutive import kirchhoff_stress, sym_log, sym_sqrt
-from backend.mpm.core import init_warp, initial_state
+from backend.mpm.constitutive import PlasticParams, kirchhoff_stress, return_mapping, sym_log, sym_sqrt
+from backend.mpm.core import SimCore, init_warp, initial_state
 from backend.mpm.grid import GridMapping, lame, plan_substeps
 from backend.mpm.particles import rest_shape_matrices
 from mpm.mpm_scenes import lattice
@@ -167,3 +167,41 @@ def test_elastic_stress_passes_warps_gradcheck(model):
               wp.array(rng.uniform(0.5, 1.5, n).astype(np.float32), dtype=float, requires_grad=True),
               wp.array(rng.uniform(0.5, 1.5, n).astype(np.float32), dtype=float, requires_grad=True)]
     assert gradcheck(elastic_stress, inputs, [wp.zeros(n, dtype=wp.mat33, requires_grad=True)])
+
+
+DT_PROJECTION = 1.0e-3  # s (foam's viscous step)
+
+
+@wp.kernel
+def plastic_projection(F: wp.array(dtype=wp.mat33), material: wp.array(dtype=wp.int32), plastic: wp.array(dtype=float),
+                       mu: wp.array(dtype=float), lam: wp.array(dtype=float), pp: PlasticParams,
+                       F_out: wp.array(dtype=wp.mat33), plastic_out: wp.array(dtype=float)):
+    p = wp.tid()
+    f, pl = return_mapping(F[p], material[p], plastic[p], mu[p], lam[p], pp, DT_PROJECTION)
+    F_out[p] = f
+    plastic_out[p] = pl
+
+
+@pytest.mark.parametrize("model", MODELS[3:], ids=[m.name.lower() for m in MODELS[3:]])
+def test_return_mapping_passes_warps_gradcheck(model):
+    """Through warp's SVD adjoint, at trial F that each plastic model mostly projects (distinct stretches; sand
+    leaves some compressed F inside its cone)."""
+    init_warp("cpu")
+    rng = np.random.default_rng(int(model))
+    F = deformation_gradients()[3:]
+    n = len(F)
+    # Moduli ~1 Pa and a yield stress of 0.02 Pa (a yield strain ~1%): the random stretches yield.
+    cfg = SimConfig(**CFG, plasticity=Plasticity(**{**PLASTICITY, "yield_stress": 0.02}))
+    pp = SimCore(cfg, GridMapping.build(cfg, np.full((1, 3), 0.5)), np.zeros(1, np.int32), np.zeros(1), "cpu").pp
+    material, plastic = np.full(n, int(model)), np.full(n, 1.0 if model == MaterialModel.SNOW else 0.01)
+    mu, lam = rng.uniform(0.5, 1.5, n), rng.uniform(0.5, 1.5, n)
+    F_ref, _ = ref.return_mapping(ref.tensor(F), torch.as_tensor(material), ref.tensor(plastic), ref.tensor(mu),
+                                  ref.tensor(lam), cfg.plasticity, DT_PROJECTION)
+    assert (np.abs(F_ref.numpy() - F).max(axis=(1, 2)) > 1e-3).mean() >= 0.5, "most trial F should project"
+
+    def arr(a, dtype=float):
+        return wp.array(np.asarray(a, np.float32), dtype=dtype, requires_grad=True)
+
+    inputs = [arr(F, wp.mat33), wp.array(material.astype(np.int32), dtype=wp.int32), arr(plastic), arr(mu), arr(lam), pp]
+    outputs = [wp.zeros(n, dtype=wp.mat33, requires_grad=True), wp.zeros(n, dtype=float, requires_grad=True)]
+    assert gradcheck(plastic_projection, inputs, outputs)
