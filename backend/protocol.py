@@ -53,7 +53,7 @@ FRAMES_DIR = "frames"
 SUMMARY_FILE = "summary.json"
 RESULT_FILE = "result.json"
 SIM_CHECKPOINT_FILE = "sim_checkpoint.npz"
-ESTIMATE_CHECKPOINT_FILE = "estimate_checkpoint.npz"  # arrays + JSON (backend.statefile), never a pickle
+ESTIMATE_CHECKPOINT_FILE = "estimate_checkpoint.npz"  # arrays + JSON (backend.io.statefile), never a pickle
 PREVIEW_FILE = "preview.mp4"
 PREVIEW_FRAMES_DIR = "preview_frames"  # lossless PNGs of the preview (usable as a reference video)
 LOSS_PLOT_FILE = "loss.png"
@@ -133,7 +133,7 @@ STOP_RULES = ("plateau", "decade")  # "arrived" (smoothed loss and E stopped mov
 BOUNDARY_KINDS = ("sticky", "slip", "frictional")
 DEVICES = ("auto", "cpu", "cuda")
 BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # the Blender side's caches
-FILL_AUTO = "auto"  # fill the interior only when the object is a closed-ish shell (backend/fill.py)
+FILL_AUTO = "auto"  # fill the interior only when the object is a closed-ish shell (backend/geometry/fill.py)
 FILL_MODES = (FILL_AUTO, True, False)
 
 
@@ -459,7 +459,7 @@ ESTIMATE = Section(doc="material estimation", rules=(
     "seed": Number(0, lo=0, hi=2**32 - 1, integer=True),
     "max_particles": Number(0, lo=0, hi=1e9, integer=True, doc="simulate a voxel subsample while estimating; 0 = all"),
     "memory_limit_mb": Number(0, lo=0, hi=1e9, doc="refuse (exit 2) when one iteration is projected above this; "
-                                                   "0 = the memory free on the machine (backend/budget.py)"),
+                                                   "0 = the memory free on the machine (backend/estimation/budget.py)"),
 })
 
 JOB = Section(fields={

@@ -3,7 +3,7 @@
     python benchmarks/batch.py             # 8 bakes of 1,000 particles x 24 frames
     python benchmarks/batch.py --jobs 4 --frames 12
 
-A. sequential: the 8 jobs one after another in this one process (backend.cli.cmd_run; torch and warp
+A. sequential: the 8 jobs one after another in this one process (backend.app.cli.cmd_run; torch and warp
    load once, warp's kernels compile once): the floor of what the work itself costs.
 B. batch: the same 8 jobs (fresh copies) through `python -m backend batch` with a local Ray on this
    machine's cores: Ray starts, each job is a Ray task that starts `python -m backend run` (its own
@@ -53,7 +53,7 @@ def write_jobs(root: Path, n_jobs: int, n_frames: int, n_side: int) -> list[Path
 
 
 def sequential(folders: list[Path]) -> dict:
-    from backend.cli import cmd_run
+    from backend.app.cli import cmd_run
 
     seconds = []
     start = time.monotonic()

@@ -4,7 +4,7 @@
     python benchmarks/estimate.py --quick    # N=500, 4 frames
     python benchmarks/estimate.py --svd-xt DIR   # the CUDA case from a local SVD-xt folder instead of the hub cache
 
-One iteration is the backend's own (backend.estimate.iteration) cut into stages with detach()
+One iteration is the backend's own (backend.jobs.estimate.iteration) cut into stages with detach()
 boundaries, so each stage's forward and backward are timed on their own:
 
     field()  ->| DifferentiableSim |->  simulate_and_render's frames |->  Supervision.loss (MDS)
@@ -45,10 +45,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from backend import protocol  # noqa: E402
-from backend.estimate import (make_differentiable_sim, make_material_field, prepare_scene,  # noqa: E402
+from backend.jobs.estimate import (make_differentiable_sim, make_material_field, prepare_scene,  # noqa: E402
                               simulate_and_render)
 from backend.jobctl import Reporter  # noqa: E402
-from backend.supervision import make_supervision  # noqa: E402
+from backend.estimation.supervision import make_supervision  # noqa: E402
 from peak_memory import PeakMemory  # noqa: E402
 
 PROMPT = "a jelly cube wobbling"
@@ -96,7 +96,7 @@ def _sync(device: str):
 
 
 def split_iteration(field, dsim, scene, supervision, optimizer, it: int, total: int, n_render: int, device: str) -> dict:
-    """backend.estimate.iteration with a detach() boundary between stages; seconds per stage (fwd + bwd)."""
+    """backend.jobs.estimate.iteration with a detach() boundary between stages; seconds per stage (fwd + bwd)."""
     sync = _sync(device)
     clock = {}
 

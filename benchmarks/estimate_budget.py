@@ -1,14 +1,14 @@
-"""Calibrate backend/budget.py: measure estimation iterations at several sizes and fit the projection.
+"""Calibrate backend/estimation/budget.py: measure estimation iterations at several sizes and fit the projection.
 
     python benchmarks/estimate_budget.py            # the calibration grid, then the fitted coefficients
-    python benchmarks/estimate_budget.py --check    # a few cases: measured against backend.budget's projection
+    python benchmarks/estimate_budget.py --check    # a few cases: measured against backend.estimation.budget's projection
     python benchmarks/estimate_budget.py --torus45k # one default CPU iteration on a 45k-splat torus shell
     python benchmarks/estimate_budget.py --job45k   # the same as a job: python -m backend run, 2 iterations
 
 The scene is a hollow capture: splats on the surface of a torus (the shape the fill is for), seen
 from a camera that frames it as an artist would. Each case is one subprocess running the real
-estimate path (backend.estimate.prepare_scene -> make_differentiable_sim -> reference supervision
--> backend.estimate.iteration) for one warm-up and one timed iteration. peak_mb is the growth of the
+estimate path (backend.jobs.estimate.prepare_scene -> make_differentiable_sim -> reference supervision
+-> backend.jobs.estimate.iteration) for one warm-up and one timed iteration. peak_mb is the growth of the
 resident set over the timed iteration (benchmarks/peak_memory.py); time is wall seconds. Prints
 JSON lines. The machine is shared: figures are noisy (run with OMP_WAIT_POLICY=PASSIVE).
 """
@@ -28,7 +28,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # noqa: E402
 
-from backend import budget, protocol  # noqa: E402
+from backend import protocol  # noqa: E402
+from backend.estimation import budget  # noqa: E402
 from peak_memory import PeakMemory, status_kb  # noqa: E402
 
 
@@ -65,11 +66,11 @@ def run_case(n_all: int, width: int, height: int, frames: int, max_particles: in
              substeps: int | None, repeats: int = 1) -> dict:
     import torch
 
-    from backend.estimate import (Best, iteration, make_differentiable_sim, make_material_field, prepare_scene,
+    from backend.jobs.estimate import (Best, iteration, make_differentiable_sim, make_material_field, prepare_scene,
                                   simulate_and_render)
     from backend.io.video import write_frames_png
     from backend.jobctl import Reporter
-    from backend.supervision import make_supervision
+    from backend.estimation.supervision import make_supervision
 
     torch.manual_seed(0)
     quiet = Reporter(open(os.devnull, "w"))
@@ -138,7 +139,7 @@ GRID = [  # (n_all, width, height, frames, max_particles, n_grid, substeps per f
 
 
 def fit(rows: list[dict]) -> dict:
-    """Non-negative least squares of seconds and MB on the terms of backend.budget, weighted by 1/sqrt(y)
+    """Non-negative least squares of seconds and MB on the terms of backend.estimation.budget, weighted by 1/sqrt(y)
     (between absolute and relative error: small cases count, large ones dominate less)."""
     from scipy.optimize import nnls
 

@@ -48,7 +48,7 @@ class RunResult:
         return self.state is RunState.DONE
 
 
-# What every backend run imports: (module, pip package). backend/doctor.py reports the same core set.
+# What every backend run imports: (module, pip package). backend/app/doctor.py reports the same core set.
 CORE_MODULES = (("numpy", "numpy"), ("torch", "torch"), ("warp", "warp-lang"))
 PROBE_TIMEOUT = 60.0  # seconds for the interpreter check (a cold start on a busy machine can be slow)
 _PROBE = ("import sys, json, importlib.util as u; print(json.dumps({'version': list(sys.version_info[:2]), "

@@ -19,7 +19,9 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..backend import budget, fill, protocol
+from ..backend.estimation import budget
+from ..backend.geometry import fill
+from ..backend import protocol
 from ..backend.render.camera import CameraError, camera_from_blender
 from . import interactions, materials, paths, props, splats
 
@@ -137,7 +139,7 @@ def fill_settings(settings) -> dict:
 def estimate_fill(obj, positions=None) -> tuple[int, np.ndarray, str]:
     """How many particles the backend's interior fill will add, their world positions and a sentence on why.
 
-    It runs the backend's own fill (backend/fill.py) on the arrays scene.npz will hold, so the count
+    It runs the backend's own fill (backend/geometry/fill.py) on the arrays scene.npz will hold, so the count
     is the backend's count, not an estimate of it.
     """
     s = obj.splat_physics
@@ -340,7 +342,7 @@ def substeps_per_frame(obj, sim: dict) -> int:
 
 def estimate_projection(context, obj, est: dict | None = None, sim: dict | None = None,
                         spf: int | None = None) -> budget.Projection:
-    """Memory and time of one estimation iteration for this object and these settings (backend.budget)."""
+    """Memory and time of one estimation iteration for this object and these settings (backend.estimation.budget)."""
     est = est or estimate_settings(context, obj, check_prior=False)
     sim = sim or simulation_settings(context, obj)
     n_points = materials.point_count(obj)

@@ -25,7 +25,7 @@ from pathlib import Path
 import bpy
 import numpy as np
 
-from ..backend.geometry import quat_to_matrix  # one home, numpy only
+from ..backend.geometry.shape import quat_to_matrix  # one home, numpy only
 from ..backend.io import ply, sh
 
 SH_C0 = ply.SH_C0

@@ -2,7 +2,7 @@
 
 import bpy
 
-from ..backend import budget
+from ..backend.estimation import budget
 from ..core import interactions, jobs, materials, scene_to_job, workflow
 from ..operators.physics_ops import splat_object
 

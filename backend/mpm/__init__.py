@@ -3,16 +3,17 @@
 World units at the interface (metres, seconds, Pa, kg/m^3, Z up), domain-local positions inside.
 Modules: config (settings), particles (inputs), grid (world <-> domain-local <-> grid mapping, CFL),
 constitutive / boundary / kernels (warp code), core (one substep), solver (forward baking), rest
-(rest state under gravity), autograd (checkpointed gradients + torch bridge), splats (covariances
-and ellipsoids), reference (a float64 torch substep the kernels are tested against; not imported here). Interior filling is backend/fill.py (numpy only, shared with the add-on).
+(rest state under gravity), autograd (checkpointed gradients + torch bridge), splat_frames (covariances
+and ellipsoids), reference (a float64 torch substep the kernels are tested against; not imported here).
+Interior filling is backend/geometry/fill.py (numpy only, shared with the add-on).
 """
 
 from .config import Boundary, BoxCollider, Ground, MaterialModel, Plasticity, Poke, SimConfig, Wind
 from .errors import SimulationDiverged
-from ..fill import fill_interior  # numpy only; its home is backend/fill.py
+from ..geometry.fill import fill_interior  # numpy only; its home is backend/geometry/fill.py
 from .particles import ParticleState
 from .solver import MPMSolver
-from .splats import FrameOutput, covariance_from_splats
+from .splat_frames import FrameOutput, covariance_from_splats
 
 __all__ = [
     "SimConfig", "Boundary", "Ground", "Poke", "Wind", "BoxCollider", "Plasticity", "MaterialModel",

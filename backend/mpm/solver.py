@@ -14,7 +14,7 @@ from .errors import SimulationDiverged
 from .grid import SNOW_HARDENING_RANGE, GridMapping, displaced, SubstepPlan, lame, p_wave_speed, plan_substeps
 from .kernels_forward import max_speed
 from .particles import ParticleState, rest_shape_matrices
-from .splats import FrameOutput, SplatOutputs
+from .splat_frames import FrameOutput, SplatOutputs
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 
 from .camera import Camera
 from .composite import composite
-from .reference import composite_dense
+from .dense import composite_dense
 from .projection import project_gaussians, symmetric_from_upper
 from .sh import MAX_DEGREE, degree_from_bases, sh_to_rgb, view_directions
 from .tiles import bin_gaussians

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from backend import batch, protocol
+from backend import protocol
+from backend.app import batch
 from backend.protocol import BadJob, ExitCode
 from support import estimate_scenes as es
 from support.jobs import REPO, simulate_job

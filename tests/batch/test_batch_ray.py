@@ -214,7 +214,7 @@ def test_killed_worker_resumes_from_the_checkpoint_and_a_cancelled_batch_stays_r
 
 def test_a_worker_that_does_not_see_the_same_folder_refuses_the_job(cluster, tmp_path):
     """On a farm without shared storage a node reads another (or no) job.json: the job is not run there."""
-    from backend import batch
+    from backend.app import batch
 
     job = simulate_job(tmp_path / "elsewhere", n_frames=2)
     hub = ray.remote(batch.Hub).options(num_cpus=0).remote()

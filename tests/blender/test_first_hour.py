@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from mathutils import Euler
 
-from backend import budget, protocol
+from backend import protocol
+from backend.estimation import budget
 
 
 def _mod(addon, name):

@@ -199,7 +199,7 @@ def test_mesh_anchor_wind_collider_and_locks(addon, blob):
 
 def _backend_fill_count(job_dir) -> int:
     """The number of interior particles the backend itself adds for a job folder (its own interpreter)."""
-    code = ("import sys; from backend import protocol; from backend.particles import build_particles; "
+    code = ("import sys; from backend import protocol; from backend.jobs.scene import build_particles; "
             "job = protocol.read_job(sys.argv[1]); "
             "print(build_particles(protocol.load_npz(job.scene_path), job.simulation).n_fill)")
     python = bpy.context.preferences.addons[ADDON_MODULE].preferences.backend_python

@@ -1,10 +1,11 @@
-"""The estimation budget (backend/budget.py): capped sizes, the projection, the fix it suggests, and the backend
+"""The estimation budget (backend/estimation/budget.py): capped sizes, the projection, the fix it suggests, and the backend
 refusing a job that will not fit (exit 2 with the fix) before any iteration runs."""
 
 import numpy as np
 import pytest
 
-from backend import budget, protocol
+from backend import protocol
+from backend.estimation import budget
 from backend.protocol import ExitCode
 from backend.render.camera import Camera, intrinsics_from_fov, look_at
 from support import estimate_scenes as es

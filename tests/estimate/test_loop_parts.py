@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from backend import estimate
+from backend.jobs import estimate
 from backend.render.camera import Camera, intrinsics_from_fov, look_at
 
 
@@ -78,9 +78,9 @@ def test_rest_frame_is_rendered_once_and_equals_a_fresh_render(monkeypatch):
     import os
 
     from backend import protocol, render
-    from backend.estimate import prepare_scene, simulate_and_render
+    from backend.jobs.estimate import prepare_scene, simulate_and_render
     from backend.jobctl import Reporter
-    from backend.supervision import first_frame
+    from backend.estimation.supervision import first_frame
 
     rng = np.random.default_rng(0)
     pos = (rng.random((300, 3)) * 0.1).astype(np.float32)

@@ -6,8 +6,9 @@ import re
 import numpy as np
 import pytest
 
-from backend import ladder, protocol
-from backend.convergence import DecadeRule, PlateauMonitor, make_stop_rule
+from backend import protocol
+from backend.estimation import ladder
+from backend.estimation.convergence import DecadeRule, PlateauMonitor, make_stop_rule
 
 
 def _feed(rule, E, loss=None):

@@ -12,8 +12,8 @@ import pytest
 
 from backend import protocol
 from backend.io.video import FRAME_RATE_FILE, write_frames_png
-from backend.sampling import estimation_sampling
-from backend.supervision import check_inputs
+from backend.estimation.sampling import estimation_sampling
+from backend.estimation.supervision import check_inputs
 from support import estimate_scenes as es
 
 E_TRUE = 5.0e3

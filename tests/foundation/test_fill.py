@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from backend import protocol
-from backend.fill import describe_fill, fill_interior, fill_scene
+from backend.geometry.fill import describe_fill, fill_interior, fill_scene
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -148,7 +148,7 @@ def test_fill_is_the_default_and_its_mode_is_validated(tmp_path):
 def test_the_fill_loads_without_the_compute_stack():
     """The add-on's Python has numpy but no torch, warp or scipy: the fill must import and run there."""
     code = ("import sys; sys.modules.update(dict.fromkeys(['torch', 'warp', 'scipy', 'gsplat'])); "
-            "import numpy as np; from backend.fill import fill_scene; "
+            "import numpy as np; from backend.geometry.fill import fill_scene; "
             "print(len(fill_scene({'positions': np.random.default_rng(0).normal(size=(500, 3))}, None, 8)[0]))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=str(REPO), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

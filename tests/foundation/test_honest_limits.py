@@ -78,7 +78,7 @@ def test_a_falling_object_has_no_rest_state(tmp_path):
 def test_sanity_check_catches_collapse_and_explosion():
     from types import SimpleNamespace
 
-    from backend.simulate import SanityCheck
+    from backend.jobs.simulate import SanityCheck
 
     pos = np.random.default_rng(0).random((100, 3))
     grid = SimpleNamespace(domain_min=np.zeros(3), domain_max=np.full(3, 2.0))

@@ -8,7 +8,7 @@ import warp as wp
 
 from backend.mpm import MPMSolver, ParticleState, SimConfig
 from backend.mpm.kernels_forward import p2g
-from backend.mpm.splats import quat_to_matrix
+from backend.mpm.splat_frames import quat_to_matrix
 
 SPACING = 1.0 / 26 / 2  # half a cell for n_grid=32 over a 1 m domain
 

@@ -79,7 +79,7 @@ def test_thread_count_setting():
 
 def test_job_thread_setting_is_validated(tmp_path):
     from backend import protocol
-    from backend.simulate import sim_config
+    from backend.jobs.simulate import sim_config
 
     (tmp_path / protocol.SCENE_FILE).write_bytes(b"")
     for bad in (0, 1.5, "two"):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from backend.convergence import ConvergenceMonitor, material_summary
+from backend.estimation.convergence import ConvergenceMonitor, material_summary
 from backend.prior import PriorConfigError
 from backend.prior.analytic import AnalyticPrior
 from backend.prior.boosting import boosted_loss, interleaved_groups

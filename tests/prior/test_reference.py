@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from backend.prior import PriorConfigError, ReferenceVideoError
-from backend.prior.reference import (ReferenceVideoLoss, generate_reference, load_video, reference_loss,
+from backend.prior.reference_clip import (ReferenceVideoLoss, generate_reference, load_video, reference_loss,
                                      save_frames, ssim, video_info)
 
 from .conftest import smooth_video

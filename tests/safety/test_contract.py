@@ -49,7 +49,7 @@ def test_the_rules_that_used_to_disagree(tmp_path):
 
 def test_validated_settings_build_the_solver_config(tmp_path):
     """What the schema accepts, SimConfig takes as it is (no second set of rules to disagree with)."""
-    from backend.simulate import sim_config
+    from backend.jobs.simulate import sim_config
 
     (tmp_path / protocol.SCENE_FILE).write_bytes(b"")
     sim = {"pokes": [{"center": [0, 0, 0.1], "radius": 0.05, "direction": [0, 1, 0], "strength": 3}],
@@ -84,7 +84,7 @@ def test_bad_jobs_are_refused_before_any_heavy_import(tmp_path):
     scene["scale"][0, 0] = 50
     np.savez(job / protocol.SCENE_FILE, **scene)
     jobs.append(job)
-    code = ("import sys\nfrom backend.cli import main\n"
+    code = ("import sys\nfrom backend.app.cli import main\n"
             "codes = [int(main(['run', p])) for p in sys.argv[1:]]\n"
             "heavy = [m for m in %r if m in sys.modules]\n"
             "sys.stderr.write('CODES=%%s HEAVY=%%s\\n' %% (codes, heavy))") % (HEAVY,)
@@ -96,7 +96,7 @@ def test_bad_jobs_are_refused_before_any_heavy_import(tmp_path):
 def test_state_round_trip_keeps_structure_and_types(tmp_path):
     import torch
 
-    from backend.statefile import load_state, save_state
+    from backend.io.statefile import load_state, save_state
 
     field = torch.nn.Linear(3, 2)
     opt = torch.optim.Adam(field.parameters(), lr=0.01)
@@ -131,7 +131,7 @@ def test_a_bad_estimate_checkpoint_is_never_used(tmp_path, kind, reason):
     """Crafted, foreign or poisoned checkpoints: nothing runs, nothing is loaded, the run starts over and says why."""
     import torch
 
-    from backend.estimate import load_checkpoint, save_checkpoint
+    from backend.jobs.estimate import load_checkpoint, save_checkpoint
     from backend.jobctl import Reporter
 
     sentinel, path = tmp_path / "PWNED", tmp_path / protocol.ESTIMATE_CHECKPOINT_FILE
@@ -156,7 +156,7 @@ def test_a_bad_estimate_checkpoint_is_never_used(tmp_path, kind, reason):
 
 
 def test_a_good_estimate_checkpoint_resumes(tmp_path):
-    from backend.estimate import load_checkpoint, save_checkpoint
+    from backend.jobs.estimate import load_checkpoint, save_checkpoint
     from backend.jobctl import Reporter
 
     path = tmp_path / protocol.ESTIMATE_CHECKPOINT_FILE
@@ -182,7 +182,7 @@ def test_a_good_estimate_checkpoint_resumes(tmp_path):
     (KeyError("a"), ExitCode.INTERNAL, "Internal error while simulate (simulating 48 frames) (KeyError: 'a')"),
 ])
 def test_failures_are_explained_with_the_stage(exc, code, fragment):
-    from backend.cli import explain
+    from backend.app.cli import explain
     from backend.jobctl import Reporter
 
     reporter = Reporter(io.StringIO())
@@ -194,12 +194,12 @@ def test_failures_are_explained_with_the_stage(exc, code, fragment):
 def test_torch_out_of_memory_is_a_missing_resource():
     import torch
 
-    from backend.cli import explain
+    from backend.app.cli import explain
 
     assert explain(torch.OutOfMemoryError("CUDA error"), "estimate").exit_code == ExitCode.MISSING_RESOURCE
 
 
 def test_interrupts_are_not_swallowed():
-    from backend.cli import explain
+    from backend.app.cli import explain
 
     assert explain(KeyboardInterrupt(), "x") is None and explain(SystemExit(1), "x") is None

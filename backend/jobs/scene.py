@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import protocol
-from .fill import describe_fill, fill_scene
-from .geometry import splat_shape
-from .jobctl import Reporter
+from .. import protocol
+from ..geometry.fill import describe_fill, fill_scene
+from ..geometry.shape import splat_shape
+from ..jobctl import Reporter
 
 DEFAULT_E = 1.0e5
 DEFAULT_NU = 0.3
@@ -67,7 +67,7 @@ def build_particles(scene: dict, sim: dict, reporter: Reporter | None = None) ->
     n = len(pos)
     model = protocol.MATERIAL_MODELS.index(sim.get("material_model", "fixed_corotated"))
     log_scale, quat = splat_shape(scene, pos)
-    from .mpm import covariance_from_splats
+    from ..mpm import covariance_from_splats
 
     base = SceneParticles(
         positions=pos,
@@ -99,7 +99,7 @@ MAX_MACH = 10.0  # initial speed / P-wave speed; above 1 is a shock, warned
 
 def check_physical(p: SceneParticles, reporter: Reporter | None) -> None:
     """Refuse (BadJob, exit 2) or warn, with the reason, on unphysical densities, Poisson ratios and speeds."""
-    from .mpm.grid import p_wave_speed
+    from ..mpm.grid import p_wave_speed
 
     def refuse(what: str, bad: np.ndarray, why: str) -> None:
         raise protocol.BadJob(f"{int(bad.sum())} of {len(bad)} points have {what}: {why}")

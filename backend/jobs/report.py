@@ -14,7 +14,7 @@ def to_uint8_frames(video) -> np.ndarray:
 
 
 def write_preview(video, path: Path, fps: float) -> Path:
-    from .io.video import write_video
+    from ..io.video import write_video
 
     return write_video(to_uint8_frames(video), path, fps=fps)
 
@@ -29,7 +29,7 @@ def write_loss_plot(history: list, path: Path, best: int = 0, ladder: dict | Non
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .protocol import atomic_write_bytes
+    from ..protocol import atomic_write_bytes
 
     panels = 3 if ladder and ladder.get("tries") else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.4), dpi=100)

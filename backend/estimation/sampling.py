@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import protocol
+from .. import protocol
 
 CLIP_PRIORS = ("reference", "analytic")  # priors whose data is one clip with its own frame times
 
@@ -39,7 +39,7 @@ class Sampling:
 
 def clip_fps(est: dict, folder: Path) -> tuple[float, str]:
     """The reference clip's frame rate and where it came from; BadJob when nothing says it."""
-    from .io.video import FRAME_RATE_FILE, VideoError, video_fps
+    from ..io.video import FRAME_RATE_FILE, VideoError, video_fps
     from .supervision import reference_path
 
     if est.get("reference_fps"):

@@ -15,15 +15,15 @@ from pathlib import Path
 
 import numpy as np
 
-from . import protocol
-from .protocol import ExitCode
+from .. import protocol
+from ..protocol import ExitCode
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples"
 
 
 def sample_scene() -> tuple[dict, dict]:
     """scene.npz arrays of the potted plant with its regions' materials, and the regions description."""
-    from .io.ply import read_splats
+    from ..io.ply import read_splats
 
     info = json.loads((SAMPLE / "potted_plant_regions.json").read_text())
     s = read_splats(SAMPLE / info["ply"])
@@ -42,7 +42,7 @@ def sample_scene() -> tuple[dict, dict]:
 
 
 def sample_camera(info: dict, width: int, height: int) -> dict:
-    from .render.camera import Camera, blender_intrinsics, look_at
+    from ..render.camera import Camera, blender_intrinsics, look_at
 
     cam = info["camera"]
     K = blender_intrinsics(cam["lens_mm"], cam["sensor_width_mm"], cam.get("sensor_height_mm", 24.0),
@@ -85,8 +85,8 @@ def cmd_demo(out: Path, quick: bool = False) -> int:
 def render_preview(sim_out: Path, arrays: dict, info: dict, path: Path, quick: bool) -> None:
     import torch
 
-    from .io.video import write_video
-    from .render import Camera, render_splats
+    from ..io.video import write_video
+    from ..render import Camera, render_splats
 
     camera = Camera.from_dict(sample_camera(info, 160 if quick else 320, 90 if quick else 180))
     colors = torch.as_tensor(np.clip(0.5 + 0.28209479177387814 * arrays["f_dc"], 0, 1))

@@ -8,9 +8,9 @@ import json
 import platform
 import sys
 
-from . import __version__
-from .jobctl import Reporter
-from .protocol import ExitCode
+from .. import __version__
+from ..jobctl import Reporter
+from ..protocol import ExitCode
 
 PACKAGES = ("torch", "warp-lang", "gsplat", "diffusers", "transformers", "numpy")
 OPTIONAL_PACKAGES = ("ray",)  # extras (requirements/ray.txt): reported, never a problem when absent
@@ -64,7 +64,7 @@ def gsplat_cuda_usable(has_cuda: bool) -> str:
 
 def model_report(svd_model: str, modelscope_model: str) -> list:
     try:
-        from .prior import check_model
+        from ..prior import check_model
     except ImportError as exc:
         return [{"kind": k, "model": m, "ok": False, "message": f"prior module unavailable: {exc}"}
                 for k, m in (("svd", svd_model), ("modelscope", modelscope_model))]

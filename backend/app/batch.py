@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import protocol
-from .jobctl import Reporter
-from .protocol import BadJob, Event, ExitCode
+from .. import protocol
+from ..jobctl import Reporter
+from ..protocol import BadJob, Event, ExitCode
 
 REPORT_FILE = "report.json"
 EVENTS_FILE = "events.jsonl"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
-from ..geometry import quat_to_matrix
+from ..geometry.shape import quat_to_matrix
 
 wp.set_module_options({"enable_backward": False})
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import protocol
+from .. import protocol
 
 META = "__meta__"
 

@@ -16,8 +16,8 @@ import sys
 import venv
 from pathlib import Path
 
-from .jobctl import CancelToken, Reporter
-from .protocol import ExitCode
+from ..jobctl import CancelToken, Reporter
+from ..protocol import ExitCode
 
 
 def env_python(env_dir: Path) -> Path:

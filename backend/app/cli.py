@@ -15,9 +15,9 @@ import re
 import sys
 from pathlib import Path
 
-from . import protocol
-from .jobctl import CancelToken, JobLock, Reporter, log, setup_logging
-from .protocol import ExitCode, JobError, MissingResource
+from .. import protocol
+from ..jobctl import CancelToken, JobLock, Reporter, log, setup_logging
+from ..protocol import ExitCode, JobError, MissingResource
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -154,19 +154,19 @@ def _on(exc: OSError) -> str:
 
 
 def _dispatch(job: protocol.Job, scene: dict, reporter: Reporter, token: CancelToken) -> dict:
-    from .device import resolve_device
+    from ..jobs.device import resolve_device
 
     device = resolve_device(job.device)
     if job.command == "simulate":
-        from .simulate import run_simulate
+        from ..jobs.simulate import run_simulate
 
         return run_simulate(job, scene, reporter, token, device)
     if job.command == "estimate":
-        from .estimate import run_estimate
+        from ..jobs.estimate import run_estimate
 
         return run_estimate(job, scene, reporter, token, device)
     if job.command == "preview":
-        from .preview import run_preview
+        from ..jobs.preview import run_preview
 
         return run_preview(job, scene, reporter, token, device)
     raise protocol.BadJob(f"unknown command {job.command!r}")

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from . import protocol
+from .. import protocol
 from .estimate import make_differentiable_sim, prepare_scene, simulate_and_render
-from .jobctl import CancelToken, Reporter
+from ..jobctl import CancelToken, Reporter
 from .report import to_uint8_frames, write_preview
 
 
@@ -28,7 +28,7 @@ def run_preview(job: protocol.Job, arrays: dict, reporter: Reporter, token: Canc
                 "nu": torch.as_tensor(p.nu, device=device), "rho": torch.as_tensor(p.rho, device=device)}
         video = simulate_and_render(dsim, mats, scene, n_render)
     token.check()
-    from .io.video import write_frames_png
+    from ..io.video import write_frames_png
 
     out = job.output_dir
     # The frames carry their rate, so an estimate fitting them compares at their own frame times.

@@ -28,8 +28,8 @@ import numpy as np
 
 from typing import Any, Mapping
 
-from . import protocol
-from .geometry import quat_to_matrix, splat_shape
+from .. import protocol
+from .shape import quat_to_matrix, splat_shape
 
 _MAX_EVALS_PER_CHUNK = 4_000_000
 # "auto" fills a shell when at least this share of its interior cells is enclosed along all six axes...

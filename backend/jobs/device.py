@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .protocol import MissingResource
+from ..protocol import MissingResource
 
 
 def cuda_available() -> bool:

@@ -5,8 +5,8 @@ splats rendered along the camera -> frame-boosted groups -> video loss (MDS / SD
 prior, or L2+SSIM against a reference clip) -> backward into the field -> Adam step.
 
 Before the first iteration a coarse ladder of log E values (forward only) picks the start, region by
-region (backend/ladder.py). Every iteration emits a progress event and saves a checkpoint, so a cancelled
-or killed run resumes where it stopped; the stop rule (backend/convergence.py) ends the loop when the
+region (backend/estimation/ladder.py). Every iteration emits a progress event and saves a checkpoint, so a cancelled
+or killed run resumes where it stopped; the stop rule (backend/estimation/convergence.py) ends the loop when the
 smoothed loss and E stopped moving. The lowest-loss point evaluated is what gets written, and a
 non-finite gradient or a failed simulation moves the run to a nearby point instead of ending it.
 """
@@ -20,19 +20,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import protocol
-from .budget import FULL_TAPE_MB
-from .convergence import make_stop_rule
+from .. import protocol
+from ..estimation.budget import FULL_TAPE_MB
+from ..estimation.convergence import make_stop_rule
 from .device import warp_device
-from .jobctl import CancelToken, Reporter, log
-from .particles import SceneParticles, build_particles
-from .sampling import estimation_sampling, sampling_simulation
+from ..jobctl import CancelToken, Reporter, log
+from .scene import SceneParticles, build_particles
+from ..estimation.sampling import estimation_sampling, sampling_simulation
 from .simulate import rest_state, sim_config
-from .statefile import StateRejected, load_state, save_state
-from .supervision import Supervision, check_inputs, first_frame, make_supervision
+from ..io.statefile import StateRejected, load_state, save_state
+from ..estimation.supervision import Supervision, check_inputs, first_frame, make_supervision
 
 # FULL_TAPE_MB (imported above): below this much tape memory the simulation keeps its whole tape (no
-# recomputation in backward); its home is backend/budget.py, which counts it in the projection.
+# recomputation in backward); its home is backend/estimation/budget.py, which counts it in the projection.
 
 # Adam steps on the field's raw parameters. A global or per-particle value maps one-to-one to log E;
 # a triplane's planes and head move every particle at once, so a step must be far smaller.
@@ -136,7 +136,7 @@ def iteration(field, dsim, scene: Scene, supervision: Supervision, optimizer, it
 
     The returned record describes the evaluated point (before the step): its loss and E percentiles.
     A failed simulation or a non-finite gradient entry is recorded as ``failure`` (learned = False)."""
-    from .mpm import SimulationDiverged
+    from ..mpm import SimulationDiverged
 
     optimizer.zero_grad(set_to_none=True)
     mats = field()
@@ -215,7 +215,7 @@ class Best:
 
 def simulate_and_render(dsim, mats: dict, scene: Scene, n_render: int) -> torch.Tensor:
     """(n_render, 3, H, W): the rest frame, then n_render - 1 simulated frames."""
-    from .render import render_splats
+    from ..render import render_splats
 
     p = scene.particles
     n = p.n_visible
@@ -274,7 +274,7 @@ def e_percentiles(E: torch.Tensor) -> dict:
 
 # --------------------------------------------------------------------------- set-up
 def prepare_scene(arrays: dict, sim: dict, est: dict, reporter: Reporter, device: str) -> Scene:
-    from .render import Camera
+    from ..render import Camera
 
     all_positions = np.asarray(arrays["positions"], np.float32)
     n_all = len(all_positions)
@@ -304,7 +304,7 @@ SH_C0 = 0.28209479177387814
 
 def orbit_about(camera, pivot: np.ndarray, n: int, degrees: float) -> list:
     """The artist's camera swung about the vertical axis through ``pivot``, over ``degrees`` in ``n`` steps."""
-    from .render import Camera
+    from ..render import Camera
 
     cams = []
     for angle in np.radians(np.linspace(0.0, degrees, n)):
@@ -347,7 +347,7 @@ def subsample_arrays(arrays: dict, subset: np.ndarray, n_all: int) -> dict:
 def make_material_field(est: dict, p: SceneParticles, device: str, reporter: Reporter | None = None,
                         E: np.ndarray | None = None):
     """The field to learn, starting from the scene's E (or ``E``, e.g. the ladder's choice per point)."""
-    from .field import make_field
+    from ..field import make_field
 
     lo, hi = est["E_range"]
     outside = int(np.count_nonzero((p.E < lo) | (p.E > hi)))
@@ -369,13 +369,13 @@ def make_material_field(est: dict, p: SceneParticles, device: str, reporter: Rep
 
 def global_look(est: dict, scene: Scene, dsim, supervision: Supervision, n_render: int, reporter: Reporter,
                 token: CancelToken, device: str):
-    """The ladder (backend/ladder.py): the start E per point, or None when the ladder is off.
+    """The ladder (backend/estimation/ladder.py): the start E per point, or None when the ladder is off.
 
     Auto (ladder_rungs None) runs it for the reference prior, whose loss is a distance between videos;
     a generative prior's loss value is a noisy surrogate (a fresh noise draw and diffusion time per call),
     so comparing rungs by it would mislead: it is only used there when ladder_rungs is set."""
-    from . import ladder as ladder_mod
-    from .mpm import SimulationDiverged
+    from ..estimation import ladder as ladder_mod
+    from ..mpm import SimulationDiverged
 
     count = est["ladder_rungs"]
     if count == 0 or (count is None and supervision.kind != "reference"):
@@ -421,7 +421,7 @@ def global_look(est: dict, scene: Scene, dsim, supervision: Supervision, n_rende
 def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str, reporter: Reporter | None = None):
     """The rollout starts from the same rest state under gravity as a bake (solved once with the starting
     materials; each rollout rescales its strain to the candidate E, see DifferentiableSim)."""
-    from .mpm import DifferentiableSim
+    from ..mpm import DifferentiableSim
 
     config = sim_config(sim)
     rest = rest_state(p, sim, config, reporter or Reporter(), device)
@@ -432,9 +432,9 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
 
 def check_budget(est: dict, sim: dict, scene: Scene, device: str, n_render: int, reporter: Reporter) -> None:
     """Refuse (BadJob, exit 2) an estimation whose iteration is projected past the memory it may use."""
-    from . import budget
-    from .mpm.grid import GridMapping, plan_substeps
-    from .mpm.solver import max_wave_speed
+    from ..estimation import budget
+    from ..mpm.grid import GridMapping, plan_substeps
+    from ..mpm.solver import max_wave_speed
 
     p = scene.particles
     config = sim_config(sim)
@@ -461,7 +461,7 @@ def check_budget(est: dict, sim: dict, scene: Scene, device: str, n_render: int,
 # --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: Path, fingerprint: str, field, optimizer, history: list, best: Best | None = None,
                     ladder: dict | None = None) -> None:
-    """Plain arrays + JSON (backend.statefile): a checkpoint can never carry code."""
+    """Plain arrays + JSON (backend.io.statefile): a checkpoint can never carry code."""
     state = {"field": field.state_dict(), "optimizer": optimizer.state_dict(), "history": history,
              "best": None if best is None else {"by_loss": best.by_loss, "iteration": best.iteration,
                                                 "loss": best.loss, "record": best.record, "state": best.state},
