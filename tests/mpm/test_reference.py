@@ -1,6 +1,6 @@
 """The warp substep (CPU) against the float64 torch reference (backend/mpm/reference.py), stage by stage and
 whole, for every material model, on a small random scene with non-trivial F, C and plastic state that
-touches a wall, the ground, a moving collider, a poke and anchored nodes."""
+touches a frictional wall, a slip ground, a moving sticky collider, a poke, a gusting wind and anchored nodes."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import torch
 import warp as wp
 
 from backend.mpm import reference as ref
-from backend.mpm.config import Boundary, BoxCollider, Ground, MaterialModel, Plasticity, Poke, SimConfig
+from backend.mpm.config import Boundary, BoxCollider, Ground, MaterialModel, Plasticity, Poke, SimConfig, Wind
+from backend.mpm.boundary import body_acceleration
 from backend.mpm.core import SimCore, State, init_warp
 from backend.mpm.grid import GridMapping, lame
 from backend.mpm import kernels
@@ -25,7 +26,8 @@ CONFIG = dict(n_grid=16, domain_min=(0, 0, 0), domain_max=(1, 1, 1), substep_dt=
               damping=3.0, threads=1, walls=Boundary(kind="frictional", friction=0.4),
               ground=Ground(height=0.25, kind="slip"), plasticity=PLASTICITY,
               colliders=[BoxCollider(times=(0.0, 0.1), centers=((0.33, 0.52, 0.55), (0.33, 0.62, 0.55)),
-                                     half_extents=(0.083, 0.077, 0.3), kind="frictional", friction=0.3)],
+                                     half_extents=(0.083, 0.077, 0.3), kind="sticky")],
+              winds=[Wind(direction=(0, 1, 0.2), strength=2.0, gust_frequency=3.0, gust_amplitude=0.5)],
               pokes=[Poke(center=(0.2, 0.4, 0.4), radius=0.12, direction=(1, 1, 0), strength=40.0, start=0.0, end=0.1)])
 MODELS = list(MaterialModel)
 # F that a return mapping projected is recomposed from warp's float32 svd3, whose U diag(s) V^T is off by
@@ -165,7 +167,7 @@ def test_grid_update_with_walls_ground_collider_and_anchors(mixed):
     mv = wp.zeros(core.n_nodes, dtype=wp.vec4)
     launch_p2g(mixed, mixed.warp_state(), mv)
     gv = wp.zeros(core.n_nodes, dtype=wp.vec3)
-    body = [a * DT for a in CONFIG["gravity"]]
+    body = [a * DT for a in body_acceleration(mixed.config, T)]
     wp.launch(kernels.grid_update, core.n_nodes,
               inputs=[mv, core.fixed, core.has_fixed, core.g_full, core.bnd, wp.vec3(*body),
                       float(np.exp(-CONFIG["damping"] * DT)), float(mixed.grid.dx / DT), T, 0], outputs=[gv])
