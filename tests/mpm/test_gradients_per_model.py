@@ -23,7 +23,7 @@ from backend.mpm.constitutive import PlasticParams, kirchhoff_stress, return_map
 from backend.mpm.core import SimCore, init_warp, initial_state
 from backend.mpm.grid import GridMapping, lame, plan_substeps
 from backend.mpm.particles import rest_shape_matrices
-from mpm.mpm_scenes import lattice
+from mpm.mpm_scenes import gradient_scene
 
 N_FRAMES = 2
 # Low yield limits: over the 2 frames most particles of every plastic model flow (asserted below).
@@ -38,15 +38,8 @@ MODELS = list(MaterialModel)
 
 @pytest.fixture(scope="module")
 def scene():
-    pos = lattice((0.35, 0.4, 0.4), (0.6, 0.6, 0.6), 1 / 28)
-    n = len(pos)
-    rng = np.random.default_rng(3)
-    c = pos.mean(axis=0)
-    # Stretch along x, squeeze across, spin about z: shear, volume change and rotation at once.
-    v0 = 1.2 * (pos - c) * np.array([1.0, -0.6, -0.4]) + 0.4 * np.cross(pos - c, [0, 0, 1])
-    params = {"log_E": np.log(1e4) + 0.2 * rng.standard_normal(n), "nu": 0.3 + 0.04 * rng.standard_normal(n),
-              "rho": np.full(n, 1000.0), "v0": v0.astype(np.float32).astype(np.float64)}
-    weights = (rng.standard_normal((N_FRAMES, n, 3)), rng.standard_normal((N_FRAMES, n, 3, 3)) * 1e3)
+    pos, params, weights, _ = gradient_scene((0.35, 0.4, 0.4), (0.6, 0.6, 0.6), 1 / 28, N_FRAMES, seed=3,
+                                             stretch=(1.2, -0.72, -0.48), spin=0.4, nu_spread=0.04)
     return pos, params, weights
 
 
