@@ -216,11 +216,13 @@ def kirchhoff_stress(F, material, plastic, mu, lam, plasticity: Plasticity) -> t
 
 
 # ------------------------------------------------------------------------------------ plasticity
+# Each return mapping below gives the projected singular values, the new plastic state and whether it
+# projected at all (where it did not, F passes through untouched).
 def snow_return(s, Jp, pl: Plasticity):
     """Clamp the singular values to [1 - theta_c, 1 + theta_s]; Jp absorbs the volume change (kept in [0.05, 20])."""
     sc = s.clamp(1.0 - pl.snow_theta_c, 1.0 + pl.snow_theta_s)
     Jp_new = (Jp * s.prod(-1) / sc.prod(-1)).clamp(0.05, 20.0)
-    return sc, Jp_new
+    return sc, Jp_new, (sc != s).any(-1)
 
 
 def hencky_strain(s):
@@ -242,7 +244,7 @@ def von_mises_return(s, plastic, material, mu, pl: Plasticity, dt: float):
     dg = torch.where(material == int(M.FOAM), dg / (1.0 + pl.viscosity / (2.0 * mu * dt)), dg)
     flows = (dev_norm - ys / (2.0 * mu) > 0) & (dev_norm > 0)
     step = torch.where(flows, dg / torch.where(flows, dev_norm, 1.0), 0.0)
-    return torch.exp(eps - step[:, None] * dev), plastic + torch.where(flows, dg, 0.0)
+    return torch.exp(eps - step[:, None] * dev), plastic + torch.where(flows, dg, 0.0), flows
 
 
 def drucker_prager_return(s, plastic, mu, lam, pl: Plasticity):
@@ -257,23 +259,24 @@ def drucker_prager_return(s, plastic, mu, lam, pl: Plasticity):
     step = torch.where(flows, dg / torch.where(flows, dev_norm, 1.0), 0.0)
     eps_new = torch.where(tip[:, None], torch.full_like(eps, pl.cohesion / 3.0), eps - step[:, None] * dev)
     plastic_new = plastic + torch.where(tip, dev_norm, torch.where(flows, dg, 0.0))
-    return torch.exp(eps_new), plastic_new
+    return torch.exp(eps_new), plastic_new, tip | flows
 
 
 def return_mapping(F, material, plastic, mu, lam, pl: Plasticity, dt: float):
     """Project the trial elastic F onto each plastic model's yield surface; returns (F, plastic).
     plastic: accumulated plastic strain, or Jp for snow. Elastic models pass through unchanged."""
     U, s, V = svd(F)
-    s_snow, Jp = snow_return(s, plastic, pl)
-    s_vm, pl_vm = von_mises_return(s, plastic, material, mu, pl, dt)
-    s_dp, pl_dp = drucker_prager_return(s, plastic, mu, lam, pl)
+    s_snow, Jp, snow_projected = snow_return(s, plastic, pl)
+    s_vm, pl_vm, vm_projected = von_mises_return(s, plastic, material, mu, pl, dt)
+    s_dp, pl_dp, dp_projected = drucker_prager_return(s, plastic, mu, lam, pl)
     snow = material == int(M.SNOW)
     dp = material == int(M.DRUCKER_PRAGER)
     s_new = torch.where(snow[:, None], s_snow, torch.where(dp[:, None], s_dp, s_vm))
     pl_new = torch.where(snow, Jp, torch.where(dp, pl_dp, pl_vm))
-    # F passes through unchanged unless it is projected (or a singular value is floored at MIN_STRETCH).
-    flowed = torch.where(snow, (s_snow != s).any(-1), (pl_new != plastic) | (s < MIN_STRETCH).any(-1))
-    keep = (material <= int(M.STVK_HENCKY)) | ~flowed
+    # A singular value floored at MIN_STRETCH also changes F (the Hencky models).
+    projected = torch.where(snow, snow_projected, torch.where(dp, dp_projected, vm_projected)
+                            | (s < MIN_STRETCH).any(-1))
+    keep = (material <= int(M.STVK_HENCKY)) | ~projected
     return torch.where(keep[:, None, None], F, compose(U, s_new, V)), torch.where(keep, plastic, pl_new)
 
 

@@ -104,12 +104,13 @@ def mixed():
     return Scene(mixed_materials())
 
 
-def assert_close(actual, expected, rel, name):
-    """|a - e| <= rel * max|e| elementwise (float32 against float64: a tolerance relative to the scale)."""
+def assert_close(actual, expected, rel, name, scale=None):
+    """|a - e| <= rel * scale elementwise, scale = max|e| by default (float32 against float64: a tolerance
+    relative to the scale)."""
     actual, expected = np.asarray(actual, np.float64), np.asarray(expected, np.float64)
     if expected.size == 0:
         return
-    scale = max(np.abs(expected).max(), 1e-30)
+    scale = max(np.abs(expected).max() if scale is None else scale, 1e-30)
     err = np.abs(actual - expected).max() / scale
     assert err <= rel, f"{name}: max error {err:.2e} of the scale {scale:.3g} > {rel:.0e}"
 
@@ -144,6 +145,34 @@ def test_stress_and_return_mapping_of_every_model(mixed):
         if m > MaterialModel.STVK_HENCKY:  # the scene exercises the plastic flow, not only the elastic branch
             moved = np.abs(F_ref[sel].numpy() - t["F"][sel].numpy()).max(axis=(1, 2)) > 1e-6
             assert 0 < moved.sum() < sel.sum() or m == MaterialModel.SNOW, (m.name, moved.sum(), sel.sum())
+
+
+def test_stress_and_return_mapping_at_the_edges(mixed):
+    """F = I, isotropic expansion (sand goes to its tip with no deviator) and compression, a uniaxial stretch and
+    a crushed axis (a singular value under MIN_STRETCH), for every model."""
+    special = np.stack([np.eye(3), 1.05 * np.eye(3), 0.95 * np.eye(3), np.diag([1.3, 1.0, 1.0]),
+                        np.diag([1.0, 1.0, 5e-5])])
+    F = np.tile(special, (len(MODELS), 1, 1)).astype(np.float32)
+    material = np.repeat(np.arange(len(MODELS)), len(special)).astype(np.int32)
+    n = len(F)
+    plastic = np.where(material == int(MaterialModel.SNOW), 1.0, 0.0).astype(np.float32)
+    mu, lam = (np.full(n, v, np.float32) for v in lame(1e5, 0.3))
+    tau, F_out, pl_out = wp.zeros(n, dtype=wp.mat33), wp.zeros(n, dtype=wp.mat33), wp.zeros(n, dtype=float)
+    wp.launch(stress_and_return, n, inputs=[wp.array(F, dtype=wp.mat33), wp.array(material, dtype=wp.int32),
+                                            wp.array(plastic, dtype=float), wp.array(mu, dtype=float),
+                                            wp.array(lam, dtype=float), mixed.core.pp, DT],
+              outputs=[tau, F_out, pl_out])
+    t = {k: ref.tensor(v) for k, v in dict(F=F, plastic=plastic, mu=mu, lam=lam).items()}
+    m = torch.as_tensor(material.astype(np.int64))
+    tau_ref = ref.kirchhoff_stress(t["F"], m, t["plastic"], t["mu"], t["lam"], PLASTICITY)
+    F_ref, pl_ref = ref.return_mapping(t["F"], m, t["plastic"], t["mu"], t["lam"], PLASTICITY, DT)
+    assert np.isfinite(tau.numpy()).all()  # Hencky's log of the crushed axis too
+    for k in range(n):
+        name = f"{MODELS[material[k]].name} at F = {np.diag(F[k]).round(5).tolist()}"
+        # a crushed F has tiny stresses: its rounding error is float32's of 2 mu (F - R) F^T
+        assert_close(tau.numpy()[k], tau_ref[k], 1e-4, name + ": stress", scale=max(2 * mu[k], np.abs(tau_ref[k].numpy()).max()))
+        assert_close(F_out.numpy()[k], F_ref[k], 1e-5, name + ": F")
+        assert_close(pl_out.numpy()[k], pl_ref[k], 1e-5, name + ": plastic", scale=1.0)  # a strain, or Jp ~ 1
 
 
 def test_p2g(mixed):
