@@ -43,3 +43,9 @@ def gradient_scene(lo, hi, spacing, n_frames, seed, stretch=(1.0, -0.5, -0.5), s
               "rho": np.full(n, 1000.0), "v0": v0.astype(np.float32).astype(np.float64)}
     weights = (rng.standard_normal((n_frames, n, 3)), rng.standard_normal((n_frames, n, 3, 3)) * 1e3)
     return pos, params, weights, rng
+
+
+def random_rotations(rng, n):
+    """n random proper rotations (N,3,3)."""
+    q, _ = np.linalg.qr(rng.standard_normal((n, 3, 3)))
+    return q * np.sign(np.linalg.det(q))[:, None, None]

@@ -23,7 +23,7 @@ from backend.mpm.constitutive import PlasticParams, kirchhoff_stress, return_map
 from backend.mpm.core import SimCore, init_warp, initial_state
 from backend.mpm.grid import GridMapping, lame, plan_substeps
 from backend.mpm.particles import rest_shape_matrices
-from mpm.mpm_scenes import gradient_scene
+from mpm.mpm_scenes import gradient_scene, random_rotations
 
 N_FRAMES = 2
 # Low yield limits: over the 2 frames most particles of every plastic model flow (asserted below).
@@ -125,14 +125,9 @@ def deformation_gradients() -> np.ndarray:
     """The rest state F = I (all stretches equal: where an SVD adjoint is singular), a pure rotation, an
     axisymmetric stretch (two equal stretches) and random stretches up to 20% with rotations."""
     rng = np.random.default_rng(7)
-
-    def rotation(k):
-        q, _ = np.linalg.qr(rng.standard_normal((k, 3, 3)))
-        return q * np.sign(np.linalg.det(q))[:, None, None]
-
-    special = np.stack([np.eye(3), rotation(1)[0], rotation(1)[0] @ np.diag([1.1, 0.95, 0.95])])
+    special = np.stack([np.eye(3), random_rotations(rng, 1)[0], random_rotations(rng, 1)[0] @ np.diag([1.1, 0.95, 0.95])])
     stretch = np.exp(rng.uniform(-0.2, 0.2, (5, 3)))
-    general = rotation(5) @ (np.eye(3) * stretch[:, None, :]) @ rotation(5)
+    general = random_rotations(rng, 5) @ (np.eye(3) * stretch[:, None, :]) @ random_rotations(rng, 5)
     return np.concatenate([special, general]).astype(np.float32)
 
 

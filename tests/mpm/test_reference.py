@@ -16,6 +16,7 @@ from backend.mpm.core import SimCore, State, init_warp
 from backend.mpm.grid import GridMapping, lame
 from backend.mpm import kernels
 from backend.mpm.constitutive import PlasticParams, kirchhoff_stress, return_mapping
+from mpm.mpm_scenes import random_rotations
 
 N = 300
 DT = 1.0e-3
@@ -35,11 +36,6 @@ MODELS = list(MaterialModel)
 SVD3_TOL = 1e-3
 
 
-def random_rotation(rng, n):
-    q, r = np.linalg.qr(rng.standard_normal((n, 3, 3)))
-    return q * np.sign(np.linalg.det(q))[:, None, None]
-
-
 class Scene:
     """One random scene: particles (domain-local float32), a state, per-particle constants, on warp and torch."""
 
@@ -52,7 +48,7 @@ class Scene:
         x = self.grid.to_local(world)
         # F = rotation x stretch around 1 (+-15%): every model strays from its rest and yield surfaces.
         stretch = np.exp(rng.uniform(-0.15, 0.15, (N, 3)))
-        F = random_rotation(rng, N) @ (np.eye(3) * stretch[:, None, :]) @ random_rotation(rng, N)
+        F = random_rotations(rng, N) @ (np.eye(3) * stretch[:, None, :]) @ random_rotations(rng, N)
         snow = material == int(MaterialModel.SNOW)
         self.state = {
             "x": x, "v": rng.normal(0.0, 0.5, (N, 3)), "C": rng.normal(0.0, 3.0, (N, 3, 3)), "F": F,
@@ -65,7 +61,7 @@ class Scene:
         self.const = {"mu": mu, "lam": lam, "mass": 1000.0 * vol, "vol": vol}
         self.const = {k: np.asarray(v, np.float32) for k, v in self.const.items()}
         self.material = material.astype(np.int32)
-        self.anchor = (x[:, 0] < x[:, 0].min() + 0.04) & (x[:, 2] > 0.45 + 0.3)  # a few, near the wall
+        self.anchor = (world[:, 0] < world[:, 0].min() + 0.04) & (world[:, 2] > 0.45)  # a few, near the wall
         self.core = SimCore(self.config, self.grid, self.material, self.anchor, "cpu")
         self.wp_const = {k: wp.array(v, dtype=float) for k, v in self.const.items()}
         self.core.set_fixed_nodes(wp.array(x, dtype=wp.vec3), self.wp_const["mass"])
