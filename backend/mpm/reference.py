@@ -205,12 +205,11 @@ def snow_hardening(Jp: torch.Tensor, xi: float) -> torch.Tensor:
 def kirchhoff_stress(F, material, plastic, mu, lam, plasticity: Plasticity) -> torch.Tensor:
     """Kirchhoff stress (N, 3, 3) of the elastic F per particle model; the plastic models other than snow
     use StVK-Hencky elasticity, snow the fixed-corotated law with hardened moduli."""
-    h = snow_hardening(plastic, plasticity.snow_hardening)
-    snow = material == int(M.SNOW)
+    h = torch.where(material == int(M.SNOW), snow_hardening(plastic, plasticity.snow_hardening), 1.0)
     out = hencky_stress(F, mu, lam)
     for model, stress in ((M.FIXED_COROTATED, corotated_stress(F, mu, lam)),
                           (M.NEO_HOOKEAN, neo_hookean_stress(F, mu, lam)),
-                          (M.SNOW, corotated_stress(F, torch.where(snow, mu * h, mu), torch.where(snow, lam * h, lam)))):
+                          (M.SNOW, corotated_stress(F, mu * h, lam * h))):
         out = torch.where((material == int(model))[:, None, None], stress, out)
     return out
 
