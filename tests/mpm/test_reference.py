@@ -137,7 +137,7 @@ def test_stress_and_return_mapping_of_every_model(mixed):
         sel = mixed.material == int(m)
         assert_close(tau.numpy()[sel], tau_ref[sel], 1e-4, f"{m.name} stress")  # float32 eig3 / svd3
         assert_close(F_out.numpy()[sel], F_ref[sel], SVD3_TOL, f"{m.name} return-mapped F")
-        assert_close(pl_out.numpy()[sel], pl_ref[sel], 2e-5, f"{m.name} plastic state")
+        assert_close(pl_out.numpy()[sel], pl_ref[sel], 1e-4, f"{m.name} plastic state")
         if m > MaterialModel.STVK_HENCKY:  # the scene exercises the plastic flow, not only the elastic branch
             moved = np.abs(F_ref[sel].numpy() - t["F"][sel].numpy()).max(axis=(1, 2)) > 1e-6
             assert 0 < moved.sum() < sel.sum() or m == MaterialModel.SNOW, (m.name, moved.sum(), sel.sum())
@@ -238,7 +238,7 @@ def compare_states(got: dict, expected: dict, sc: Scene):
     F = got["F"] + got["F_err"].astype(np.float64)
     assert_close(F[~projected], expected["F"][~projected], 1e-6, "F (elastic)")
     assert_close(F[projected], expected["F"][projected], SVD3_TOL, "F (projected)")
-    assert_close(got["plastic"], expected["plastic"], 2e-5, "plastic")
+    assert_close(got["plastic"], expected["plastic"], 1e-4, "plastic")  # from svd3 strains, as F
     moved = ~sc.anchor
     assert np.array_equal(got["x"][~moved], sc.state["x"][~moved]), "anchored particles moved"
 
