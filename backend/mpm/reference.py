@@ -170,6 +170,11 @@ def bspline_weights(fx: torch.Tensor) -> torch.Tensor:
     return torch.stack([0.5 * (1.5 - fx) ** 2, 0.75 - (fx - 1.0) ** 2, 0.5 * (fx - 0.5) ** 2], dim=1)
 
 
+def node_index(base: torch.Tensor, off, n: int) -> torch.Tensor:
+    """Flat index (i n + j) n + k of the stencil node base + off."""
+    return ((base[:, 0] + off[0]) * n + base[:, 1] + off[1]) * n + base[:, 2] + off[2]
+
+
 def node_weights(w: torch.Tensor, off) -> torch.Tensor:
     i, j, k = off
     return w[:, i, 0] * w[:, j, 1] * w[:, k, 2]
@@ -303,7 +308,7 @@ def p2g(state: dict, parts: Particles, s: Setup, t: float, dt: float):
     for off in OFFSETS:
         wn = node_weights(w, off)
         dpos = s.dx * (tensor(off) - fx)                          # x_i - x_p
-        node = ((base[:, 0] + off[0]) * n + base[:, 1] + off[1]) * n + base[:, 2] + off[2]
+        node = node_index(base, off, n)
         mom.index_add_(0, node, wn[:, None] * (mv + (affine @ dpos[:, :, None])[:, :, 0]))
         mass.index_add_(0, node, wn * parts.mass)
     return mom.reshape(n, n, n, 3), mass.reshape(n, n, n)
@@ -393,7 +398,7 @@ def g2p(state: dict, parts: Particles, grid_v, s: Setup, dt: float) -> dict:
     gv = grid_v.reshape(-1, 3)
     for off in OFFSETS:
         wn = node_weights(w, off)
-        node = ((base[:, 0] + off[0]) * n + base[:, 1] + off[1]) * n + base[:, 2] + off[2]
+        node = node_index(base, off, n)
         vi = wn[:, None] * gv[node]
         v = v + vi
         C = C + (4.0 / s.dx) * vi[:, :, None] * (tensor(off) - fx)[:, None, :]   # 4/dx^2 w v (x_i - x_p)^T
@@ -422,7 +427,7 @@ def fixed_nodes(x, mass, anchor, s: Setup) -> torch.Tensor:
     total = torch.zeros(n**3, dtype=F64)
     held = torch.zeros(n**3, dtype=F64)
     for off in OFFSETS:
-        node = ((base[:, 0] + off[0]) * n + base[:, 1] + off[1]) * n + base[:, 2] + off[2]
+        node = node_index(base, off, n)
         wm = node_weights(w, off) * mass
         total.index_add_(0, node, wm)
         held.index_add_(0, node, torch.where(anchor, wm, 0.0))
