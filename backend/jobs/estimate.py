@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from .. import protocol
-from ..estimation.budget import FULL_TAPE_MB
+from ..estimation.budget import FULL_TAPE_MB, GRID_STORE_MB
 from ..estimation.convergence import make_stop_rule
 from .device import warp_device
 from ..jobctl import CancelToken, Reporter, log
@@ -426,7 +426,7 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
     config = sim_config(sim)
     rest = rest_state(p, sim, config, reporter or Reporter(), device)
     return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, config, device=warp_device(device),
-                             bptt_substeps=est["bptt_substeps"], full_tape_mb=FULL_TAPE_MB,
+                             bptt_substeps=est["bptt_substeps"], full_tape_mb=FULL_TAPE_MB, grid_store_mb=GRID_STORE_MB,
                              F0=None if rest is None else rest.F, F0_E=p.E)
 
 
