@@ -14,7 +14,7 @@ each *_s is that stage's forward + backward; iteration_s also holds the regulari
 clipping and the Adam step (counted in field_s). The scene is a jittered cube of N splats on the
 ground, poked sideways (as in the estimation tests), seen by a 64x64 camera; the field is
 kan_triplane. The priors are the tiny randomly initialised SVD / ModelScope pipelines of
-backend/prior/tiny.py, saved to disk and loaded through load_prior exactly like real weights, so the
+tests/support/tiny_models.py, saved to disk and loaded through load_prior exactly like real weights, so the
 prior figures measure the pipeline's overhead, not a real UNet's cost; "reference" is the
 L2 + SSIM loss against a clip.
 
@@ -40,6 +40,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))  # support/
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -233,7 +234,7 @@ def main() -> None:
         print(json.dumps(run_case(case, kind, model, int(n), int(res), int(frames), device, int(repeats),
                                   a.sim_threads)))
         return
-    from backend.prior.tiny import save_tiny_modelscope, save_tiny_svd
+    from support.tiny_models import save_tiny_modelscope, save_tiny_svd
 
     n, frames, repeats = (500, 4, 1) if a.quick else (5000, 8, 2)
     with tempfile.TemporaryDirectory() as models:

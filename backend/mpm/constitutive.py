@@ -19,14 +19,17 @@ from __future__ import annotations
 
 import warp as wp
 
-FIXED_COROTATED = wp.constant(0)
-NEO_HOOKEAN = wp.constant(1)
-STVK_HENCKY = wp.constant(2)
-VON_MISES = wp.constant(3)
-DRUCKER_PRAGER = wp.constant(4)
-FOAM = wp.constant(5)
-PLASTICINE = wp.constant(6)
-SNOW = wp.constant(7)
+from .config import MaterialModel
+
+# The kernels' ids of the material models: a particle's material_id (config.MaterialModel).
+FIXED_COROTATED = wp.constant(int(MaterialModel.FIXED_COROTATED))
+NEO_HOOKEAN = wp.constant(int(MaterialModel.NEO_HOOKEAN))
+STVK_HENCKY = wp.constant(int(MaterialModel.STVK_HENCKY))
+VON_MISES = wp.constant(int(MaterialModel.VON_MISES))
+DRUCKER_PRAGER = wp.constant(int(MaterialModel.DRUCKER_PRAGER))
+FOAM = wp.constant(int(MaterialModel.FOAM))
+PLASTICINE = wp.constant(int(MaterialModel.PLASTICINE))
+SNOW = wp.constant(int(MaterialModel.SNOW))
 
 SNOW_H_MIN = wp.constant(0.1)
 SNOW_H_MAX = wp.constant(10.0)
