@@ -20,6 +20,7 @@ from __future__ import annotations
 import warp as wp
 
 from .config import MaterialModel
+from .grid import SNOW_HARDENING_RANGE
 
 # The kernels' ids of the material models: a particle's material_id (config.MaterialModel).
 FIXED_COROTATED = wp.constant(int(MaterialModel.FIXED_COROTATED))
@@ -31,8 +32,8 @@ FOAM = wp.constant(int(MaterialModel.FOAM))
 PLASTICINE = wp.constant(int(MaterialModel.PLASTICINE))
 SNOW = wp.constant(int(MaterialModel.SNOW))
 
-SNOW_H_MIN = wp.constant(0.1)
-SNOW_H_MAX = wp.constant(10.0)
+SNOW_H_MIN = wp.constant(SNOW_HARDENING_RANGE[0])
+SNOW_H_MAX = wp.constant(SNOW_HARDENING_RANGE[1])
 MIN_STRETCH = wp.constant(1.0e-4)
 
 
