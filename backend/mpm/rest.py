@@ -11,13 +11,10 @@ F = I lets it sag. The rest state is found by damped quasi-static solves and reb
    increment F_k F_rest^-1). The stress that held x_k is carried by the captured shape X, turned back
    with the material it belongs to.
 
-Repeat until the residual is below `tolerance`. Thin parts (leaves, stems) sag mostly by rotating: kept
-in F_rest (F_rest = F_k), that rotation turns their bending stress away from the captured shape, and the
-residual stops shrinking once the sag is tens of percent. With it removed, what is left between the
-equilibria of x_k and X is the change of the loads' lever arms (second order in the rotation), so the
-residual shrinks by about the square of the sag's angle each time. If it stops shrinking, the best
-F_rest found is kept (converged False). Anchored particles are rebased too: those at the clamp's face
-carry part of the load.
+Repeat until the residual is below `tolerance`. Thin parts (leaves, stems) sag mostly by rotating;
+taking the settling's local turn off keeps their bending stress along the captured shape instead of
+along the sagged one. If the residual stops shrinking, the best F_rest found is kept (converged False).
+Anchored particles are rebased too: those at the clamp's face carry part of the load.
 
 An object that cannot stand at its stiffness (a stem too soft for the head it carries: the upright
 shape is not a stable equilibrium) falls over in every solve; the residual stays a sizeable fraction of
