@@ -186,8 +186,9 @@ def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, de
         supervision = make_supervision(est, Path(folder), device, frames, scene, quiet)
         optimizer = torch.optim.Adam(field.parameters(), lr=0.005)
         setup_s = time.perf_counter() - t0
-        if baseline:  # what this iteration cost before the launch replay and the frozen collector
+        if baseline:  # before: plain launches, a new tape per rollout, the collector walking everything
             dsim.core.use_threads(dsim.n_threads, replay=False)
+            dsim.release = lambda run: None
         else:
             gc.freeze()  # as run_estimate does after its set-up
         split_iteration(field, dsim, scene, supervision, optimizer, 0, repeats + 1, frames, device)  # warm-up

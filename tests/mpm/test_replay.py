@@ -65,3 +65,27 @@ def test_gradients_are_bit_identical_with_and_without_replay():
         (positions[-1, :, 0].sum() + covs.sum()).backward()
         results.append((positions.detach().numpy(), log_E.grad.numpy()))
     assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
+
+
+def test_a_reused_full_tape_gives_a_fresh_tapes_results():
+    """The second call reuses the first call's tape buffers (DifferentiableSim._tape_buffers)."""
+    rng = np.random.default_rng(2)
+    pos = (rng.random((300, 3)) * 0.2 + 0.4).astype(np.float32)
+    cfg = SimConfig(n_grid=16, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=30, gravity=(0, 0, -9.8),
+                    substep_dt=1 / 600, threads=1)
+
+    def run(sim, E):
+        log_E = torch.full((300,), float(np.log(E)), requires_grad=True)
+        positions, covs = sim(log_E, torch.tensor(0.3), torch.tensor(500.0), torch.zeros(3), 2)
+        (positions[..., 2].sum() + covs.sum()).backward()
+        return positions.detach().numpy(), log_E.grad.numpy()
+
+    reused = DifferentiableSim(pos, config=cfg, checkpoint_every=None)
+    first = run(reused, 1e4)
+    spare = reused._spare
+    assert spare is not None
+    second = run(reused, 3e4)
+    assert reused._spare.blocks[0] is spare.blocks[0]  # the second call ran on the first call's buffers
+    fresh = run(DifferentiableSim(pos, config=cfg, checkpoint_every=None), 3e4)
+    assert np.array_equal(second[0], fresh[0]) and np.array_equal(second[1], fresh[1])
+    assert not np.array_equal(first[1], second[1])
