@@ -2,21 +2,27 @@
 
     python benchmarks/estimate.py            # N=5k particles, 64x64, 8 frames: tiny SVD, tiny ModelScope, reference
     python benchmarks/estimate.py --quick    # N=500, 4 frames
+    python benchmarks/estimate.py --cases reference --baseline   # the reference iteration before and after
     python benchmarks/estimate.py --svd-xt DIR   # the CUDA case from a local SVD-xt folder instead of the hub cache
 
 One iteration is the backend's own (backend.jobs.estimate.iteration) cut into stages with detach()
 boundaries, so each stage's forward and backward are timed on their own:
 
     field()  ->| DifferentiableSim |->  simulate_and_render's frames |->  Supervision.loss (MDS)
-    field_s     sim_s                    render_s                        prior_s
+    field_*     sim_fwd / sim_bwd        render_fwd / render_bwd          prior (forward + backward)
 
-each *_s is that stage's forward + backward; iteration_s also holds the regulariser, gradient
-clipping and the Adam step (counted in field_s). The scene is a jittered cube of N splats on the
-ground, poked sideways (as in the estimation tests), seen by a 64x64 camera; the field is
-kan_triplane. The priors are the tiny randomly initialised SVD / ModelScope pipelines of
-backend/prior/tiny.py, saved to disk and loaded through load_prior exactly like real weights, so the
-prior figures measure the pipeline's overhead, not a real UNet's cost; "reference" is the
-L2 + SSIM loss against a clip.
+field_bwd also holds the regulariser, gradient clipping and the Adam step. Each line gives the
+stages' wall seconds of the fastest iteration (`wall`) and the process CPU seconds (all threads) of
+the cheapest one (`cpu`); sim_s, render_s, prior_s, field_s are the wall forward + backward sums.
+`--baseline` runs every case a second time as it ran before the estimate-speed work (plain
+wp.launch for every substep kernel, a new tape per rollout, the garbage collector walking every
+object at each full collection, 8-pixel compositor tiles), printed first as "<case>-baseline".
+
+The scene is a jittered cube of N splats on the ground, poked sideways (as in the estimation tests),
+seen by a 64x64 camera; the field is kan_triplane. The priors are the tiny randomly initialised SVD /
+ModelScope pipelines of backend/prior/tiny.py, saved to disk and loaded through load_prior exactly
+like real weights, so the prior figures measure the pipeline's overhead, not a real UNet's cost;
+"reference" is the L2 + SSIM loss against a clip.
 
 Each case runs in a fresh subprocess after one warm-up iteration; the figures are those of the
 fastest of the timed iterations. iteration_cpu_s is the process CPU time of the cheapest iteration
@@ -49,6 +55,7 @@ from backend import protocol  # noqa: E402
 from backend.jobs.estimate import (make_differentiable_sim, make_material_field, prepare_scene,  # noqa: E402
                               simulate_and_render)
 from backend.jobctl import Reporter  # noqa: E402
+from backend.jobs import estimate as estimate_job  # noqa: E402
 from backend.estimation.supervision import make_supervision  # noqa: E402
 from peak_memory import PeakMemory  # noqa: E402
 
@@ -186,9 +193,10 @@ def run_case(case: str, kind: str, model: str, n: int, res: int, frames: int, de
         supervision = make_supervision(est, Path(folder), device, frames, scene, quiet)
         optimizer = torch.optim.Adam(field.parameters(), lr=0.005)
         setup_s = time.perf_counter() - t0
-        if baseline:  # before: plain launches, a new tape per rollout, the collector walking everything
+        if baseline:  # before: plain launches, a new tape per rollout, the collector walking everything, 8 px tiles
             dsim.core.use_threads(dsim.n_threads, replay=False)
             dsim.release = lambda run: None
+            estimate_job.RENDER_TILE_SIZE = 8
         else:
             gc.freeze()  # as run_estimate does after its set-up
         split_iteration(field, dsim, scene, supervision, optimizer, 0, repeats + 1, frames, device)  # warm-up
