@@ -50,6 +50,7 @@ from .. import protocol
 from ..jobctl import Reporter
 from ..protocol import BadJob, Event, ExitCode
 
+BACKEND_DIR = Path(__file__).resolve().parents[1]  # the backend package, shipped to Ray workers as a py_module
 REPORT_FILE = "report.json"
 EVENTS_FILE = "events.jsonl"
 DEFAULT_RETRIES = 3
@@ -242,7 +243,7 @@ def _die_with_parent() -> None:
 
 def _child_env(cpus: float, has_gpu: bool) -> dict:
     env = os.environ.copy()
-    root = str(Path(__file__).resolve().parents[1])  # wherever this backend is on this node (py_modules)
+    root = str(BACKEND_DIR.parent)  # wherever this backend is on this node (py_modules)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env["PYTHONUNBUFFERED"] = "1"
     env["OMP_NUM_THREADS"] = str(max(1, int(cpus)))  # torch's threads = the CPUs Ray reserved
@@ -636,8 +637,7 @@ def _check_reachable(address: str) -> None:
 
 
 def _connect(ray, args) -> None:
-    backend_dir = str(Path(__file__).resolve().parent)
-    runtime_env = {"py_modules": [backend_dir], "excludes": ["__pycache__", "*.pyc"]}
+    runtime_env = {"py_modules": [str(BACKEND_DIR)], "excludes": ["__pycache__", "*.pyc"]}
     if args.address:
         _check_reachable(args.address)
         try:
