@@ -5,8 +5,11 @@ Standard library + numpy only (through protocol), so it loads before any heavy i
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -84,8 +87,6 @@ def setup_logging(log_file: Path | None = None, verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, handlers=handlers, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # warp prints module-load chatter on stdout; stdout belongs to the events.
-    import os
-
     os.environ.setdefault("WARP_QUIET", "1")
 
 
@@ -106,10 +107,6 @@ class JobLock:
 
     def acquire(self) -> str | None:
         """Take the lock; returns a note when a stale lock was taken over. Raises JobBusy or BadJob."""
-        import json
-        import os
-        import socket
-
         me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
         note = None
         for _ in range(3):
@@ -130,9 +127,6 @@ class JobLock:
         raise JobBusy(self._busy_message(self._holder(), me["host"]))
 
     def release(self) -> None:
-        import json
-        import os
-
         if not self.held:
             return
         self.held = False
@@ -144,8 +138,6 @@ class JobLock:
 
     def _holder(self) -> dict | None:
         """The lock's content; None while another run is still writing it (a fresh, empty lock)."""
-        import json
-
         try:
             if self.path.stat().st_size == 0 and time.time() - self.path.stat().st_mtime < 10:
                 return None
@@ -161,8 +153,6 @@ class JobLock:
 
     @staticmethod
     def _alive(holder: dict, host: str) -> bool:
-        import os
-
         if holder["pid"] <= 0:
             return False
         if holder["host"] != host:

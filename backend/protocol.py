@@ -3,6 +3,8 @@
 Both sides import this module, so it uses only the standard library and numpy. It holds:
 
 * the job schema (``job.json``) with its version, and validation with precise messages;
+* the facts both sides share: enumerations (material models, boundary kinds, ...), the default
+  video models, the material of points without one, and the stiffness summary (E percentiles);
 * the array layouts of the job folder (``scene.npz``) and of the results;
 * the progress events streamed as JSON lines on the backend's stdout;
 * the exit codes;
@@ -38,6 +40,7 @@ from typing import Any, Callable, Iterable, Mapping
 import numpy as np
 
 from .io.atomic import TEMP_MARKER, atomic_path, remove_own_temps
+from .render.camera import Camera, CameraError  # numpy only
 from .schema import REQUIRED, Choice, Flag, ListOf, Number, Rule, Section, SettingError, Text, Vector, bounds_text
 
 SCHEMA_VERSION = 1
@@ -135,6 +138,12 @@ DEVICES = ("auto", "cpu", "cuda")
 BAKE_TARGETS = ("gn_cache", "ply_sequence", "pc2", "shape_keys")  # the Blender side's caches
 FILL_AUTO = "auto"  # fill the interior only when the object is a closed-ish shell (backend/geometry/fill.py)
 FILL_MODES = (FILL_AUTO, True, False)
+# The video models a prior loads when the job names none (Hugging Face hub ids; weights never downloaded for you).
+DEFAULT_MODELS = {"svd": "stabilityai/stable-video-diffusion-img2vid-xt", "modelscope": "ali-vilab/text-to-video-ms-1.7b"}
+# The material of points the scene gives none for (Pa, dimensionless, kg/m^3); also the add-on's property defaults.
+DEFAULT_E = 1.0e5
+DEFAULT_NU = 0.3
+DEFAULT_RHO = 1000.0
 
 
 # ---------------------------------------------------------------------------- array layouts
@@ -345,8 +354,6 @@ def _fill_rule(d: dict, key: str) -> None:
 
 def _camera_rule(d: dict, key: str) -> None:
     """The camera class holds what makes a camera usable (positive focal lengths, near < far, ...)."""
-    from .render.camera import Camera, CameraError  # numpy only
-
     try:
         Camera.from_dict(d)
     except CameraError as exc:
@@ -648,6 +655,18 @@ def check_output_tree(output_dir: Path) -> None:
                 link = Path(root, name)
                 raise BadJob(f"{link} is a symbolic link; the backend writes only inside the job folder. "
                              "Remove it (or the whole output folder) and run again")
+
+
+# ---------------------------------------------------------------------------- the stiffness summary
+# How an estimate sums up per-point Young's moduli (progress events, result.json, the batch table, the panel):
+# key -> percentile of E.
+E_PERCENTILES = {"E_p5": 5.0, "E_p50": 50.0, "E_p95": 95.0}
+
+
+def e_percentiles(E) -> dict[str, float]:
+    """The stiffness summary (Pa) of per-point Young's moduli, computed in their own float type."""
+    values = np.percentile(np.asarray(E).ravel(), list(E_PERCENTILES.values()))
+    return {k: float(v) for k, v in zip(E_PERCENTILES, values)}
 
 
 # ---------------------------------------------------------------------------- progress events

@@ -20,7 +20,7 @@ object at each full collection, 8-pixel compositor tiles), printed first as "<ca
 
 The scene is a jittered cube of N splats on the ground, poked sideways (as in the estimation tests),
 seen by a 64x64 camera; the field is kan_triplane. The priors are the tiny randomly initialised SVD /
-ModelScope pipelines of backend/prior/tiny.py, saved to disk and loaded through load_prior exactly
+ModelScope pipelines of tests/support/tiny_models.py, saved to disk and loaded through load_prior exactly
 like real weights, so the prior figures measure the pipeline's overhead, not a real UNet's cost;
 "reference" is the L2 + SSIM loss against a clip.
 
@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))  # support/
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -271,7 +272,7 @@ def main() -> None:
         print(json.dumps(run_case(case, kind, model, int(n), int(res), int(frames), device, int(repeats),
                                   a.sim_threads, a.as_baseline)))
         return
-    from backend.prior.tiny import save_tiny_modelscope, save_tiny_svd
+    from support.tiny_models import save_tiny_modelscope, save_tiny_svd
 
     n, frames, repeats = (500, 4, 1) if a.quick else (5000, 8, 4)
     extra = ["--sim-threads", str(a.sim_threads)] if a.sim_threads else []

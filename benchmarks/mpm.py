@@ -16,10 +16,14 @@ Rest state: the cost of the rest-state step under gravity (backend/mpm/rest.py) 
 reported apart from the forward throughput: substeps, seconds, residual, and its cost in seconds of
 bake time (the same substeps simulated forward).
 
-Gradient: N particles, one frame of 32 substeps, loss on the final positions, backward to
-per-particle log E / nu / rho / v0, with and without checkpointing, on 1 thread and on the default
-count (*_cpu: process CPU time, all threads together), then one 768-substep checkpointed frame for
-the peak memory. Each case runs in its own subprocess so its peak RSS (VmHWM) is its own.
+Gradient (--gradient runs only these): N particles, one frame of 32 substeps, loss on the final
+positions, backward to per-particle log E / nu / rho / v0, with and without checkpointing, on 1 thread
+and on the default count (*_cpu: process CPU time, all threads together), then one 768-substep
+checkpointed frame for the peak memory. Each case runs in its own subprocess so its peak RSS (VmHWM)
+is its own. Each prints "before" (warp's generated adjoints; checkpointed backward recomputes whole
+substeps) and "after" (the hand-written adjoints; the forward keeps the P2G grids) in the same run, and
+"hand_recompute" (hand-written adjoints, no kept grids) to tell the two changes apart; a
+"gradient_summary" line lists backward_over_forward_cpu per variant.
 """
 
 from __future__ import annotations
@@ -149,8 +153,14 @@ def threads_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
         report(f"threads_{k}", sim, [t[0] for t in times[k]], [t[1] for t in times[k]], **extra)
 
 
+# gradient variants: DifferentiableSim options ("after" keeps P2G grids as estimation does: GRID_STORE_MB)
+GRADIENT_VARIANTS = {"before": dict(adjoints="generated", grid_store_mb=0.0),
+                     "hand_recompute": dict(adjoints="hand", grid_store_mb=0.0),
+                     "after": dict(adjoints="hand")}
+
+
 def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: int | None, device: str,
-                  threads: int | None = None) -> None:
+                  threads: int | None = None, variant: str = "after") -> None:
     import torch
 
     from backend.mpm import DifferentiableSim, SimConfig
@@ -159,7 +169,11 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
     n = len(pos)
     cfg = SimConfig(n_grid=n_grid, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (substeps * 1e-4),
                     substep_dt=1e-4, **({} if threads is None else {"threads": threads}))
-    sim = DifferentiableSim(pos, config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol)
+    options = dict(GRADIENT_VARIANTS[variant])
+    if "grid_store_mb" not in options:
+        from backend.estimation.budget import GRID_STORE_MB
+        options["grid_store_mb"] = GRID_STORE_MB
+    sim = DifferentiableSim(pos, config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol, **options)
     rng = np.random.default_rng(0)
     weights = torch.from_numpy(rng.standard_normal((1, n, 3)).astype(np.float32))
 
@@ -168,8 +182,11 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
                 torch.full((n,), 1000.0, requires_grad=True), torch.zeros((n, 3), requires_grad=True)]
 
     # warm-up on a tiny copy (loads the kernels) so the peak RSS below is this run's own
-    tiny = DifferentiableSim(pos[:8], config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol)
-    P, C = tiny(torch.tensor(np.log(1e5)), torch.tensor(0.3), torch.tensor(1000.0), torch.zeros(3), 1)
+    tiny = DifferentiableSim(pos[:8], config=cfg, device=device, checkpoint_every=checkpoint_every, volume=vol,
+                             **options)
+    P, C = tiny(torch.tensor(np.log(1e5), requires_grad=True), torch.tensor(0.3), torch.tensor(1000.0),
+                torch.zeros(3), 1)
+    P.sum().backward()  # loads the adjoint kernels too
     base = peak_rss_mb()
     p = params()
     t0, c0 = time.perf_counter(), time.process_time()
@@ -181,7 +198,7 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
     t_bwd, c_bwd = time.perf_counter() - t0, time.process_time() - c0
     ok = all(torch.isfinite(t.grad).all().item() for t in p)
     emit(case="gradient", device=device, n=n, n_grid=n_grid, substeps=substeps, threads=getattr(sim, "n_threads", 1),
-         checkpoint_every=checkpoint_every, forward_ms_per_substep=1e3 * t_fwd / substeps,
+         checkpoint_every=checkpoint_every, variant=variant, forward_ms_per_substep=1e3 * t_fwd / substeps,
          backward_ms_per_substep=1e3 * t_bwd / substeps, backward_over_forward=t_bwd / t_fwd,
          forward_cpu_ms_per_substep=1e3 * c_fwd / substeps, backward_cpu_ms_per_substep=1e3 * c_bwd / substeps,
          backward_over_forward_cpu=c_bwd / c_fwd,
@@ -207,21 +224,51 @@ def rest_case(device: str) -> None:
          ms_per_substep=1e3 * rest.seconds / max(rest.substeps, 1))
 
 
-def run_subprocess(args: list[str], root: str | None = None, label: str | None = None) -> None:
+def run_subprocess(args: list[str], root: str | None = None, label: str | None = None) -> list[dict]:
+    """Run this script with args in a subprocess; prints and returns its JSON records."""
     env = dict(os.environ, MPM_BENCH_ROOT=root) if root else None
     out = subprocess.run([sys.executable, os.path.abspath(__file__), *args], capture_output=True, text=True, env=env)
+    records = []
     for line in out.stdout.splitlines():
         if line.startswith("{"):
-            print(line if label is None else json.dumps({"tree": label, **json.loads(line)}), flush=True)
+            record = json.loads(line) if label is None else {"tree": label, **json.loads(line)}
+            records.append(record)
+            print(json.dumps(record), flush=True)
     if out.returncode != 0:
         emit(case="error", args=args, stderr=out.stderr[-2000:])
+    return records
+
+
+def gradient_cases(device: str, quick: bool = False) -> None:
+    """Before / after figures of the backward, in one run (see the module docstring)."""
+    if quick:
+        for variant in GRADIENT_VARIANTS:
+            run_subprocess(["--grad-case", "1000", "16", "8", "4", "auto", variant, "--device", device])
+        return
+    summary = {}
+    for threads in (("1", "auto") if device == "cpu" else ("auto",)):
+        for ck in ("none", "8"):
+            for variant in GRADIENT_VARIANTS:
+                if ck == "none" and variant == "hand_recompute":
+                    continue  # nothing is recomputed on the full tape
+                for r in run_subprocess(["--grad-case", "10000", "64", "32", ck, threads, variant, "--device", device]):
+                    if r.get("case") == "gradient":
+                        summary[f"threads_{r['threads']}/ckpt_{ck}/{variant}"] = round(r["backward_over_forward_cpu"], 3)
+    # the memory bound: one 768-substep frame at 10k particles, checkpointed
+    for variant in ("before", "after"):
+        for r in run_subprocess(["--grad-case", "10000", "64", "768", "16", "auto", variant, "--device", device]):
+            if r.get("case") == "gradient":
+                summary[f"768_substeps/{variant}/peak_rss_mb"] = round(r["peak_rss_mb"], 1)
+    emit(case="gradient_summary", backward_over_forward_cpu_and_peak_rss=summary)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny smoke run")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--grad-case", nargs=5, metavar=("N", "NGRID", "SUBSTEPS", "CKPT", "THREADS"), help=argparse.SUPPRESS)
+    ap.add_argument("--gradient", action="store_true", help="only the gradient cases (before / after)")
+    ap.add_argument("--grad-case", nargs=6, metavar=("N", "NGRID", "SUBSTEPS", "CKPT", "THREADS", "VARIANT"),
+                    help=argparse.SUPPRESS)
     ap.add_argument("--forward-case", nargs=3, metavar=("N", "NGRID", "REPS"), help=argparse.SUPPRESS)
     ap.add_argument("--baseline", metavar="DIR", help="A/B the forward throughput against the source tree DIR")
     args = ap.parse_args()
@@ -241,18 +288,21 @@ def main() -> None:
                 run_subprocess(["--forward-case", "50000", "64", "5", "--device", args.device], root, label)
         return
     if args.grad_case:
-        n, ng, ss, ck, th = args.grad_case
+        n, ng, ss, ck, th, variant = args.grad_case
         gradient_case(int(n), int(ng), int(ss), None if ck == "none" else int(ck), args.device,
-                      None if th == "auto" else int(th))
+                      None if th == "auto" else int(th), variant)
         return
     emit(case="info", note="machine shared with other jobs: wall-time figures are noisy; *_cpu is steadier",
          cpu_count=os.cpu_count(), warp=wp.config.version)
+    if args.gradient:
+        gradient_cases(args.device)
+        return
     if args.quick:
         forward_case(2000, 32, args.device, reps=2)
         if args.device == "cpu":
             threads_case(5000, 32, args.device, reps=2)
         rest_case(args.device)
-        run_subprocess(["--grad-case", "1000", "16", "8", "4", "auto", "--device", args.device])
+        gradient_cases(args.device, quick=True)
         return
     cpu = args.device == "cpu"
     sizes = ((10_000, 64), (50_000, 64), (200_000, 64), (50_000, 100)) if cpu else ((50_000, 64), (200_000, 64))
@@ -262,11 +312,7 @@ def main() -> None:
         threads_case(50_000, 64, args.device, reps=5)
         ab_case(50_000, 64, args.device, reps=5)
     rest_case(args.device)
-    for threads in (("1", "auto") if cpu else ("auto",)):
-        for ck in ("none", "8"):
-            run_subprocess(["--grad-case", "10000", "64", "32", ck, threads, "--device", args.device])
-    # the memory bound: one 768-substep frame at 10k particles, checkpointed
-    run_subprocess(["--grad-case", "10000", "64", "768", "16", "auto", "--device", args.device])
+    gradient_cases(args.device)
 
 
 if __name__ == "__main__":

@@ -67,9 +67,9 @@ def naive_tile_render(p, cam, tile_size=16):
     """The straightforward tile compositor, for the A/B line: a Python loop over 16x16 tiles,
     each compositing its depth-sorted Gaussians with cumprod and plain autograd.
     Same projection and binning as the fast path; returns (rgb over white, alpha)."""
-    from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
+    from backend.render.gsplat_private import quat_scale_to_covar_preci
 
-    covars, _ = _quat_scale_to_covar_preci(p["quats"], p["scales"], compute_preci=False)
+    covars, _ = quat_scale_to_covar_preci(p["quats"], p["scales"], compute_preci=False)
     viewmat, K = torch.tensor(cam.viewmat, dtype=torch.float32), torch.tensor(cam.K, dtype=torch.float32)
     W, H = cam.width, cam.height
     proj = project_gaussians(p["means"], covars, p["opacities"], viewmat, K, W, H, cam.near, cam.far)

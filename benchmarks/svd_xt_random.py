@@ -18,7 +18,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from backend.prior.tiny import CLIP_MEAN, CLIP_STD, TINY_SVD_SCHEDULER, clip_image_processor_class  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
+
+from backend.prior.loader import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_processor_class  # noqa: E402
+from support.tiny_models import TINY_SVD_SCHEDULER  # noqa: E402
 
 # stabilityai/stable-video-diffusion-img2vid-xt: unet/config.json is diffusers' default for this
 # class with sample_size 96; vae/config.json and image_encoder/config.json as below.
@@ -39,8 +42,8 @@ def build(seed: int = 0, device: str = "cpu"):
         unet = UNetSpatioTemporalConditionModel(sample_size=96, num_frames=25)
         vae = AutoencoderKLTemporalDecoder(**VAE_CONFIG)
         encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**IMAGE_ENCODER_CONFIG))
-    processor = clip_image_processor_class()(crop_size=224, size={"shortest_edge": 224}, image_mean=CLIP_MEAN,
-                                             image_std=CLIP_STD)
+    processor = clip_image_processor_class()(crop_size=224, size={"shortest_edge": 224}, image_mean=CLIP_IMAGE_MEAN,
+                                             image_std=CLIP_IMAGE_STD)
     pipe = StableVideoDiffusionPipeline(vae=vae, image_encoder=encoder, unet=unet,
                                         scheduler=EulerDiscreteScheduler(**TINY_SVD_SCHEDULER),
                                         feature_extractor=processor)

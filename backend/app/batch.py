@@ -25,6 +25,9 @@ driver hashes each job.json and scene.npz, and the worker checks the hash before
 stdout carries JSON lines (protocol.Event): every job's own events with ``data.job`` set, and the
 batch's own under stage "batch" (totals, starts, finishes, the final table as the last "result").
 The table also goes to ``<report>/report.json`` and, as text, to stderr.
+
+Ray is an optional extra (requirements/ray.txt) that reads its environment when imported, so it is
+imported inside the functions that use it: ``--help`` and a missing Ray are answered without it.
 """
 
 from __future__ import annotations
@@ -409,7 +412,7 @@ def _follow(proc: subprocess.Popen, send) -> tuple[int, str, dict, list[str], bo
 def figures(folder: Path, result: dict) -> dict:
     """The table's key figures: frames written for a bake, E percentiles for an estimate."""
     if result.get("command") == "estimate":
-        return {k: result[k] for k in ("E_p5", "E_p50", "E_p95", "iterations", "converged") if k in result}
+        return {k: result[k] for k in (*protocol.E_PERCENTILES, "iterations", "converged") if k in result}
     try:
         out = protocol.read_job(folder).output_dir
     except BadJob:

@@ -33,8 +33,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p_doc = sub.add_parser("doctor", help="report devices, package versions and model availability")
     p_doc.add_argument("--json", action="store_true", help="emit the report as a progress 'result' event")
-    p_doc.add_argument("--svd-model", default="stabilityai/stable-video-diffusion-img2vid-xt")
-    p_doc.add_argument("--modelscope-model", default="ali-vilab/text-to-video-ms-1.7b")
+    p_doc.add_argument("--svd-model", default=protocol.DEFAULT_MODELS["svd"])
+    p_doc.add_argument("--modelscope-model", default=protocol.DEFAULT_MODELS["modelscope"])
 
     p_inst = sub.add_parser("install", help="create a backend environment (stdlib only; used by the add-on)")
     p_inst.add_argument("env_dir")
@@ -53,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     add_arguments(p_batch)
 
     args = parser.parse_args(argv)
+    # Each command imports what it needs when it runs: `run` refuses a bad job before torch or warp loads.
     if args.command == "run":
         return cmd_run(Path(args.job_dir), verbose=args.verbose)
     if args.command == "doctor":
@@ -154,6 +155,7 @@ def _on(exc: OSError) -> str:
 
 
 def _dispatch(job: protocol.Job, scene: dict, reporter: Reporter, token: CancelToken) -> dict:
+    # The jobs load the compute stack; only a job that passed validation gets here.
     from ..jobs.device import resolve_device
 
     device = resolve_device(job.device)

@@ -16,15 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from .. import protocol
+from ..io.ply import read_splats
+from ..io.sh import dc_to_rgb
+from ..io.video import write_video
 from ..protocol import ExitCode
+from ..render.camera import Camera, blender_intrinsics, look_at
 
 SAMPLE = Path(__file__).resolve().parents[1] / "samples"
 
 
 def sample_scene() -> tuple[dict, dict]:
     """scene.npz arrays of the potted plant with its regions' materials, and the regions description."""
-    from ..io.ply import read_splats
-
     info = json.loads((SAMPLE / "potted_plant_regions.json").read_text())
     s = read_splats(SAMPLE / info["ply"])
     n = s.count
@@ -42,8 +44,6 @@ def sample_scene() -> tuple[dict, dict]:
 
 
 def sample_camera(info: dict, width: int, height: int) -> dict:
-    from ..render.camera import Camera, blender_intrinsics, look_at
-
     cam = info["camera"]
     K = blender_intrinsics(cam["lens_mm"], cam["sensor_width_mm"], cam.get("sensor_height_mm", 24.0),
                            cam.get("sensor_fit", "AUTO"), 0.0, 0.0, width, height)
@@ -83,13 +83,12 @@ def cmd_demo(out: Path, quick: bool = False) -> int:
 
 
 def render_preview(sim_out: Path, arrays: dict, info: dict, path: Path, quick: bool) -> None:
-    import torch
+    import torch  # the demo's own process only orchestrates the jobs; torch loads for this preview alone
 
-    from ..io.video import write_video
-    from ..render import Camera, render_splats
+    from ..render import render_splats
 
     camera = Camera.from_dict(sample_camera(info, 160 if quick else 320, 90 if quick else 180))
-    colors = torch.as_tensor(np.clip(0.5 + 0.28209479177387814 * arrays["f_dc"], 0, 1))
+    colors = torch.as_tensor(dc_to_rgb(arrays["f_dc"]))
     opacities = torch.sigmoid(torch.as_tensor(arrays["opacity"]))
     frames = []
     for f in protocol.iter_frame_files(sim_out):

@@ -55,9 +55,9 @@ def gsplat_cuda_usable(has_cuda: bool) -> str:
     if not has_cuda:
         return "no (no CUDA device: the torch CPU renderer is used)"
     try:
-        from gsplat.cuda._backend import _C  # builds or loads the extension
+        from ..render.gsplat_private import cuda_extension
 
-        return "yes" if _C is not None else "no (the CUDA extension did not build)"
+        return "yes" if cuda_extension() is not None else "no (the CUDA extension did not build)"
     except Exception as exc:
         return f"no ({type(exc).__name__}: {exc})"
 

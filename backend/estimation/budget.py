@@ -59,6 +59,11 @@ MB_COEF = (582.0, 0.0, 0.0, 8.84e-7, 4.59e-4, 2.89e-3)
 # needs at most this much; about 340 bytes per particle-substep (README: 3.4 MB per taped substep at 10k).
 # The fit above was measured with checkpointing only, so the tape is added on top.
 FULL_TAPE_MB = 512.0
+# A checkpointed forward keeps each substep's P2G grid (16 bytes per node of the particles' box) up to this
+# much, so that backward recomputes only the grid update and G2P (backend/mpm/autograd.py); projected on
+# the whole grid's nodes (an upper bound of the box's).
+GRID_STORE_MB = 256.0
+GRID_MB_PER_NODE_SUBSTEP = 16 / 2**20
 TAPE_MB_PER_PARTICLE_SUBSTEP = 3.4 / 10_000
 CPU_SLOWDOWN_ON_CUDA = 0.1  # GPU iterations are far cheaper; the memory model is what matters there
 SAFETY = 1.25  # the projection is multiplied by this before it is compared with free memory
@@ -87,7 +92,10 @@ def project(*, n_particles: int, width: int, height: int, frames: int, substeps_
     x = terms(n_particles, width * height, frames, substeps_per_frame, n_grid)
     seconds = sum(c * v for c, v in zip(SECONDS_COEF, x))
     mb = sum(c * v for c, v in zip(MB_COEF, x))
-    mb += min(FULL_TAPE_MB, TAPE_MB_PER_PARTICLE_SUBSTEP * x[2])  # x[2]: particle-substeps
+    tape_mb = TAPE_MB_PER_PARTICLE_SUBSTEP * x[2]  # x[2]: particle-substeps
+    mb += min(FULL_TAPE_MB, tape_mb)
+    if tape_mb > FULL_TAPE_MB:  # checkpointed: the kept P2G grids (x[3]: node-substeps)
+        mb += min(GRID_STORE_MB, GRID_MB_PER_NODE_SUBSTEP * x[3])
     model = PRIOR_MODELS.get(prior)
     if model is not None:
         scale = 0.5 if device == "cuda" else 1.0  # fp16 weights and activations on the GPU

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.cluster.vq import kmeans2
 
 # Rungs stay this factor inside the range: on its edge the field's sigmoid is saturated (no gradient).
 EDGE = 1.05
@@ -33,8 +34,6 @@ def rungs(E_range, count: int | None) -> np.ndarray:
 def spatial_regions(positions: np.ndarray, count: int, free: np.ndarray, seed: int = 0) -> np.ndarray:
     """Region label per point: k-means on the rest positions of the free (not locked) points.
     Locked points get -1; empty clusters are dropped, so there may be fewer than ``count`` regions."""
-    from scipy.cluster.vq import kmeans2
-
     labels = np.full(len(positions), -1, np.int64)
     pts = np.asarray(positions, np.float64)[free]
     if count <= 1 or len(pts) < 2 * count:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import protocol
+from ..io.video import FRAME_RATE_FILE, VideoError, video_fps
 
 CLIP_PRIORS = ("reference", "analytic")  # priors whose data is one clip with its own frame times
 
@@ -37,11 +38,14 @@ class Sampling:
                 f"the rate of {self.source}")
 
 
+def reference_path(est: dict, folder: Path) -> str:
+    """The reference clip the job names, relative to the job folder unless absolute."""
+    p = Path(str(est["reference_video"]))
+    return str(p if p.is_absolute() else folder / p)
+
+
 def clip_fps(est: dict, folder: Path) -> tuple[float, str]:
     """The reference clip's frame rate and where it came from; BadJob when nothing says it."""
-    from ..io.video import FRAME_RATE_FILE, VideoError, video_fps
-    from .supervision import reference_path
-
     if est.get("reference_fps"):
         return float(est["reference_fps"]), "the reference clip (estimate.reference_fps)"
     path = reference_path(est, folder)

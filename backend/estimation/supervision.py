@@ -14,16 +14,16 @@ from pathlib import Path
 
 import torch
 
-from .. import protocol
+from .. import protocol, render
 from ..jobctl import Reporter
+from ..prior import ModelUnavailable, PriorConfigError, ReferenceVideoError, check_model, load_prior
+from ..prior.analytic import AnalyticPrior
+from ..prior.boosting import interleaved_groups
+from ..prior.reference_clip import ReferenceVideoLoss, check_fit, load_video, video_info
+from .sampling import clip_fps, reference_path
 
 # The job says "sds_t" (the papers' name); backend.prior calls the same loss "sds".
 _LOSS_NAMES = {"mds": "mds", "sds_t": "sds"}
-
-
-def reference_path(est: dict, folder: Path) -> str:
-    p = Path(str(est["reference_video"]))
-    return str(p if p.is_absolute() else folder / p)
 
 
 def render_size(est: dict) -> tuple[int, int]:
@@ -33,14 +33,8 @@ def render_size(est: dict) -> tuple[int, int]:
 
 def check_inputs(est: dict, folder: Path, n_render: int) -> None:
     """Fail fast (BadJob / MissingResource) on inputs that cannot work, before anything heavy loads."""
-    from ..prior import ReferenceVideoError, check_model
-
     kind = est["prior"]
     if kind in ("reference", "analytic"):
-        from ..prior.reference_clip import check_fit, video_info
-
-        from .sampling import clip_fps
-
         path = reference_path(est, folder)
         try:
             check_fit(video_info(path), n_render, render_size(est), allow_trim=True, path=path)
@@ -58,8 +52,6 @@ class Supervision:
     for the diffusion priors, one per group where the target differs per group)."""
 
     def __init__(self, judges: list, n_render: int, groups: int, seed: int):
-        from ..prior.boosting import interleaved_groups
-
         self.judges = judges
         self.index = interleaved_groups(n_render, groups) if judges[0].kind != "reference" else [list(range(n_render))]
         self.generator = torch.Generator().manual_seed(seed)
@@ -86,13 +78,9 @@ class Supervision:
 
 
 def make_supervision(est: dict, folder: Path, device: str, n_render: int, scene, reporter: Reporter) -> Supervision:
-    from ..prior import ModelUnavailable, PriorConfigError, ReferenceVideoError
-
     kind = est["prior"]
     try:
         if kind == "reference":
-            from ..prior.reference_clip import ReferenceVideoLoss
-
             judges = [ReferenceVideoLoss.from_file(reference_path(est, folder), n_render, render_size(est))]
         else:
             judges = _load_judges(kind, est, folder, device, n_render, scene, reporter)
@@ -107,16 +95,10 @@ def _load_judges(kind: str, est: dict, folder: Path, device: str, n_render: int,
     common = dict(loss_type=_LOSS_NAMES[est["loss"]], t_range=tuple(est["t_range"]),
                   anneal_to=est["t_range"][0] if est["anneal_t"] else None)
     if kind == "analytic":
-        from ..prior.analytic import AnalyticPrior
-        from ..prior.boosting import interleaved_groups
-        from ..prior.reference_clip import load_video
-
         target = load_video(reference_path(est, folder), n_render, render_size(est))
         # Group g of the rendered frames is judged against the same frames of the target clip.
         return [AnalyticPrior(target[idx], device=device, **common)
                 for idx in interleaved_groups(n_render, int(est["boost_groups"]))]
-    from ..prior import load_prior
-
     reporter.stage("load", f"Loading the {kind} video model ({est['model']})")
     opts = dict(common, guidance_scale=float(est["cfg_scale"]), resolution=render_size(est))
     if kind == "modelscope":
@@ -129,11 +111,9 @@ def _load_judges(kind: str, est: dict, folder: Path, device: str, n_render: int,
 
 def first_frame(scene) -> torch.Tensor:
     """The rest pose rendered from the first camera: SVD's conditioning image (3, H, W)."""
-    from ..render import render_splats
-
     p = scene.particles
     n = p.n_visible
     with torch.no_grad():
-        out = render_splats(torch.as_tensor(p.positions[:n]), colors=scene.colors, opacities=scene.opacities,
+        out = render.render_splats(torch.as_tensor(p.positions[:n]), colors=scene.colors, opacities=scene.opacities,
                             covars=torch.as_tensor(p.cov0[:n]), camera=scene.cameras[0], background=scene.background)
     return out.rgb.permute(2, 0, 1)

@@ -17,13 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..protocol import FIELDS
+from ..protocol import DEFAULT_NU, DEFAULT_RHO, FIELDS
 from .bounds import FieldConfigError, SigmoidRange
 from .kan import KANLayer
 from .triplane import Triplane
-
-DEFAULT_NU = 0.3
-DEFAULT_RHO = 1000.0
 
 
 def _as_tensor(value, n: int, name: str) -> torch.Tensor:

@@ -51,6 +51,12 @@ def basis(dirs: np.ndarray, degree: int) -> np.ndarray:
     return np.stack(cols, axis=1) if cols else np.zeros((len(d), 0))
 
 
+def dc_to_rgb(f_dc: np.ndarray) -> np.ndarray:
+    """The view-independent base colour in [0, 1] of DC coefficients (N, 3), in their own float type."""
+    f_dc = np.asarray(f_dc)
+    return np.clip(0.5 + SH_C0 * f_dc, 0.0, 1.0).astype(f_dc.dtype, copy=False)
+
+
 def colour(f_dc: np.ndarray, f_rest: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     """(N, 3) colours of N splats seen along unit ``dirs`` (N, 3); f_rest channel-major (N, 3*K)."""
     f_rest = np.asarray(f_rest, dtype=np.float64)

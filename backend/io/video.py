@@ -1,5 +1,5 @@
 """Preview and reference videos: MP4 (imageio-ffmpeg's bundled ffmpeg), GIF (Pillow) and folders
-of PNG/JPG frames.
+of frame images (PNG, JPG, ...).
 
 Backend only: imageio-ffmpeg and Pillow are not available in Blender's Python, which is why
 `backend.io` does not import this module. Frames are (T, H, W, 3) arrays, uint8 or float in
@@ -13,13 +13,17 @@ import math
 import os
 import re
 
+import imageio_ffmpeg
 import numpy as np
+from PIL import Image, ImageSequence, UnidentifiedImageError
 
 from .atomic import atomic_path
 
-__all__ = ["VideoError", "write_frames_png", "write_video", "read_video", "video_fps", "FRAME_RATE_FILE"]
+__all__ = ["VideoError", "write_frames_png", "write_video", "read_video", "video_fps", "video_info", "frame_files",
+           "FRAME_RATE_FILE", "IMAGE_EXTS", "VIDEO_EXTS"]
 
-_IMAGE_EXTS = (".png", ".jpg", ".jpeg")
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # frames of a folder (read with Pillow)
+VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif")
 _MAX_GIF_REPEAT = 100  # a GIF frame held longer than this many base frames is a pause, not motion
 # A folder of frames has no frame rate of its own; this file beside the frames carries it ({"fps": 24.0}).
 FRAME_RATE_FILE = "frame_rate.json"
@@ -65,8 +69,6 @@ def write_frames_png(frames, folder: str | os.PathLike, *, prefix: str = "frame_
     shorter rerun never leaves stale frames for a folder reader to pick up. With `fps`, the
     folder's frame rate is written beside the frames (FRAME_RATE_FILE), where video_fps finds it.
     """
-    from PIL import Image
-
     folder = os.fspath(folder)
     frames = _to_uint8(frames, folder)
     os.makedirs(folder, exist_ok=True)
@@ -119,8 +121,6 @@ def write_video(frames, path: str | os.PathLike, fps: float = 24.0, *, quality: 
 
 
 def _write_mp4(frames: np.ndarray, tmp: str, fps: float, quality: float, path: str) -> None:
-    import imageio_ffmpeg
-
     _, h, w, _ = frames.shape
     if h % 2 or w % 2:
         frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
@@ -139,8 +139,6 @@ def _write_mp4(frames: np.ndarray, tmp: str, fps: float, quality: float, path: s
 
 
 def _write_gif(frames: np.ndarray, tmp: str, fps: float) -> None:
-    from PIL import Image
-
     images = [Image.fromarray(frame) for frame in frames]
     images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
                    duration=max(10, int(round(1000.0 / fps, -1))), loop=0)
@@ -166,7 +164,7 @@ def read_video(path: str | os.PathLike, *, max_frames: int | None = None) -> tup
         ext = os.path.splitext(path)[1].lower()
         if ext == ".gif":
             frames, fps = _read_gif(path, max_frames)
-        elif ext in _IMAGE_EXTS:
+        elif ext in IMAGE_EXTS:
             frames, fps = _read_images([path], path), None
         else:
             frames, fps = _read_ffmpeg(path, max_frames)
@@ -182,12 +180,10 @@ def video_fps(path: str | os.PathLike) -> float | None:
     if not os.path.isfile(path):
         raise VideoError(f"{path}: no such video file or frame folder")
     ext = os.path.splitext(path)[1].lower()
-    if ext in _IMAGE_EXTS:
+    if ext in IMAGE_EXTS:
         return None
     if ext == ".gif":
         return _read_gif(path, 1, decode=False)[1]
-    import imageio_ffmpeg
-
     try:
         reader = imageio_ffmpeg.read_frames(path)
         meta = next(reader)
@@ -196,6 +192,41 @@ def video_fps(path: str | os.PathLike) -> float | None:
         raise VideoError(f"{path}: cannot read video with ffmpeg ({_first_line(exc)})") from exc
     fps = meta.get("fps")
     return float(fps) if fps and math.isfinite(fps) and fps > 0 else None
+
+
+def video_info(path: str | os.PathLike) -> tuple[int, int, int]:
+    """(frames, height, width) of a clip as read_video would return it, without decoding a video file."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        files = frame_files(path)
+        if not files:
+            raise VideoError(f"{path}: folder holds no frame images ({', '.join(IMAGE_EXTS)})")
+        try:
+            with Image.open(files[0]) as im:  # reads the header only
+                width, height = im.size
+        except (OSError, UnidentifiedImageError) as exc:
+            raise VideoError(f"{files[0]}: cannot read image ({exc})") from exc
+        return len(files), int(height), int(width)
+    if os.path.splitext(path)[1].lower() == ".gif":  # frame count after undoing merged frames: decode (GIFs are small)
+        frames, _ = _read_gif(path, None)
+        return frames.shape[0], frames.shape[1], frames.shape[2]
+    try:
+        reader = imageio_ffmpeg.read_frames(path)
+        meta = next(reader)
+        reader.close()
+        n_frames, _ = imageio_ffmpeg.count_frames_and_secs(path)
+    except (OSError, RuntimeError, StopIteration) as exc:
+        raise VideoError(f"{path}: cannot read video with ffmpeg ({_first_line(exc)})") from exc
+    width, height = meta["size"]
+    return int(n_frames), int(height), int(width)
+
+
+def frame_files(folder: str | os.PathLike) -> list[str]:
+    """The frame images of a folder in natural order ('frame_9' before 'frame_10'), hidden files skipped."""
+    folder = os.fspath(folder)
+    names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS) and not n.startswith(".")),
+                   key=_natural_key)
+    return [os.path.join(folder, n) for n in names]
 
 
 def _folder_fps(folder: str) -> float | None:
@@ -213,8 +244,6 @@ def _folder_fps(folder: str) -> float | None:
 
 
 def _read_images(paths: list[str], where: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     frames = []
     for p in paths:
         try:
@@ -230,16 +259,13 @@ def _read_images(paths: list[str], where: str) -> np.ndarray:
 
 
 def _read_folder(folder: str, max_frames: int | None) -> np.ndarray:
-    names = sorted((n for n in os.listdir(folder)
-                    if n.lower().endswith(_IMAGE_EXTS) and not n.startswith(".")), key=_natural_key)
-    if not names:
-        raise VideoError(f"{folder}: folder holds no PNG or JPG frames")
-    return _read_images([os.path.join(folder, n) for n in names[:max_frames]], folder)
+    files = frame_files(folder)
+    if not files:
+        raise VideoError(f"{folder}: folder holds no frame images ({', '.join(IMAGE_EXTS)})")
+    return _read_images(files[:max_frames], folder)
 
 
 def _read_gif(path: str, max_frames: int | None, decode: bool = True) -> tuple[np.ndarray | None, float | None]:
-    from PIL import Image, ImageSequence, UnidentifiedImageError
-
     frames, durations = [], []
     try:
         with Image.open(path) as im:
@@ -263,8 +289,6 @@ def _read_gif(path: str, max_frames: int | None, decode: bool = True) -> tuple[n
 
 
 def _read_ffmpeg(path: str, max_frames: int | None) -> tuple[np.ndarray, float | None]:
-    import imageio_ffmpeg
-
     reader = imageio_ffmpeg.read_frames(path, pix_fmt="rgb24")
     frames = []
     try:

@@ -6,7 +6,7 @@ from ..protocol import MissingResource
 
 
 def cuda_available() -> bool:
-    import torch
+    import torch  # only when the job does not say "cpu": a CPU bake never loads torch
 
     return torch.cuda.is_available()
 

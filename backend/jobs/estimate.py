@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from .. import protocol
-from ..estimation.budget import FULL_TAPE_MB
+from ..estimation.budget import FULL_TAPE_MB, GRID_STORE_MB
 from ..estimation.convergence import make_stop_rule
 from .device import warp_device
 from ..jobctl import CancelToken, Reporter, log
 from .scene import SceneParticles, build_particles
 from ..estimation.sampling import estimation_sampling, sampling_simulation
 from .simulate import rest_state, sim_config
+from ..io.sh import dc_to_rgb
 from ..io.statefile import StateRejected, load_state, save_state
 from ..estimation.supervision import Supervision, check_inputs, first_frame, make_supervision
 
@@ -125,7 +126,7 @@ def _estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, token: 
         save_checkpoint(ckpt_path, fingerprint, field, optimizer, history, best, ladder_json)
         reporter.progress("estimate", it + 1, total, loss=record["loss"] if np.isfinite(record["loss"]) else None,
                           message=f"iteration {it + 1}: E median {record['E_p50']:.3g} Pa",
-                          data={k: record[k] for k in ("E_p5", "E_p50", "E_p95", "seconds")})
+                          data={k: record[k] for k in (*protocol.E_PERCENTILES, "seconds")})
         if converged:
             reason = stop.reason
             break
@@ -222,7 +223,7 @@ class Best:
 
     def to_json(self) -> dict:
         return {"iteration": self.iteration, "loss": self.loss, "chosen_by": self.CRITERIA[self.by_loss],
-                **{k: self.record[k] for k in ("E_p5", "E_p50", "E_p95") if k in self.record}}
+                **{k: self.record[k] for k in protocol.E_PERCENTILES if k in self.record}}
 
 
 # The CPU compositor's tile side for the estimation's renders (the image is the same for any size). A tile
@@ -283,13 +284,11 @@ def cosine_lr(base: float, it: int, total: int, floor: float = 0.1) -> float:
 
 def _tracked(record: dict) -> dict:
     """What the stop rule watches besides the loss: ln E at the 5th, 50th and 95th percentile."""
-    return {f"ln {k}": float(np.log(record[k])) for k in ("E_p5", "E_p50", "E_p95")}
+    return {f"ln {k}": float(np.log(record[k])) for k in protocol.E_PERCENTILES}
 
 
 def e_percentiles(E: torch.Tensor) -> dict:
-    e = E.detach().float().cpu().numpy()
-    p5, p50, p95 = np.percentile(e, [5, 50, 95])
-    return {"E_p5": float(p5), "E_p50": float(p50), "E_p95": float(p95)}
+    return protocol.e_percentiles(E.detach().float().cpu().numpy())
 
 
 # --------------------------------------------------------------------------- set-up
@@ -307,7 +306,7 @@ def prepare_scene(arrays: dict, sim: dict, est: dict, reporter: Reporter, device
     particles = build_particles(arrays, sim, reporter)
     n = particles.n_visible
     f_dc = np.asarray(arrays.get("f_dc", np.zeros((n, 3))), np.float32)
-    colors = np.clip(0.5 + SH_C0 * f_dc, 0.0, 1.0)
+    colors = dc_to_rgb(f_dc)
     opacity = 1.0 / (1.0 + np.exp(-np.asarray(arrays.get("opacity", np.full(n, 3.0)), np.float32)))
     camera = Camera.from_dict(est["camera"])
     n_render = est["frames_per_group"] * est["boost_groups"]
@@ -317,9 +316,6 @@ def prepare_scene(arrays: dict, sim: dict, est: dict, reporter: Reporter, device
     dev = torch.device(device)
     return Scene(particles, torch.as_tensor(colors, device=dev), torch.as_tensor(opacity, device=dev), cameras,
                  torch.zeros(3, device=dev), all_positions, subset)
-
-
-SH_C0 = 0.28209479177387814
 
 
 def orbit_about(camera, pivot: np.ndarray, n: int, degrees: float) -> list:
@@ -446,7 +442,7 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
     config = sim_config(sim)
     rest = rest_state(p, sim, config, reporter or Reporter(), device)
     return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, config, device=warp_device(device),
-                             bptt_substeps=est["bptt_substeps"], full_tape_mb=FULL_TAPE_MB,
+                             bptt_substeps=est["bptt_substeps"], full_tape_mb=FULL_TAPE_MB, grid_store_mb=GRID_STORE_MB,
                              F0=None if rest is None else rest.F, F0_E=p.E)
 
 
@@ -553,7 +549,7 @@ def write_outputs(job, scene: Scene, field, dsim, history, converged, reason, re
     return {"command": "estimate", "materials": protocol.MATERIALS_FILE, "summary": protocol.SUMMARY_FILE,
             "preview": protocol.PREVIEW_FILE, "loss_plot": protocol.LOSS_PLOT_FILE, "converged": converged,
             "stop_reason": reason, "iterations": len(history), "best_iteration": best.iteration,
-            **{k: summary[k] for k in ("E_p5", "E_p50", "E_p95")}}
+            **{k: summary[k] for k in protocol.E_PERCENTILES}}
 
 
 def last_vs_best(history: list, last: dict, best: dict) -> dict:

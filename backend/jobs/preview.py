@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .. import protocol
+from ..io.video import write_frames_png
 from .estimate import make_differentiable_sim, prepare_scene, simulate_and_render
 from ..jobctl import CancelToken, Reporter
 from .report import to_uint8_frames, write_preview
@@ -28,8 +29,6 @@ def run_preview(job: protocol.Job, arrays: dict, reporter: Reporter, token: Canc
                 "nu": torch.as_tensor(p.nu, device=device), "rho": torch.as_tensor(p.rho, device=device)}
         video = simulate_and_render(dsim, mats, scene, n_render)
     token.check()
-    from ..io.video import write_frames_png
-
     out = job.output_dir
     # The frames carry their rate, so an estimate fitting them compares at their own frame times.
     write_frames_png(to_uint8_frames(video), out / protocol.PREVIEW_FRAMES_DIR, fps=dsim.config.fps)

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
+
+from ..io.video import write_video
+from ..protocol import atomic_write_bytes
 
 
 def to_uint8_frames(video) -> np.ndarray:
@@ -14,22 +18,16 @@ def to_uint8_frames(video) -> np.ndarray:
 
 
 def write_preview(video, path: Path, fps: float) -> Path:
-    from ..io.video import write_video
-
     return write_video(to_uint8_frames(video), path, fps=fps)
 
 
 def write_loss_plot(history: list, path: Path, best: int = 0, ladder: dict | None = None) -> Path:
     """Loss and E percentiles per iteration (the best iteration marked), and the ladder's loss along E
     when it ran, as one PNG (written atomically)."""
-    import io
-
-    import matplotlib
+    import matplotlib  # slow to import, needed only here at the end of an estimate
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from ..protocol import atomic_write_bytes
 
     panels = 3 if ladder and ladder.get("tries") else 2
     fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.4), dpi=100)

@@ -10,15 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.spatial import cKDTree
 
 from .. import protocol
 from ..geometry.fill import describe_fill, fill_scene
 from ..geometry.shape import splat_shape
 from ..jobctl import Reporter
-
-DEFAULT_E = 1.0e5
-DEFAULT_NU = 0.3
-DEFAULT_RHO = 1000.0
+from ..mpm import covariance_from_splats
+from ..mpm.grid import p_wave_speed
 
 
 @dataclass
@@ -65,15 +64,13 @@ class SceneParticles:
 def build_particles(scene: dict, sim: dict, reporter: Reporter | None = None) -> SceneParticles:
     pos = np.asarray(scene["positions"], np.float32)
     n = len(pos)
-    model = protocol.MATERIAL_MODELS.index(sim.get("material_model", "fixed_corotated"))
+    model = protocol.MATERIAL_MODELS.index(sim.get("material_model", protocol.SIMULATION_DEFAULTS["material_model"]))
     log_scale, quat = splat_shape(scene, pos)
-    from ..mpm import covariance_from_splats
-
     base = SceneParticles(
         positions=pos,
-        E=_per_point(scene, "youngs_modulus", DEFAULT_E, n),
-        nu=_per_point(scene, "poisson_ratio", DEFAULT_NU, n),
-        rho=_per_point(scene, "density", DEFAULT_RHO, n),
+        E=_per_point(scene, "youngs_modulus", protocol.DEFAULT_E, n),
+        nu=_per_point(scene, "poisson_ratio", protocol.DEFAULT_NU, n),
+        rho=_per_point(scene, "density", protocol.DEFAULT_RHO, n),
         material_id=np.asarray(scene.get("material_id", np.full(n, model)), np.int32),
         anchor=np.asarray(scene.get("anchor", np.zeros(n)), bool),
         velocity=np.asarray(scene.get("initial_velocity", np.zeros((n, 3))), np.float32),
@@ -99,8 +96,6 @@ MAX_MACH = 10.0  # initial speed / P-wave speed; above 1 is a shock, warned
 
 def check_physical(p: SceneParticles, reporter: Reporter | None) -> None:
     """Refuse (BadJob, exit 2) or warn, with the reason, on unphysical densities, Poisson ratios and speeds."""
-    from ..mpm.grid import p_wave_speed
-
     def refuse(what: str, bad: np.ndarray, why: str) -> None:
         raise protocol.BadJob(f"{int(bad.sum())} of {len(bad)} points have {what}: {why}")
 
@@ -145,8 +140,6 @@ def add_fill(p: SceneParticles, scene: dict, fill: dict, sim: dict, reporter: Re
     """Append interior particles; each copies the material and anchoring of its nearest visible point.
 
     The fill comes from the scene's own arrays (fill_scene), exactly as the add-on's preview counts it."""
-    from scipy.spatial import cKDTree
-
     if reporter:  # a stage of its own: a fill that runs out of memory is reported as the fill's
         reporter.stage("fill", "Looking for a hollow interior to fill")
     extra, info = fill_scene(scene, fill, int(sim.get("n_grid", 64)))

@@ -15,6 +15,10 @@ import numpy as np
 from .. import protocol
 from .device import warp_device
 from ..jobctl import CancelToken, Reporter, log
+from ..mpm import MPMSolver, ParticleState, SimConfig, SimulationDiverged
+from ..mpm.grid import GridMapping
+from ..mpm.rest import RestState, is_supported, solve_rest_state
+from ..mpm.solver import projected_seconds
 from .scene import build_particles
 
 # Settings of the job that change the result; n_frames is left out so a longer rerun extends a bake.
@@ -22,7 +26,6 @@ _FINGERPRINT_SKIP = {"n_frames", "frame_start"}
 
 
 def run_simulate(job: protocol.Job, scene: dict, reporter: Reporter, token: CancelToken, device: str) -> dict:
-    from ..mpm import MPMSolver, ParticleState, SimulationDiverged
 
     sim = job.simulation
     reporter.stage("load", "Preparing particles")
@@ -86,8 +89,6 @@ def _duration(seconds: float) -> str:
 def check_substeps(solver, n_frames: int, reporter: Reporter) -> dict:
     """Refuse (exit 2), before anything is simulated, a bake whose stable step needs more substeps per
     frame than simulation.max_substeps_per_frame allows; otherwise emit the projected bake time."""
-    from ..mpm.solver import projected_seconds
-
     need, allowed = solver.substeps_required, solver.config.max_substeps_per_frame
     seconds = projected_seconds(solver.n, need * n_frames, solver.device)
     if need > allowed:
@@ -103,10 +104,6 @@ def check_substeps(solver, n_frames: int, reporter: Reporter) -> dict:
 def rest_state(particles, sim: dict, config, reporter: Reporter, device: str, cache=None):
     """The captured shape as the equilibrium under gravity (None when off). cache: (npz path,
     fingerprint) to reuse a rest state solved by an earlier run of the same job."""
-    from ..mpm import ParticleState
-    from ..mpm.grid import GridMapping
-    from ..mpm.rest import RestState, is_supported, solve_rest_state
-
     opts = {**protocol.SIMULATION_DEFAULTS["rest_state"], **(sim.get("rest_state") or {})}
     enabled = opts["enabled"] if opts["enabled"] is not None else any(g != 0.0 for g in config.gravity)
     if not enabled:
@@ -171,8 +168,6 @@ class SanityCheck:
 
 def sim_config(sim: dict):
     """The solver's config from the job's simulation section (keys the solver does not take are job-level)."""
-    from ..mpm import SimConfig
-
     keys = {k: v for k, v in sim.items() if k not in ("n_frames", "frame_start", "material_model", "fill", "rest_state")}
     return SimConfig.from_dict(keys)  # validated by the job schema
 

@@ -5,11 +5,14 @@ the initial velocity v0, including the path through the grid mass (the position 
 the P2G weights), which PhysDreamer's solver drops.
 
 Memory: with checkpointing, the forward pass keeps only the particle state at segment starts
-(~100 bytes per particle each); backward re-runs one segment of `checkpoint_every` substeps on
-fresh buffers with one small tape per substep, so the live tape holds at most one segment of
-particle states and grids, and each taped grid covers only the node box around the particles
-(not the whole domain). With checkpoint_every=None every substep stays taped from the forward
-pass (memory grows with every substep; used to check the checkpointed path).
+(~100 bytes per particle each) and each substep's P2G grid (node momentum and mass, 16 bytes per node
+of the box around the particles, up to grid_store_mb); backward re-runs one segment of
+`checkpoint_every` substeps on fresh buffers with one small tape per substep, starting each substep
+from its kept grid (so only the grid update and G2P are recomputed, not P2G and its stress), so the
+live tape holds at most one segment of particle states and grids, and each taped grid covers only
+the node box around the particles (not the whole domain). With checkpoint_every=None every substep
+stays taped from the forward pass (memory grows with every substep; used to check the checkpointed
+path).
 
 Truncated BPTT: bptt_substeps=None backpropagates through the whole rollout (exact gradient);
 bptt_substeps=K lets each frame's loss flow back only through the last K substeps before that
@@ -31,7 +34,7 @@ from .config import SimConfig
 from .core import SimCore, State, init_warp, initial_state
 from .errors import SimulationDiverged
 from .grid import GridMapping, SubstepPlan, displaced, plan_substeps
-from .kernels import covariance, material_from_params
+from .kernels import covariance, material_from_params, p2g
 from .particles import ParticleState, rest_shape_matrices
 from .solver import max_wave_speed
 from .threads import LaunchRecord
@@ -77,6 +80,7 @@ class _Run:
     n_frames: int
     checkpoints: dict          # substep index -> State (checkpoint mode)
     full: _Buffers | None      # all substeps (no-checkpoint mode)
+    grids: dict = field(default_factory=dict)  # substep -> (node box, P2G grid) kept by a checkpointed forward
 
 
 class DifferentiableSim:
@@ -97,13 +101,20 @@ class DifferentiableSim:
     full_tape_mb: keep the full tape anyway when it needs at most this many MB (no recomputation:
     the backward then costs about a forward less); 0 = always checkpoint when checkpoint_every is set.
 
+    adjoints: "hand" (the hand-written p2g/g2p adjoints of mpm/adjoints.py) or "generated" (warp's
+    generated adjoints of every kernel: slower, the reference the hand-written ones are tested against).
+    grid_store_mb: the most a checkpointed forward keeps of its P2G grids (MB) so that backward need not
+    recompute P2G (estimation passes budget.GRID_STORE_MB); substeps beyond it are recomputed whole.
+    0 keeps none.
+
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
     """
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
-                 volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0):
+                 volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0,
+                 adjoints: str = "hand", grid_store_mb: float = 0.0):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
@@ -121,6 +132,7 @@ class DifferentiableSim:
         self.bptt_substeps = None if bptt_substeps is None else int(bptt_substeps)
         self.checkpoint_every = None if checkpoint_every is None else int(checkpoint_every)
         self.full_tape_mb = float(full_tape_mb)
+        self.grid_store_mb = float(grid_store_mb)
         self.n = ps.n
         self.material_id = ps.material_id
         self.grid = GridMapping.build(self.config, ps.positions)
@@ -130,6 +142,9 @@ class DifferentiableSim:
         vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
         self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, self.device)
         self.n_threads = self.core.use_threads(self.config.threads)
+        if adjoints not in ("hand", "generated"):
+            raise ValueError(f"adjoints must be 'hand' or 'generated', got {adjoints!r}")
+        self.core.use_hand_adjoints(adjoints == "hand")
         self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
         a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
         self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)
@@ -196,8 +211,8 @@ class DifferentiableSim:
         if taped and full:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)
             return pos, cov, _Run(params, plan, n_frames, {}, full)
-        pos, cov, ckpts = self._forward_checkpointed(params, plan, init, n_frames)
-        return pos, cov, _Run(params, plan, n_frames, ckpts, None)
+        pos, cov, ckpts, grids = self._forward_checkpointed(params, plan, init, n_frames, taped)
+        return pos, cov, _Run(params, plan, n_frames, ckpts, None, grids)
 
     def _rest_F(self, log_E: np.ndarray) -> np.ndarray | None:
         """F0 with its strain rescaled to these moduli (see the class docstring)."""
@@ -228,8 +243,12 @@ class DifferentiableSim:
         if bad is not None:
             raise SimulationDiverged(frame, bad, f"Substep dt = {plan.dt:.3g} s ({plan.n} per frame).")
 
-    def _forward_checkpointed(self, params: _Params, plan: SubstepPlan, init: State, n_frames: int):
+    def _forward_checkpointed(self, params: _Params, plan: SubstepPlan, init: State, n_frames: int, taped: bool):
+        """Forward keeping the checkpoints and, when a backward follows (taped), the P2G grids of the first
+        substeps, each on its own node box (the one the recomputation uses), until grid_store_mb is spent."""
         dev, n_sub = self.device, plan.n
+        grids: dict[int, tuple] = {}
+        store_left = self.grid_store_mb * 2**20 if taped else 0.0
         needed = {a for s, e, _ in self._windows(n_frames, n_sub) for a, _ in self._segments(s, e)}
         grid_mv = wp.zeros(self.core.n_nodes, dtype=wp.vec4, device=dev)
         grid_v = wp.zeros(self.core.n_nodes, dtype=wp.vec3, device=dev)
@@ -238,22 +257,32 @@ class DifferentiableSim:
         ckpts: dict[int, State] = {}
         pos_out, cov_out = [], []
         self.core.reset_bad()
-        box, window = self.core.g_full, 4
+        box, window, box_until = self.core.g_full, 4, 0
         for s in range(n_frames * n_sub):
             if s in needed:
                 ckpts[s] = State.zeros(self.n, dev)
                 ckpts[s].assign(st)
-            if s % window == 0:
-                box = self.core.particle_box(st.x, window)
-            self.core.substep(st, st, params.mu, params.lam, params.mass, self.vol, grid_mv, grid_v,
-                              s * plan.dt, plan.dt, s % n_sub, clear=True, g=box)
+            mv = grid_mv
+            if store_left > 0:
+                box, box_until = self.core.particle_box(st.x, 1), s + 1
+                nodes = self.core.box_nodes(box)
+                if 16 * nodes <= store_left:
+                    store_left -= 16 * nodes
+                    mv = wp.zeros(nodes, dtype=wp.vec4, device=dev)
+                    grids[s] = (box, mv)
+                else:
+                    store_left = 0.0  # spent: the later substeps are recomputed whole
+            elif s >= box_until:
+                box, box_until = self.core.particle_box(st.x, window), s + window
+            self.core.substep(st, st, params.mu, params.lam, params.mass, self.vol, mv, grid_v,
+                              s * plan.dt, plan.dt, s % n_sub, clear=True, g=box, clear_grid=mv is grid_mv)
             if (s + 1) % n_sub == 0:
                 self._frame_check(s // n_sub, plan)
                 self.core.reset_bad()
                 wp.launch(covariance, self.n, inputs=[st.F, self.cov0], outputs=[cov], device=dev)
                 pos_out.append(st.x.numpy().copy())
                 cov_out.append(cov.numpy().copy())
-        return self._output_positions(np.stack(pos_out)), np.stack(cov_out), ckpts
+        return self._output_positions(np.stack(pos_out)), np.stack(cov_out), ckpts, grids
 
     def _output_positions(self, local: np.ndarray) -> np.ndarray:
         """float32 outputs: world (the default) or domain-local positions (same gradient)."""
@@ -271,19 +300,24 @@ class DifferentiableSim:
                         cov=[None] * n_substeps)  # covariances: allocated at the frame ends (see _record)
 
     def _record(self, buf: _Buffers, params: _Params, plan: SubstepPlan, a: int, b: int,
-                check_frames: bool = False) -> None:
+                check_frames: bool = False, grids: dict | None = None) -> None:
         """Run substeps a..b-1 from buf.states[0], one tape per substep (covariance taped at frame ends).
 
-        Each substep gets fresh grid arrays covering only the node box around its particles."""
+        Each substep gets fresh grid arrays covering only the node box around its particles. A substep
+        whose P2G grid the forward kept (grids) starts from it: P2G is taped for its adjoint, not run."""
         buf.tapes, buf.grid_mv, buf.grid_v = [], [], []
         n_sub, dev = plan.n, self.device
         for k in range(b - a):
             s = a + k
-            box = self.core.particle_box(buf.states[k].x, 1)
-            nodes = self.core.box_nodes(box)
-            buf.grid_mv.append(wp.zeros(nodes, dtype=wp.vec4, device=dev, requires_grad=True))
-            buf.grid_v.append(wp.zeros(nodes, dtype=wp.vec3, device=dev, requires_grad=True))
-            record = LaunchRecord(self.core.launch)
+            kept = grids.get(s) if grids else None
+            if kept is None:
+                box = self.core.particle_box(buf.states[k].x, 1)
+                buf.grid_mv.append(wp.zeros(self.core.box_nodes(box), dtype=wp.vec4, device=dev, requires_grad=True))
+            else:
+                box = kept[0]
+                buf.grid_mv.append(wp.clone(kept[1], requires_grad=True))
+            buf.grid_v.append(wp.zeros(self.core.box_nodes(box), dtype=wp.vec3, device=dev, requires_grad=True))
+            record = LaunchRecord(self.core.launch, given=() if kept is None else (p2g,))
             self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
                               buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box,
                               launch=record)
@@ -368,7 +402,7 @@ class DifferentiableSim:
         buf = self._segment
         buf.zero_grads()
         buf.states[0].assign(run.checkpoints[a])
-        self._record(buf, run.params, run.plan, a, b)
+        self._record(buf, run.params, run.plan, a, b, grids=run.grids)
         return buf, 0
 
     def _backprop(self, buf: _Buffers, off: int, length: int, seeds, carry, grad_pos, grad_cov):

@@ -15,9 +15,10 @@ import warp as wp
 from ..protocol import BOUNDARY_KINDS
 from .config import SimConfig
 
-STICKY = wp.constant(0)
-SLIP = wp.constant(1)
-FRICTIONAL = wp.constant(2)
+# The kernels' ids of protocol.BOUNDARY_KINDS (the index of each name there).
+STICKY = wp.constant(BOUNDARY_KINDS.index("sticky"))
+SLIP = wp.constant(BOUNDARY_KINDS.index("slip"))
+FRICTIONAL = wp.constant(BOUNDARY_KINDS.index("frictional"))
 
 
 def kind_id(kind: str) -> int:

@@ -23,6 +23,7 @@ from ..protocol import BOUNDARY_KINDS, MATERIAL_MODELS, SIMULATION
 _DEFAULTS = SIMULATION.defaults()
 _WALLS, _PLASTIC = _DEFAULTS["walls"], _DEFAULTS["plasticity"]
 _GROUND = SIMULATION.fields["ground"].defaults()
+_COLLIDER = SIMULATION.fields["colliders"].item.fields
 
 
 class _MaterialModelBase(enum.IntEnum):
@@ -49,8 +50,7 @@ class _MaterialModelBase(enum.IntEnum):
         raise ValueError(f"unknown material model {value!r}; expected a name or an id 0..{len(cls) - 1}")
 
 
-# FIXED_COROTATED = 0, NEO_HOOKEAN, STVK_HENCKY, VON_MISES, DRUCKER_PRAGER, FOAM, PLASTICINE, SNOW:
-# the order of protocol.MATERIAL_MODELS, which is what scene.npz's material_id counts in.
+# One member per protocol.MATERIAL_MODELS name, upper-cased, in its order (scene.npz's material_id counts in it).
 MaterialModel = _MaterialModelBase("MaterialModel", [(m.upper(), i) for i, m in enumerate(MATERIAL_MODELS)])
 
 
@@ -170,8 +170,8 @@ class BoxCollider:
     times: Any = (0.0,)
     centers: Any = ((0.0, 0.0, 0.0),)
     half_extents: tuple = (0.1, 0.1, 0.1)
-    kind: str = "sticky"
-    friction: float = 0.3
+    kind: str = _COLLIDER["kind"].default
+    friction: float = _COLLIDER["friction"].default
 
     def validate(self) -> "BoxCollider":
         self.times = tuple(float(t) for t in np.asarray(self.times, dtype=np.float64).reshape(-1))

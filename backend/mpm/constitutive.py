@@ -9,21 +9,25 @@ rest state F = I where all singular values are equal):
 - StVK-Hencky: tau = mu log(b) + (lambda / 2) tr(log b) I (= 2 mu log V + lambda log J I), with
   a divided-difference adjoint for the matrix logarithm.
 The plastic return mappings use the SVD (forward only; their gradients go through warp's SVD
-adjoint and are not verified).
+adjoint and are not verified). kirchhoff_stress_vjp is the hand-written adjoint of kirchhoff_stress
+that the backward's P2G adjoint uses (mpm/adjoints.py); it shares the helpers of the func_grads above.
 """
 
 from __future__ import annotations
 
 import warp as wp
 
-FIXED_COROTATED = wp.constant(0)
-NEO_HOOKEAN = wp.constant(1)
-STVK_HENCKY = wp.constant(2)
-VON_MISES = wp.constant(3)
-DRUCKER_PRAGER = wp.constant(4)
-FOAM = wp.constant(5)
-PLASTICINE = wp.constant(6)
-SNOW = wp.constant(7)
+from .config import MaterialModel
+
+# The kernels' ids of the material models: a particle's material_id (config.MaterialModel).
+FIXED_COROTATED = wp.constant(int(MaterialModel.FIXED_COROTATED))
+NEO_HOOKEAN = wp.constant(int(MaterialModel.NEO_HOOKEAN))
+STVK_HENCKY = wp.constant(int(MaterialModel.STVK_HENCKY))
+VON_MISES = wp.constant(int(MaterialModel.VON_MISES))
+DRUCKER_PRAGER = wp.constant(int(MaterialModel.DRUCKER_PRAGER))
+FOAM = wp.constant(int(MaterialModel.FOAM))
+PLASTICINE = wp.constant(int(MaterialModel.PLASTICINE))
+SNOW = wp.constant(int(MaterialModel.SNOW))
 
 SNOW_H_MIN = wp.constant(0.1)
 SNOW_H_MAX = wp.constant(10.0)
@@ -70,10 +74,8 @@ def sqrt_invariants(b: wp.mat33) -> wp.vec3:
 
 
 @wp.func
-def sym_sqrt(b: wp.mat33) -> wp.mat33:
-    """Square root V of a symmetric positive semi-definite matrix b (the left stretch of F when
-    b = F F^T), by Cayley-Hamilton: V = ((i1^2 - i2) b - b^2 + i1 i3 I) / (i1 i2 - i3)."""
-    inv = sqrt_invariants(b)
+def sym_sqrt_at(b: wp.mat33, inv: wp.vec3) -> wp.mat33:
+    """V = sqrt(b) from the invariants of V (see sym_sqrt)."""
     i1 = inv[0]
     i2 = inv[1]
     i3 = inv[2]
@@ -81,24 +83,37 @@ def sym_sqrt(b: wp.mat33) -> wp.mat33:
     return ((i1 * i1 - i2) * b - b @ b + (i1 * i3) * wp.identity(n=3, dtype=float)) / denom
 
 
-@wp.func_grad(sym_sqrt)
-def adj_sym_sqrt(b: wp.mat33, adj_ret: wp.mat33):
-    # dV solves V dV + dV V = db, so adj_b solves V X + X V = G = sym(adj_V). In V's eigenbasis
-    # X_ij = G_ij / (a_i + a_j), and for eigenvalues x, y of V
-    # 1 / (x + y) = (x^2 - x y + y^2 - i1 x + i1 y + i2) / (2 (i1 y^2 + i3)),
-    # which gives X = (V^2 G - V G V + G V^2 - i1 V G + i1 G V + i2 G) (2 (i1 V^2 + i3 I))^-1.
-    inv = sqrt_invariants(b)
+@wp.func
+def sym_sqrt(b: wp.mat33) -> wp.mat33:
+    """Square root V of a symmetric positive semi-definite matrix b (the left stretch of F when
+    b = F F^T), by Cayley-Hamilton: V = ((i1^2 - i2) b - b^2 + i1 i3 I) / (i1 i2 - i3)."""
+    return sym_sqrt_at(b, sqrt_invariants(b))
+
+
+@wp.func
+def sym_sqrt_vjp_at(b: wp.mat33, v: wp.mat33, inv: wp.vec3, adj_v: wp.mat33) -> wp.mat33:
+    """Adjoint of b for V = sqrt(b), given V and its invariants (i1, i2, i3); symmetric.
+
+    dV solves V dV + dV V = db, so adj_b solves V X + X V = G = sym(adj_V). In V's eigenbasis
+    X_ij = G_ij / (a_i + a_j), and for eigenvalues x, y of V
+    1 / (x + y) = (x^2 - x y + y^2 - i1 x + i1 y + i2) / (2 (i1 y^2 + i3)),
+    which gives X = (V^2 G - V G V + G V^2 - i1 V G + i1 G V + i2 G) (2 (i1 V^2 + i3 I))^-1 (V^2 = b)."""
     i1 = inv[0]
     i2 = inv[1]
     i3 = inv[2]
     ident = wp.identity(n=3, dtype=float)
-    v = ((i1 * i1 - i2) * b - b @ b + (i1 * i3) * ident) / wp.max(i1 * i2 - i3, 1.0e-30)
-    g = 0.5 * (adj_ret + wp.transpose(adj_ret))
+    g = 0.5 * (adj_v + wp.transpose(adj_v))
     vg = v @ g
     gv = g @ v
-    y = v @ vg - vg @ v + gv @ v - i1 * vg + i1 * gv + i2 * g
-    x = y @ wp.inverse(2.0 * (i1 * (v @ v) + i3 * ident))
-    wp.adjoint[b] += 0.5 * (x + wp.transpose(x))
+    y = b @ g - v @ gv + g @ b - i1 * vg + i1 * gv + i2 * g
+    x = y @ wp.inverse(2.0 * (i1 * b + i3 * ident))
+    return 0.5 * (x + wp.transpose(x))
+
+
+@wp.func_grad(sym_sqrt)
+def adj_sym_sqrt(b: wp.mat33, adj_ret: wp.mat33):
+    inv = sqrt_invariants(b)
+    wp.adjoint[b] += sym_sqrt_vjp_at(b, sym_sqrt_at(b, inv), inv, adj_ret)
 
 
 @wp.func
@@ -119,8 +134,9 @@ def log_divided_difference(x: float, y: float) -> float:
     return (wp.log(x) - wp.log(y)) / (x - y)
 
 
-@wp.func_grad(sym_log)
-def adj_sym_log(b: wp.mat33, adj_ret: wp.mat33):
+@wp.func
+def sym_log_vjp(b: wp.mat33, adj_ret: wp.mat33) -> wp.mat33:
+    """Adjoint of b for sym_log(b) (symmetric), by divided differences in b's eigenbasis."""
     q = wp.mat33()
     d = wp.vec3()
     wp.eig3(0.5 * (b + wp.transpose(b)), q, d)
@@ -136,7 +152,12 @@ def adj_sym_log(b: wp.mat33, adj_ret: wp.mat33):
         a[1, 0] * l01, a[1, 1] / d1, a[1, 2] * l12,
         a[2, 0] * l02, a[2, 1] * l12, a[2, 2] / d2,
     )
-    wp.adjoint[b] += q @ g @ wp.transpose(q)
+    return q @ g @ wp.transpose(q)
+
+
+@wp.func_grad(sym_log)
+def adj_sym_log(b: wp.mat33, adj_ret: wp.mat33):
+    wp.adjoint[b] += sym_log_vjp(b, adj_ret)
 
 
 @wp.func(inline=True)
@@ -173,6 +194,106 @@ def kirchhoff_stress(F: wp.mat33, material: int, plastic: float, mu: float, lam:
     # StVK-Hencky, also the elastic law of von Mises, Drucker-Prager, foam and plasticine.
     lg = sym_log(F @ wp.transpose(F))
     return mu * lg + (0.5 * lam * wp.trace(lg)) * wp.identity(n=3, dtype=float)
+
+
+@wp.func(inline=True)
+def cofactor(F: wp.mat33) -> wp.mat33:
+    """d det(F) / dF (= det(F) F^-T, defined for singular F too): rows are cross products of rows."""
+    r0 = wp.vec3(F[0, 0], F[0, 1], F[0, 2])
+    r1 = wp.vec3(F[1, 0], F[1, 1], F[1, 2])
+    r2 = wp.vec3(F[2, 0], F[2, 1], F[2, 2])
+    c0 = wp.cross(r1, r2)
+    c1 = wp.cross(r2, r0)
+    c2 = wp.cross(r0, r1)
+    return wp.mat33(c0[0], c0[1], c0[2], c1[0], c1[1], c1[2], c2[0], c2[1], c2[2])
+
+
+@wp.func
+def polar_rotation_vjp(u: wp.mat33, s: wp.vec3, v: wp.mat33, adj_r: wp.mat33) -> wp.mat33:
+    """Adjoint of F for the rotation R = U V^T of F = U diag(s) V^T (signed s).
+
+    With D = U^T dF V, dR = U W V^T where W_ij = (D_ij - D_ji) / (s_i + s_j), so
+    adj_F = U A V^T with A_ij = (H_ij - H_ji) / (s_i + s_j), H = U^T adj_R V."""
+    h = wp.transpose(u) @ adj_r @ v
+    a = wp.mat33(0.0)
+    for i in range(3):
+        for j in range(3):
+            if i != j:
+                den = s[i] + s[j]
+                if wp.abs(den) < 1.0e-6:
+                    den = wp.where(den < 0.0, -1.0e-6, 1.0e-6)
+                a[i, j] = (h[i, j] - h[j, i]) / den
+    return u @ a @ wp.transpose(v)
+
+
+@wp.func
+def corotated_stress_vjp(F: wp.mat33, mu: float, lam: float, G: wp.mat33, tau: wp.mat33):
+    """(adj_F, adj_mu, adj_lam) of corotated_stress for the stress adjoint G; tau is the stress itself,
+    from which the left stretch V = b - (tau - lam J (J - 1) I) / (2 mu) is read back (no second
+    square root), unless mu is too small to divide by."""
+    ident = wp.identity(n=3, dtype=float)
+    J = wp.determinant(F)
+    tr_g = wp.trace(G)
+    adj_F = (lam * (2.0 * J - 1.0) * tr_g) * cofactor(F)
+    adj_lam = J * (J - 1.0) * tr_g
+    adj_mu = float(0.0)
+    if J > 1.0e-3:
+        b = F @ wp.transpose(F)
+        vs = wp.mat33()
+        inv = wp.vec3()
+        if mu > 1.0e-12:
+            vs = b - (tau - (lam * J * (J - 1.0)) * ident) / (2.0 * mu)
+            i1 = wp.trace(vs)
+            inv = wp.vec3(i1, 0.5 * (i1 * i1 - wp.trace(b)), wp.sqrt(wp.max(wp.determinant(b), 0.0)))
+        else:
+            inv = sqrt_invariants(b)
+            vs = sym_sqrt_at(b, inv)
+        adj_mu = 2.0 * wp.ddot(b - vs, G)
+        adj_b = (2.0 * mu) * (0.5 * (G + wp.transpose(G)) - sym_sqrt_vjp_at(b, vs, inv, G))
+        adj_F = adj_F + 2.0 * adj_b @ F
+    else:
+        u = wp.mat33()
+        s = wp.vec3()
+        v = wp.mat33()
+        wp.svd3(F, u, s, v)
+        P = F - u @ wp.transpose(v)
+        gf = G @ F
+        adj_mu = 2.0 * wp.ddot(P @ wp.transpose(F), G)
+        adj_F = adj_F + (2.0 * mu) * (gf + wp.transpose(G) @ P - polar_rotation_vjp(u, s, v, gf))
+    return adj_F, adj_mu, adj_lam
+
+
+@wp.func
+def kirchhoff_stress_vjp(F: wp.mat33, material: int, plastic: float, mu: float, lam: float, snow_xi: float,
+                         G: wp.mat33, tau: wp.mat33):
+    """Hand-written adjoint of kirchhoff_stress for the stress adjoint G (every material model), given
+    the stress tau = kirchhoff_stress(F, ...): returns (adj_F, adj_mu, adj_lam, adj_plastic). Tested
+    against warp's generated adjoint."""
+    ident = wp.identity(n=3, dtype=float)
+    if material == FIXED_COROTATED:
+        aF, amu, alam = corotated_stress_vjp(F, mu, lam, G, tau)
+        return aF, amu, alam, 0.0
+    if material == NEO_HOOKEAN:
+        J = wp.determinant(F)
+        b = F @ wp.transpose(F)
+        tr_g = wp.trace(G)
+        aF = (2.0 * mu) * (0.5 * (G + wp.transpose(G))) @ F
+        if J > 1.0e-6:
+            aF = aF + (lam * tr_g / J) * cofactor(F)
+        return aF, wp.ddot(b - ident, G), wp.log(wp.max(J, 1.0e-6)) * tr_g, 0.0
+    if material == SNOW:
+        e = wp.exp(snow_xi * (1.0 - plastic))
+        h = wp.clamp(e, SNOW_H_MIN, SNOW_H_MAX)
+        aF, amu_h, alam_h = corotated_stress_vjp(F, mu * h, lam * h, G, tau)
+        dh = float(0.0)
+        if e > SNOW_H_MIN and e < SNOW_H_MAX:
+            dh = -snow_xi * e
+        return aF, amu_h * h, alam_h * h, (amu_h * mu + alam_h * lam) * dh
+    b = F @ wp.transpose(F)
+    lg = sym_log(b)
+    tr_g = wp.trace(G)
+    adj_b = sym_log_vjp(b, mu * G + (0.5 * lam * tr_g) * ident)
+    return 2.0 * adj_b @ F, wp.ddot(lg, G), 0.5 * wp.trace(lg) * tr_g, 0.0
 
 
 @wp.func

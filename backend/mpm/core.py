@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import warp as wp
 
+from .adjoints import HandAdjoints, Launch
 from .boundary import body_acceleration, build_boundaries, build_pokes
 from .config import MaterialModel, SimConfig
 from .constitutive import PlasticParams
@@ -130,6 +131,8 @@ class SimCore:
         self.has_fixed = int(self.anchor_np.any())
         self.fixed = wp.zeros(self.n_nodes if self.has_fixed else 1, dtype=wp.int32, device=device)
         self.bad = wp.array([NO_BAD_SUBSTEP], dtype=wp.int32, device=device)
+        self.has_plastic = bool((material_id > int(MaterialModel.STVK_HENCKY)).any())
+        self.hand_adjoints = True
         self.n_threads, self.replay = 0, None
         self.use_threads(1)  # forward-path launcher (self.launch) and reverse launcher (self.adjoint)
 
@@ -146,9 +149,24 @@ class SimCore:
                 self.launch = SlabLauncher(self.n_particles, n, self.device, replay=replay)
             else:
                 self.launch = Replayer(self.device) if replay else wp.launch
-            self.adjoint = self.launch.adjoint if n > 1 else plain_adjoint
             self.n_threads, self.replay = n, replay
+            self._build_adjoint()
         return n
+
+    def use_hand_adjoints(self, on: bool) -> None:
+        """Reverse passes with the hand-written p2g/g2p adjoints (mpm/adjoints.py; the default) or with
+        warp's generated adjoints of every kernel (the reference they are tested against)."""
+        self.hand_adjoints = bool(on)
+        self._build_adjoint()
+
+    def _build_adjoint(self) -> None:
+        """self.adjoint: the reverse launch of a recorded substep kernel (threads.LaunchRecord)."""
+        threaded = self.n_threads > 1
+        if not self.hand_adjoints:
+            self.adjoint = self.launch.adjoint if threaded else plain_adjoint
+            return
+        launcher = self.launch if threaded else Launch(self.device)
+        self.adjoint = HandAdjoints(launcher, self.n_particles, self.has_plastic, self.device)
 
     def grid_info(self, lo, dims) -> GridInfo:
         """The GridInfo of the node box lo .. lo + dims - 1, built once per box: a struct costs more
@@ -230,7 +248,7 @@ class SimCore:
 
     def substep(self, st_in: State, st_out: State, mu: wp.array, lam: wp.array, mass: wp.array,
                 vol: wp.array, grid_mv: wp.array, grid_v: wp.array, t: float, dt: float,
-                k: int, clear: bool, g: GridInfo | None = None, launch=None) -> None:
+                k: int, clear: bool, g: GridInfo | None = None, launch=None, clear_grid: bool | None = None) -> None:
         """Advance st_in by dt (seconds) into st_out (may be the same object when clear=True).
 
         t: simulation time at the start of the substep; k: substep index reported on divergence.
@@ -239,6 +257,7 @@ class SimCore:
         the forward-only kernels run (no tape may record them).
         launch: the launcher (default: self.launch on the forward path, which may be threaded, and
         plain wp.launch otherwise, which a wp.Tape records); see threads.LaunchRecord.
+        clear_grid=False keeps grid_mv on the forward path (default: clear), for a backward to reuse.
         """
         dev = self.device
         g = self.g_full if g is None else g
@@ -254,7 +273,8 @@ class SimCore:
                   outputs=[grid_mv], device=dev)
         launch(kern.grid_update, self.box_nodes(g),
                   inputs=[grid_mv, self.fixed, self.has_fixed, g, self.bnd,
-                          wp.vec3(*body_dv), float(damp), float(self.grid.dx / dt), float(t), int(clear)],
+                          wp.vec3(*body_dv), float(damp), float(self.grid.dx / dt), float(t),
+                          int(clear if clear_grid is None else clear_grid)],
                   outputs=[grid_v], device=dev)
         launch(kern.g2p, self.n_particles,
                inputs=[st_in.x, st_in.x_err, st_in.F, st_in.F_err, st_in.plastic, self.material, self.anchor, mu, lam,

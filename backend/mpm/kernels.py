@@ -64,6 +64,22 @@ def bspline_weights(fx: wp.vec3) -> wp.mat33:
     )
 
 
+@wp.func
+def update_F(f_in: wp.mat33, f_err_in: wp.mat33, new_c: wp.mat33, material: int, plastic: float, mu: float,
+             lam: float, pp: PlasticParams, dt: float):
+    """F <- F + dt C F, then the return mapping; returns (F, F_err, plastic).
+
+    Compensated (as x in g2p): increments far below ulp(F) ~ 1e-7 (slow creep, small substeps)
+    would otherwise be rounded away or up, a bias that makes statics drift."""
+    f_step = dt * new_c @ f_in + f_err_in
+    f_trial = f_in + f_step
+    f_err = f_step - (f_trial - f_in)
+    f_new, pl_new = return_mapping(f_trial, material, plastic, mu, lam, pp, dt)
+    if material > STVK_HENCKY:
+        f_err = wp.mat33(0.0)  # a plastic projection replaces F: nothing to carry
+    return f_new, f_err, pl_new
+
+
 def p2g_impl(
     x: wp.array(dtype=wp.vec3),
     v: wp.array(dtype=wp.vec3),
@@ -207,15 +223,7 @@ def g2p_impl(
             s1 += float(j) * r
             s2 += wij * (r1 + 2.0 * r2)
     new_c = (4.0 * g.inv_dx) * (wp.matrix_from_cols(s0, s1, s2) - wp.outer(new_v, fx))
-    # Compensated F update (as for x below): increments far below ulp(F) ~ 1e-7 (slow creep,
-    # small substeps) would otherwise be rounded away or up, a bias that makes statics drift.
-    f_in = F_in[p]
-    f_step = dt * new_c @ f_in + F_err_in[p]
-    f_trial = f_in + f_step
-    f_err = f_step - (f_trial - f_in)
-    f_new, pl_new = return_mapping(f_trial, material[p], plastic_in[p], mu[p], lam[p], pp, dt)
-    if material[p] > STVK_HENCKY:
-        f_err = wp.mat33(0.0)  # a plastic projection replaces F: nothing to carry
+    f_new, f_err, pl_new = update_F(F_in[p], F_err_in[p], new_c, material[p], plastic_in[p], mu[p], lam[p], pp, dt)
     x_new = xp
     x_err = wp.vec3(0.0)
     if anchor[p] != 0:

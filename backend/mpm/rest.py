@@ -26,6 +26,7 @@ import numpy as np
 
 from .config import BoxCollider, SimConfig
 from .particles import ParticleState
+from .solver import MPMSolver
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +60,6 @@ def solve_rest_state(particles: ParticleState, config: SimConfig, device: str = 
     tolerance: residual (drift / object size) to reach; max_iterations: quasi-static solves at most;
     max_substeps: substeps over all solves; chunk: substeps between kinetic-energy checks.
     progress(iteration, residual) is called after each solve."""
-    from .solver import MPMSolver
-
     started = time.monotonic()
     X = np.asarray(particles.positions, np.float64)
     size = float(np.ptp(X, axis=0).max()) or 1.0

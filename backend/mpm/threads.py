@@ -35,7 +35,7 @@ from .replay import Replayer
 # Launch arguments of the particle kernels that live on the grid (not sliced by particle), and
 # the node arrays of the grid update (sliced by node slab); everything else in a particle-kernel
 # launch is per-particle.
-GRID_ARGS = frozenset({"grid_mv", "grid_v", "bad", "fixed"})
+GRID_ARGS = frozenset({"grid_mv", "grid_v", "bad", "fixed", "adj_grid_mv", "adj_grid_v"})
 NODE_ARGS = frozenset({"grid_mv", "grid_v"})
 # Below this many particles per thread the fork/join overhead (~0.1 ms per substep) outweighs the gain.
 MIN_PARTICLES_PER_THREAD = 2000
@@ -167,6 +167,21 @@ class SlabLauncher:
         """Reverse launch of kernel(args): accumulates into adj_args (the arguments' gradients)."""
         self._dispatch(kernel, dim, args, adj_args, device, {})
 
+    # -- the launcher of the hand-written adjoints (adjoints.Launch on one thread) -----------
+    def particles(self, kernel, n: int, args: list, scatter: str | None = None) -> None:
+        """A particle kernel on the particle slabs; `scatter` names the grid argument it adds into
+        (private grids for threads 1.., added into it afterwards)."""
+        dtype = None if scatter is None else args[_arg_names(kernel).index(scatter)].dtype
+        self._particles(kernel, list(args), None, None if scatter is None else (scatter, dtype),
+                        reduce=scatter is not None)
+
+    def particles_adjoint(self, kernel, n: int, args: list, adj: list) -> None:
+        """warp's generated adjoint of a particle kernel that scatters into no grid, on the slabs."""
+        self._particles(kernel, list(args), list(adj), None)
+
+    def generated(self, kernel, dim, args: list, adj: list, device=None) -> None:
+        self._dispatch(kernel, dim, args, adj, device, {})
+
     def _dispatch(self, kernel, dim, args, adj, device, kwargs) -> None:
         if kernel in (kernels_forward.p2g, kernels.p2g):
             self._particles(kernel, args, adj, private=("grid_mv", wp.vec4) if adj is None else None)
@@ -181,7 +196,7 @@ class SlabLauncher:
             wp.launch(kernel, dim, inputs=args, adj_inputs=adj, adjoint=True, device=device)
 
     # -- particle kernels -------------------------------------------------------------------
-    def _particles(self, kernel, args, adj, private) -> None:
+    def _particles(self, kernel, args, adj, private, reduce: bool = False) -> None:
         """Launch kernel on each particle slab. private = (argument name, dtype) of the grid array
         this launch scatters into (the gradient's, in reverse): threads 1.. scatter into private
         copies, which are added into the real one on node slabs afterwards."""
@@ -211,7 +226,7 @@ class SlabLauncher:
         except BaseException:
             self.clear()
             raise
-        if target is not None and adj is not None:
+        if target is not None and (adj is not None or reduce):
             self._reduce(target, parts)  # the reverse grid update reads it next
 
     def _slice(self, name: str, arg, t: int):
@@ -316,14 +331,17 @@ def plain_adjoint(kernel, dim, args: list, adj_args: list, device=None) -> None:
 
 class LaunchRecord:
     """The launches of one taped substep, replayed in reverse by `backward` (warp's Tape does the
-    same, but its reverse pass runs each kernel on one thread)."""
+    same, but its reverse pass runs each kernel on one thread). Kernels in `given` are recorded for
+    the reverse pass but not run: their outputs are already in place (a kept P2G grid)."""
 
-    def __init__(self, launch):
+    def __init__(self, launch, given=()):
         self._launch = launch
+        self._given = tuple(given)
         self.launches: list = []
 
     def __call__(self, kernel, dim, inputs=(), outputs=(), device=None, **kwargs) -> None:
-        self._launch(kernel, dim, inputs=inputs, outputs=outputs, device=device, **kwargs)
+        if kernel not in self._given:
+            self._launch(kernel, dim, inputs=inputs, outputs=outputs, device=device, **kwargs)
         self.launches.append((kernel, dim, list(inputs) + list(outputs), device))
 
     def backward(self, adjoint=plain_adjoint) -> None:

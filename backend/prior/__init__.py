@@ -1,6 +1,6 @@
 """Video-diffusion priors (SVD image-to-video, ModelScope text-to-video, analytic) and reference videos.
 
-Importing this package stays light (stdlib only): `check_model` and the errors are usable by the
+Importing this package stays light (stdlib and the contract): `check_model` and the errors are usable by the
 `doctor` command and job validation without loading torch. `load_prior` imports the heavy stack.
 """
 from .errors import ModelUnavailable, PriorConfigError, PriorError, ReferenceVideoError

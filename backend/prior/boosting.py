@@ -1,13 +1,12 @@
 """Frame boosting (DreamPhysics): supervise M*T rendered frames at the cost of M clips of T frames.
 
 Frames I_0 .. I_(M*T-1) split into M interleaved groups {I_i, I_(i+M), I_(i+2M), ...}, each a clip
-of T frames spanning the whole motion at a coarser frame step; the loss is the mean over groups.
+of T frames spanning the whole motion at a coarser frame step; the loss is the mean over groups
+(`backend.estimation.supervision.Supervision.loss`).
 Every group is scored with the prior's cached conditioning (for SVD, the first rendered frame
 I_0); MDS's static clip for a group is that group's own first frame repeated.
 """
 from __future__ import annotations
-
-import torch
 
 from .errors import PriorConfigError
 
@@ -22,17 +21,3 @@ def interleaved_groups(n_frames: int, groups: int) -> list[list[int]]:
     if n_frames // groups < 2:
         raise PriorConfigError(f"{groups} groups of {n_frames} frames leave fewer than 2 frames per group")
     return [list(range(i, n_frames, groups)) for i in range(groups)]
-
-
-def boosted_loss(prior, video: torch.Tensor, groups: int, step: int = 0, total_steps: int = 1, generator=None):
-    """Mean of prior.loss over the interleaved groups of `video` (M*T,3,H,W). Returns (loss, info)."""
-    index = interleaved_groups(video.shape[0], groups)
-    losses, infos = [], []
-    for idx in index:
-        loss, info = prior.loss(video[idx], step, total_steps, generator)
-        losses.append(loss)
-        infos.append(info)
-    total = torch.stack(losses).mean()
-    info = {"loss": float(total.detach()), "groups": groups, "frames_per_group": len(index[0]),
-            "group_losses": [i["loss"] for i in infos], "group_info": infos}
-    return total, info

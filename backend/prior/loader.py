@@ -20,6 +20,16 @@ KIND_OPTIONS = {
     "modelscope": {"prompt", "negative_prompt"},
 }
 _LOAD_ONLY = {"attention_slicing", "vae_checkpointing", "variant", "cond_image", "prompt", "negative_prompt"}
+# CLIP's image normalisation: what an SVD folder's feature_extractor config holds when it says nothing.
+CLIP_IMAGE_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_IMAGE_STD = [0.26862954, 0.26130258, 0.27577711]
+
+
+def clip_image_processor_class():
+    """The PIL-backed CLIP image processor (transformers 5 without torchvision), else the classic one."""
+    import transformers
+
+    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 
 def validate_options(kind: str, opts: dict) -> None:
@@ -148,8 +158,7 @@ def _load_svd(folder, device, dtype, pick, opts):
     scheduler = EulerDiscreteScheduler.from_pretrained(folder, subfolder="scheduler", local_files_only=True)
     proc = _read_json(os.path.join(folder, "feature_extractor", "preprocessor_config.json"))
     prior = SVDPrior(_frozen(unet, device), _frozen(vae, device), _frozen(image_encoder, device), scheduler,
-                     image_mean=proc.get("image_mean", [0.48145466, 0.4578275, 0.40821073]),
-                     image_std=proc.get("image_std", [0.26862954, 0.26130258, 0.27577711]),
+                     image_mean=proc.get("image_mean", CLIP_IMAGE_MEAN), image_std=proc.get("image_std", CLIP_IMAGE_STD),
                      device=device, dtype=dtype, **opts)
     prior.folder = folder
     return prior

@@ -2,7 +2,7 @@
 
 A model is named by a local folder (a diffusers pipeline saved with save_pretrained) or by a
 Hugging Face hub id that must already be in the local HF cache: jobs never download.
-Only the standard library and huggingface_hub (for the cache lookup) are imported here.
+Only the standard library, the contract and huggingface_hub (for the cache lookup) are imported here.
 """
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import json
 import os
 import re
 
+from ..protocol import DEFAULT_MODELS
 from .errors import ModelUnavailable
 
 # kind -> (pipeline class names accepted in model_index.json, required components, description)
@@ -24,8 +25,6 @@ MODEL_KINDS = {
                     "tokenizer": "tokenizer", "scheduler": "scheduler"},
                    "ModelScope text-to-video"),
 }
-DEFAULT_MODELS = {"svd": "stabilityai/stable-video-diffusion-img2vid-xt",
-                  "modelscope": "ali-vilab/text-to-video-ms-1.7b"}
 
 _WEIGHT_PATTERNS = ("*.safetensors", "*.safetensors.index.json")  # never *.bin: pickles can run code
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")

@@ -3,7 +3,7 @@
 loss = mean over frames of 0.1 * 0.5 * MSE + 0.9 * (1 - SSIM), SSIM with an 11-tap Gaussian
 window (sigma 1.5) on [0,1] images, 'valid' borders, averaged over channels and pixels.
 
-A reference comes from an MP4 (read with imageio-ffmpeg) or a folder of frame images (PIL), or is
+A reference comes from a video file or a folder of frame images (read by backend.io.video), or is
 generated once with the real SVD pipeline from the first rendered frame (`generate_reference`)
 and cached as a folder of PNG frames.
 """
@@ -13,55 +13,30 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..io.video import IMAGE_EXTS, VIDEO_EXTS, VideoError, frame_files, read_video, write_frames_png
+from ..io.video import video_info as clip_info
 from .errors import PriorConfigError, ReferenceVideoError
-
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-VIDEO_EXTS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".gif")
-
-
-def _natural_key(name: str):
-    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
-
-
-def _frame_files(folder: str) -> list[str]:
-    names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_EXTS)), key=_natural_key)
-    return [os.path.join(folder, n) for n in names]
 
 
 def video_info(path: str) -> tuple[int, int, int]:
-    """(frames, height, width) of an MP4 or a frame folder, from metadata / headers only."""
+    """(frames, height, width) of a video file or a frame folder, from metadata / headers only."""
     if not os.path.exists(path):
         raise ReferenceVideoError(f"reference video '{path}' does not exist")
     if os.path.isdir(path):
-        files = _frame_files(path)
-        if not files:
+        if not frame_files(path):
             raise ReferenceVideoError(f"folder '{path}' has no frame images ({', '.join(IMAGE_EXTS)})")
-        from PIL import Image
-        try:
-            with Image.open(files[0]) as im:
-                width, height = im.size
-        except OSError as err:
-            raise ReferenceVideoError(f"cannot read frame '{files[0]}': {err}") from None
-        return len(files), height, width
-    if not path.lower().endswith(VIDEO_EXTS):
+    elif not path.lower().endswith(VIDEO_EXTS):
         raise ReferenceVideoError(f"'{path}' is neither a video file ({', '.join(VIDEO_EXTS)}) nor a frame folder")
-    import imageio_ffmpeg
     try:
-        reader = imageio_ffmpeg.read_frames(path)
-        meta = next(reader)
-        reader.close()
-        n_frames, _ = imageio_ffmpeg.count_frames_and_secs(path)
-    except (OSError, RuntimeError, StopIteration) as err:
-        raise ReferenceVideoError(f"cannot read video '{path}': {err}") from None
-    width, height = meta["size"]
-    return int(n_frames), int(height), int(width)
+        return clip_info(path)
+    except VideoError as err:
+        raise ReferenceVideoError(str(err)) from None
 
 
 def check_fit(info: tuple[int, int, int], n_frames: int | None, size, allow_trim: bool = True, path: str = ""):
@@ -90,42 +65,16 @@ def load_video(path: str, n_frames: int | None = None, size=None, allow_trim: bo
     info = video_info(path)
     check_fit(info, n_frames, size, allow_trim, path)
     take = info[0] if n_frames is None else n_frames
-    frames = []
-    if os.path.isdir(path):
-        from PIL import Image
-        for file in _frame_files(path)[:take]:
-            with Image.open(file) as im:
-                frames.append(np.asarray(im.convert("RGB")))
-    else:
-        import imageio_ffmpeg
-        reader = imageio_ffmpeg.read_frames(path)
-        width, height = next(reader)["size"]
-        for raw in reader:
-            frames.append(np.frombuffer(raw, dtype=np.uint8).reshape(height, width, 3))
-            if len(frames) == take:
-                break
-        reader.close()
-        if len(frames) < take:
-            raise ReferenceVideoError(f"video '{path}' ended after {len(frames)} of {take} frames")
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1:
-        raise ReferenceVideoError(f"frames of '{path}' differ in size: {sorted(shapes)}")
-    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).float() / 255.0
+    try:
+        frames, _ = read_video(path, max_frames=take)
+    except VideoError as err:
+        raise ReferenceVideoError(str(err)) from None
+    if len(frames) < take:
+        raise ReferenceVideoError(f"video '{path}' ended after {len(frames)} of {take} frames")
+    video = torch.from_numpy(frames).permute(0, 3, 1, 2)
     if size is not None and tuple(video.shape[-2:]) != tuple(size):
         video = F.interpolate(video, size=tuple(size), mode="bilinear", antialias=True, align_corners=False)
     return video.clamp(0, 1).contiguous()
-
-
-def save_frames(video: torch.Tensor, folder: str):
-    """(T,3,H,W) in [0,1] -> folder/frame_0000.png ..., written to a temp folder then renamed."""
-    from PIL import Image
-    tmp = f"{folder}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    arr = (video.detach().clamp(0, 1).permute(0, 2, 3, 1).cpu().numpy() * 255.0 + 0.5).astype(np.uint8)
-    for i, frame in enumerate(arr):
-        Image.fromarray(frame).save(os.path.join(tmp, f"frame_{i:04d}.png"))
-    return tmp
 
 
 def gaussian_window(size: int, sigma: float) -> torch.Tensor:
@@ -210,7 +159,7 @@ def generate_reference(prior, cond_image: torch.Tensor, num_frames: int, cache_d
     from diffusers import EulerDiscreteScheduler, StableVideoDiffusionPipeline
     from PIL import Image
 
-    from .tiny import clip_image_processor_class
+    from .loader import clip_image_processor_class
 
     if getattr(prior, "kind", None) != "svd":
         raise PriorConfigError("reference generation needs the Stable Video Diffusion prior (kind 'svd')")
@@ -253,7 +202,9 @@ def generate_reference(prior, cond_image: torch.Tensor, num_frames: int, cache_d
                   for i in range(0, len(z), decode_chunk_size)]
     video = (torch.cat(frames).float() / 2 + 0.5).clamp(0, 1).cpu()
     os.makedirs(os.path.dirname(os.path.abspath(cache_dir)), exist_ok=True)
-    tmp = save_frames(video, cache_dir)
+    tmp = f"{cache_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    write_frames_png(video.permute(0, 2, 3, 1).numpy(), tmp)
     with open(os.path.join(tmp, "meta.json"), "w", encoding="utf-8") as f:
         json.dump({"key": key, "params": params, "model": str(folder)}, f, indent=1)
     shutil.rmtree(cache_dir, ignore_errors=True)

@@ -8,6 +8,8 @@ The camera module is numpy-only; everything needing torch/gsplat is imported on 
 so `from backend.render.camera import ...` stays light enough for the Blender side.
 """
 
+import importlib
+
 from .camera import (  # noqa: F401  (numpy only)
     Camera,
     CameraError,
@@ -19,6 +21,7 @@ from .camera import (  # noqa: F401  (numpy only)
     turntable_cameras,
 )
 
+# Loaded on first use: render.py imports torch and gsplat, which the Blender side has not.
 _LAZY = {
     "render_splats": "render",
     "render_video": "render",
@@ -29,8 +32,6 @@ _LAZY = {
 
 def __getattr__(name):
     if name in _LAZY:
-        import importlib
-
         module = importlib.import_module(f".{_LAZY[name]}", __name__)
         return getattr(module, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

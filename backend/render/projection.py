@@ -1,6 +1,6 @@
 """EWA projection of 3D Gaussians to the image, on gsplat's own torch reference code.
 
-`gsplat.cuda._torch_impl._fully_fused_projection` does the world->camera transform, the
+gsplat's torch reference projection (`gsplat_private.project_reference`) does the world->camera transform, the
 perspective Jacobian (with gsplat's frustum clamp), the 2D blur `eps2d` and the conics.
 On top of it we apply the culling gsplat's CUDA kernel applies and its torch twin does not:
 opacity-aware radii (extend = min(3.33, sqrt(2 ln(255 * opacity))), Gaussians with opacity
@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from gsplat.cuda._torch_impl import _fully_fused_projection
+
+from .gsplat_private import project_reference
 
 ALPHA_MIN = 1.0 / 255.0  # gsplat's ALPHA_THRESHOLD
 EXTEND_MAX = 3.33
@@ -59,7 +60,7 @@ def project_gaussians(
     with torch.no_grad():
         z = means @ viewmat[2, :3] + viewmat[2, 3]
         ids = torch.nonzero((z > near) & (z < far)).squeeze(1)
-    radii_ref, m2d, dep, con, _ = _fully_fused_projection(
+    radii_ref, m2d, dep, con, _ = project_reference(
         means.index_select(0, ids), covars.index_select(0, ids), viewmat[None], K[None], width, height,
         eps2d=eps2d, near_plane=near, far_plane=far,
     )

@@ -12,16 +12,16 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import torch
-from gsplat.cuda._torch_impl import _quat_scale_to_covar_preci
 
 from .camera import Camera
 from .composite import composite
 from .dense import composite_dense
+from .gsplat_private import quat_scale_to_covar_preci
 from .projection import project_gaussians, symmetric_from_upper
 from .sh import MAX_DEGREE, degree_from_bases, sh_to_rgb, view_directions
 from .tiles import bin_gaussians
 
-# "reference" is the brute-force dense compositor (reference.py): slow, for tests.
+# "reference" is the brute-force dense compositor (dense.py): slow, for tests.
 BACKENDS = ("auto", "torch", "gsplat", "reference")
 
 
@@ -173,7 +173,7 @@ def render_splats(
         return RenderOutput(rgb, alpha, depth, which)
 
     if covars is None:
-        covars, _ = _quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
+        covars, _ = quat_scale_to_covar_preci(quats, scales, compute_covar=True, compute_preci=False)
     else:
         covars = symmetric_from_upper(covars)
     proj = project_gaussians(means, covars, opacities, viewmat, K, W, H, camera.near, camera.far, eps2d=eps2d)

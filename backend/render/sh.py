@@ -1,6 +1,6 @@
 """Spherical-harmonics colours (degree 0-3) with the view-direction fix for deformed splats.
 
-Evaluation is gsplat's: its torch reference `_spherical_harmonics` (any device) or its CUDA
+Evaluation is gsplat's: its torch reference (`gsplat_private.spherical_harmonics_reference`, any device) or its CUDA
 kernel `spherical_harmonics` (CUDA tensors only). Coefficients are (N, K, 3) with K bases in
 gsplat's order (DC first); colours follow the 3DGS convention rgb = max(SH(d) + 0.5, 0).
 
@@ -13,7 +13,8 @@ from __future__ import annotations
 import math
 
 import torch
-from gsplat.cuda._torch_impl import _spherical_harmonics
+
+from .gsplat_private import spherical_harmonics_reference
 
 MAX_DEGREE = 3
 
@@ -41,5 +42,5 @@ def sh_to_rgb(sh: torch.Tensor, degree: int, dirs: torch.Tensor, use_cuda_kernel
         # the kernel is float32-only
         raw = spherical_harmonics(degree, dirs.float(), sh.float()).to(sh.dtype)
     else:
-        raw = _spherical_harmonics(degree, dirs, sh)
+        raw = spherical_harmonics_reference(degree, dirs, sh)
     return torch.clamp_min(raw + 0.5, 0.0)

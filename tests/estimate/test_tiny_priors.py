@@ -19,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def tiny_models(tmp_path_factory):
-    from backend.prior.tiny import save_tiny_modelscope, save_tiny_svd
+    from support.tiny_models import save_tiny_modelscope, save_tiny_svd
 
     root = tmp_path_factory.mktemp("models")
     return {"svd": save_tiny_svd(str(root / "svd")) or str(root / "svd"),

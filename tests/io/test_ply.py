@@ -22,6 +22,7 @@ from backend.io import (
     write_splats,
 )
 from backend.io.atomic import atomic_path
+from backend.io.sh import dc_to_rgb
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -203,6 +204,8 @@ def test_xyz_rgb_colours_become_dc(tmp_path):
     s = read_splats(path)
     np.testing.assert_allclose(s.f_dc * SH_C0 + 0.5, rgb / 255.0, atol=1e-6)
     assert list(s.extras) == ["red", "green", "blue"]  # kept, not dropped
+    np.testing.assert_allclose(dc_to_rgb(s.f_dc), rgb / 255.0, atol=1e-6)  # and back, in the DC's own type
+    assert dc_to_rgb(s.f_dc).dtype == s.f_dc.dtype
 
 
 def test_zero_vertices_is_allowed(tmp_path):

@@ -5,7 +5,8 @@ import os
 import numpy as np
 import pytest
 
-from backend.io.video import FRAME_RATE_FILE, VideoError, read_video, video_fps, write_frames_png, write_video
+from backend.io.video import (FRAME_RATE_FILE, VideoError, read_video, video_fps, video_info, write_frames_png,
+                             write_video)
 
 
 def _moving_disc(t=8, h=48, w=64):
@@ -80,6 +81,15 @@ def test_gif_keeps_repeated_frames(tmp_path):
     back, _ = read_video(path)
     assert back.shape[0] == 6
     assert np.abs(back[2] - back[1]).max() == 0
+    assert video_info(path) == (6, 48, 64)  # the count the reader gives
+
+
+def test_info_matches_what_is_read(tmp_path):
+    frames = _moving_disc(t=5)
+    write_frames_png(frames, tmp_path / "folder")
+    write_video(frames, tmp_path / "clip.mp4", fps=12)
+    for clip in (tmp_path / "folder", tmp_path / "clip.mp4"):
+        assert video_info(clip) == read_video(clip)[0].shape[:3], clip
 
 
 def test_read_max_frames(tmp_path):
@@ -92,7 +102,7 @@ def test_bad_inputs_raise_video_error(tmp_path):
     bad = tmp_path / "notes.mp4"
     bad.write_text("not a video")
     for path, fragment in [(bad, "cannot read"), (tmp_path / "missing.mp4", "no such"),
-                           (tmp_path, "no PNG")]:
+                           (tmp_path, "no frame images")]:
         with pytest.raises(VideoError) as info:
             read_video(path)
         assert os.fspath(path) in str(info.value) and fragment in str(info.value)

@@ -38,15 +38,18 @@ def test_cuda_forward_matches_cpu():
         assert np.abs(a.cov - b.cov).max() < 1e-3 * np.abs(a.cov).max()
 
 
-@pytest.mark.parametrize("checkpoint_every", [None, 5])
-def test_cuda_gradients_match_cpu(checkpoint_every):
+@pytest.mark.parametrize("checkpoint_every, adjoints", [(None, "hand"), (5, "hand"), (5, "generated")])
+def test_cuda_gradients_match_cpu(checkpoint_every, adjoints):
+    """CUDA (hand-written or generated adjoints; checkpointed with the P2G grids kept) against CPU's
+    hand-written adjoints: the hand-written G2P adjoint scatters into the grid with atomics there."""
     pos = lattice((0.35, 0.35, 0.35), (0.6, 0.55, 0.5), SPACING)
     n = len(pos)
     weights = torch.from_numpy(np.random.default_rng(0).standard_normal((2, n, 3)).astype(np.float32))
     grads = {}
     for device in ("cpu", "cuda:0"):
         sim = DifferentiableSim(pos, config=config(substep_dt=2e-3, threads=1), device=device,
-                                checkpoint_every=checkpoint_every, volume=SPACING ** 3)
+                                checkpoint_every=checkpoint_every, volume=SPACING ** 3, grid_store_mb=64.0,
+                                adjoints="hand" if device == "cpu" else adjoints)
         t = [torch.full((n,), np.log(2e4), requires_grad=True), torch.full((n,), 0.3, requires_grad=True),
              torch.full((n,), 800.0, requires_grad=True), torch.zeros((n, 3), requires_grad=True)]
         P, C = sim(*t, 2)

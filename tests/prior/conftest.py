@@ -5,13 +5,13 @@ import torch
 
 @pytest.fixture(scope="session")
 def tiny_svd_dir(tmp_path_factory):
-    from backend.prior.tiny import save_tiny_svd
+    from support.tiny_models import save_tiny_svd
     return str(save_tiny_svd(str(tmp_path_factory.mktemp("tiny_svd"))))
 
 
 @pytest.fixture(scope="session")
 def tiny_modelscope_dir(tmp_path_factory):
-    from backend.prior.tiny import save_tiny_modelscope
+    from support.tiny_models import save_tiny_modelscope
     return str(save_tiny_modelscope(str(tmp_path_factory.mktemp("tiny_modelscope"))))
 
 

@@ -4,7 +4,7 @@ import math
 import torch
 
 from backend.prior.schedules import edm_coefficients, edm_level, t_at_sigma, vp_sigmas
-from backend.prior.tiny import TINY_SVD_SCHEDULER
+from support.tiny_models import TINY_SVD_SCHEDULER
 
 
 def test_coefficients_closed_form():

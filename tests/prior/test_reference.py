@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from backend.prior import PriorConfigError, ReferenceVideoError
-from backend.prior.reference_clip import (ReferenceVideoLoss, generate_reference, load_video, reference_loss,
-                                     save_frames, ssim, video_info)
+from backend.io.video import write_frames_png
+from backend.prior.reference_clip import (ReferenceVideoLoss, generate_reference, load_video, reference_loss, ssim,
+                                          video_info)
 
 from .conftest import smooth_video
 
@@ -16,8 +17,7 @@ from .conftest import smooth_video
 @pytest.fixture
 def frame_folder(tmp_path):
     video = smooth_video(5, 64)
-    tmp = save_frames(video, str(tmp_path / "frames"))
-    os.replace(tmp, tmp_path / "frames")
+    write_frames_png(video.permute(0, 2, 3, 1).numpy(), tmp_path / "frames")
     return str(tmp_path / "frames"), video
 
 

@@ -20,7 +20,7 @@ def make_scene(n, seed, dtype=None, kind="mixed", sh_bases=None):
     it or off screen), "opaque" (stacked high-opacity splats, so pixels stop at T <= 1e-4).
     Returns dict(means, covars, quats, scales, opacities, colors[, sh]).
     """
-    from gsplat.cuda._torch_impl import _quat_to_rotmat
+    from backend.render.gsplat_private import quat_to_rotmat
 
     dtype = dtype or torch.float64
     g = torch.Generator().manual_seed(seed)
@@ -44,7 +44,7 @@ def make_scene(n, seed, dtype=None, kind="mixed", sh_bases=None):
         means[-1] = eye - 0.5 * fwd  # behind the camera
         means[-2] = eye + 0.05 * fwd  # closer than the near plane: culled
     quats = torch.randn(n, 4, generator=g, dtype=dtype)
-    R = _quat_to_rotmat(quats)
+    R = quat_to_rotmat(quats)
     M = R * scales[:, None, :]
     covars = M @ M.transpose(1, 2)
     scene = dict(means=means, covars=covars, quats=quats, scales=scales, opacities=opacities, colors=r(n, 3))

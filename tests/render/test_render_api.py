@@ -99,7 +99,8 @@ def test_degenerate_splats_give_finite_gradients(scene_factory, camera_factory):
 
 def test_cpu_render_never_calls_gsplat_cuda_ops(monkeypatch, scene_factory, camera_factory):
     import gsplat
-    import gsplat.cuda._wrapper as wrapper
+
+    from backend.render.gsplat_private import cuda_wrapper as wrapper
 
     def forbidden(*a, **k):
         raise AssertionError("a gsplat CUDA op was called on the CPU path")

@@ -35,6 +35,29 @@ def test_consumers_take_their_defaults_and_enumerations_from_the_schema():
     assert Plasticity().yield_stress == protocol.SIMULATION_DEFAULTS["plasticity"]["yield_stress"]
 
 
+def test_the_kernels_count_materials_and_boundaries_as_the_contract_does():
+    from backend.mpm import boundary, constitutive
+
+    for i, name in enumerate(protocol.MATERIAL_MODELS):
+        assert getattr(constitutive, name.upper()) == i, name
+    for i, name in enumerate(protocol.BOUNDARY_KINDS):
+        assert getattr(boundary, name.upper()) == boundary.kind_id(name) == i, name
+
+
+def test_model_ids_and_material_defaults_have_one_home():
+    from backend.field.material import DEFAULT_NU
+    from backend.prior.models import DEFAULT_MODELS
+
+    assert DEFAULT_MODELS is protocol.DEFAULT_MODELS and DEFAULT_NU == protocol.DEFAULT_NU
+
+
+def test_the_stiffness_summary_is_the_percentiles_of_e():
+    E = np.logspace(3, 5, 101)  # 1 kPa .. 100 kPa, evenly in log: the median is 10 kPa
+    s = protocol.e_percentiles(E)
+    assert list(s) == ["E_p5", "E_p50", "E_p95"] and s["E_p50"] == pytest.approx(1e4)
+    assert s["E_p5"] == pytest.approx(np.percentile(E, 5)) and s["E_p95"] == pytest.approx(np.percentile(E, 95))
+
+
 def test_the_rules_that_used_to_disagree(tmp_path):
     """nu_range [-0.2, 0.4] is valid everywhere; n_grid has one cap; a zero-length poke is refused once."""
     (tmp_path / protocol.SCENE_FILE).write_bytes(b"")

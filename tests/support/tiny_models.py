@@ -1,4 +1,5 @@
-"""Tiny, randomly initialised SVD and ModelScope pipelines built from config (for tests and the demo).
+"""Tiny, randomly initialised SVD and ModelScope pipelines built from config (for tests and benchmarks;
+not shipped: the extension's zip leaves tests/ out).
 
 They are saved with save_pretrained, so they load through exactly the same `load_prior` path as
 real weights. Sizes: the VAEs downsample by 2 and the UNets by 2, so frames must be multiples of
@@ -13,6 +14,8 @@ import tempfile
 
 import torch
 
+from backend.prior.loader import CLIP_IMAGE_MEAN, CLIP_IMAGE_STD, clip_image_processor_class
+
 TINY_SVD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
                           prediction_type="v_prediction", interpolation_type="linear", use_karras_sigmas=True,
                           sigma_min=0.002, sigma_max=700.0, timestep_type="continuous", timestep_spacing="leading",
@@ -20,14 +23,6 @@ TINY_SVD_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="sca
 TINY_TEXT_SCHEDULER = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                            num_train_timesteps=1000, prediction_type="epsilon", clip_sample=False,
                            set_alpha_to_one=False, steps_offset=1)
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-
-
-def clip_image_processor_class():
-    """The PIL-backed CLIP image processor (transformers 5 without torchvision), else the classic one."""
-    import transformers
-    return getattr(transformers, "CLIPImageProcessorPil", None) or transformers.CLIPImageProcessor
 
 
 def _seeded(seed):
@@ -52,7 +47,8 @@ def build_tiny_svd(seed: int = 0):
     image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
         image_size=224, patch_size=56, hidden_size=32, projection_dim=32, num_hidden_layers=1,
         num_attention_heads=2, intermediate_size=37)).eval()
-    processor = clip_image_processor_class()(crop_size=224, size={"shortest_edge": 224}, image_mean=CLIP_MEAN, image_std=CLIP_STD)
+    processor = clip_image_processor_class()(crop_size=224, size={"shortest_edge": 224}, image_mean=CLIP_IMAGE_MEAN,
+                                             image_std=CLIP_IMAGE_STD)
     scheduler = EulerDiscreteScheduler(**TINY_SVD_SCHEDULER)
     return StableVideoDiffusionPipeline(vae=vae, image_encoder=image_encoder, unet=unet, scheduler=scheduler,
                                         feature_extractor=processor)
