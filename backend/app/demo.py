@@ -22,7 +22,7 @@ from ..io.video import write_video
 from ..protocol import ExitCode
 from ..render.camera import Camera, blender_intrinsics, look_at
 
-SAMPLE = Path(__file__).resolve().parents[1] / "samples"
+SAMPLE = Path(__file__).resolve().parents[2] / "samples"  # backend/app/demo.py -> the repository root
 
 
 def sample_scene() -> tuple[dict, dict]:

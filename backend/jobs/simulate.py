@@ -127,7 +127,11 @@ def rest_state(particles, sim: dict, config, reporter: Reporter, device: str, ca
                             progress=lambda i, r: reporter.progress("rest", i, n_it, message=f"residual {r:.2g}"))
     reporter.stage("rest", f"Rest state: residual {rest.residual:.2g} of the object's size after {rest.iterations} "
                    f"solve(s), {rest.substeps} substeps, {rest.seconds:.1f} s", data=rest_summary(rest))
-    if not rest.converged:
+    if not rest.stands:
+        reporter.warning(f"The object cannot stand at its stiffness: it still moves by {rest.residual:.2g} of its size "
+                         f"from the captured shape, and holding that shape would take a strain of {rest.strain:.0%}. "
+                         "Give it a stiffer (higher E) or lighter material, or anchor more of it.")
+    elif not rest.converged:
         reporter.warning(f"The rest state reached a residual of {rest.residual:.2g} of the object's size, not "
                          f"{opts['tolerance']:g}: the object will settle by about that much. A stiffer material sags "
                          "less; more rest_state.max_iterations or max_substeps may help.")
@@ -140,7 +144,8 @@ def rest_state(particles, sim: dict, config, reporter: Reporter, device: str, ca
 
 def rest_summary(rest) -> dict:
     return {"residual": rest.residual, "iterations": rest.iterations, "substeps": rest.substeps,
-            "seconds": rest.seconds, "converged": rest.converged}
+            "seconds": rest.seconds, "converged": rest.converged, "strain": rest.strain,
+            "stands": rest.stands}
 
 
 class SanityCheck:

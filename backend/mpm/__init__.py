@@ -3,8 +3,9 @@
 World units at the interface (metres, seconds, Pa, kg/m^3, Z up), domain-local positions inside.
 Modules: config (settings), particles (inputs), grid (world <-> domain-local <-> grid mapping, CFL),
 constitutive / boundary / kernels (warp code), core (one substep), solver (forward baking), rest
-(rest state under gravity), autograd (checkpointed gradients + torch bridge), splats (covariances
-and ellipsoids). Interior filling is backend/geometry/fill.py (numpy only, shared with the add-on).
+(rest state under gravity), autograd (checkpointed gradients + torch bridge), splat_frames (covariances
+and ellipsoids), reference (a float64 torch substep the kernels are tested against; not imported here).
+Interior filling is backend/geometry/fill.py (numpy only, shared with the add-on).
 """
 
 from .config import Boundary, BoxCollider, Ground, MaterialModel, Plasticity, Poke, SimConfig, Wind

@@ -8,9 +8,11 @@ rest state F = I where all singular values are equal):
   Sylvester equation V X + X V = G, also in closed form (no eigenvectors, no singularity).
 - StVK-Hencky: tau = mu log(b) + (lambda / 2) tr(log b) I (= 2 mu log V + lambda log J I), with
   a divided-difference adjoint for the matrix logarithm.
-The plastic return mappings use the SVD (forward only; their gradients go through warp's SVD
-adjoint and are not verified). kirchhoff_stress_vjp is the hand-written adjoint of kirchhoff_stress
-that the backward's P2G adjoint uses (mpm/adjoints.py); it shares the helpers of the func_grads above.
+The plastic return mappings use the SVD when they project F (inside the yield surface F passes
+through unchanged); the projection's gradient goes through warp's SVD adjoint (checked against float64
+finite differences in tests/mpm/test_gradients_per_model.py). kirchhoff_stress_vjp is the hand-written
+adjoint of kirchhoff_stress that the backward's P2G adjoint uses (mpm/adjoints.py); it shares the helpers
+of the func_grads above.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import warp as wp
 
 from .config import MaterialModel
+from .grid import SNOW_HARDENING_RANGE
 
 # The kernels' ids of the material models: a particle's material_id (config.MaterialModel).
 FIXED_COROTATED = wp.constant(int(MaterialModel.FIXED_COROTATED))
@@ -29,8 +32,8 @@ FOAM = wp.constant(int(MaterialModel.FOAM))
 PLASTICINE = wp.constant(int(MaterialModel.PLASTICINE))
 SNOW = wp.constant(int(MaterialModel.SNOW))
 
-SNOW_H_MIN = wp.constant(0.1)
-SNOW_H_MAX = wp.constant(10.0)
+SNOW_H_MIN = wp.constant(SNOW_HARDENING_RANGE[0])
+SNOW_H_MAX = wp.constant(SNOW_HARDENING_RANGE[1])
 MIN_STRETCH = wp.constant(1.0e-4)
 
 
@@ -319,9 +322,12 @@ def return_mapping(F: wp.mat33, material: int, plastic: float, mu: float, lam: f
         lo = 1.0 - pp.snow_theta_c
         hi = 1.0 + pp.snow_theta_s
         sc = wp.vec3(wp.clamp(s[0], lo, hi), wp.clamp(s[1], lo, hi), wp.clamp(s[2], lo, hi))
+        if sc[0] == s[0] and sc[1] == s[1] and sc[2] == s[2]:
+            return F, plastic  # inside the elastic range (see below: no SVD round trip)
         jp = plastic * (s[0] * s[1] * s[2]) / (sc[0] * sc[1] * sc[2])
         return compose(u, sc, v), wp.clamp(jp, 0.05, 20.0)
     sp = wp.vec3(wp.max(s[0], MIN_STRETCH), wp.max(s[1], MIN_STRETCH), wp.max(s[2], MIN_STRETCH))
+    projected = s[0] < MIN_STRETCH or s[1] < MIN_STRETCH or s[2] < MIN_STRETCH
     eps = wp.vec3(wp.log(sp[0]), wp.log(sp[1]), wp.log(sp[2]))
     tr = eps[0] + eps[1] + eps[2]
     dev = eps - wp.vec3(tr / 3.0)
@@ -333,11 +339,13 @@ def return_mapping(F: wp.mat33, material: int, plastic: float, mu: float, lam: f
             # Expansion beyond cohesion: the grain separates, project to the cone's tip.
             new_plastic = plastic + dev_norm
             eps = wp.vec3(pp.cohesion / 3.0)
+            projected = True
         else:
             dg = dev_norm + (3.0 * lam + 2.0 * mu) / (2.0 * mu) * excess * pp.dp_alpha
             if dg > 0.0 and dev_norm > 0.0:
                 eps = eps - (dg / dev_norm) * dev
                 new_plastic = plastic + dg
+                projected = True
     else:
         ys = pp.yield_stress
         if material == VON_MISES:
@@ -350,5 +358,11 @@ def return_mapping(F: wp.mat33, material: int, plastic: float, mu: float, lam: f
                 dg = dg / (1.0 + pp.viscosity / (2.0 * mu * dt))
             eps = eps - (dg / dev_norm) * dev
             new_plastic = plastic + dg
+            projected = True
+    if not projected:
+        # Inside the yield surface F stays as it is: U diag(s) V^T from warp's float32 svd3 is off by up
+        # to ~7e-4 (|.|_max, F within 15% of a rotation), an error a non-yielding particle would gather
+        # every substep; and F's adjoint is then the identity, not the SVD adjoint (singular at s_i = s_j).
+        return F, plastic
     se = wp.vec3(wp.exp(eps[0]), wp.exp(eps[1]), wp.exp(eps[2]))
     return compose(u, se, v), new_plastic

@@ -4,15 +4,22 @@ A capture shows an object already loaded by gravity (and held by its anchors), s
 F = I lets it sag. The rest state is found by damped quasi-static solves and rebasing:
 
 1. relax: from the captured positions X with the current F_rest, simulate under gravity with about
-   critical damping of the first mode (its frequency is measured on the first release) until the
+   critical damping of the first mode (its frequency is measured on the first solve, see _relax) until the
    remaining motion is below a tenth of the tolerance; the particles settle at x_k with F_k;
 2. the residual is max |x_k - X| / object size: how far the object would move if left alone;
-3. rebase: F_rest = F_k. The stress that held x_k is now carried by the captured shape X.
+3. rebase: F_rest = R^T F_k, where R is the local rotation of the settling (the polar rotation of the
+   increment F_k F_rest^-1). The stress that held x_k is carried by the captured shape X, turned back
+   with the material it belongs to.
 
-Repeat until the residual is below `tolerance`. The difference between the equilibria of x_k and X
-is geometric (second order in the strain), so the residual shrinks by about the strain each time;
-for sags of tens of percent it stops shrinking, and the best F_rest found is kept (converged False).
+Repeat until the residual is below `tolerance`. Thin parts (leaves, stems) sag mostly by rotating;
+taking the settling's local turn off keeps their bending stress along the captured shape instead of
+along the sagged one. If the residual stops shrinking, the best F_rest found is kept (converged False).
 Anchored particles are rebased too: those at the clamp's face carry part of the load.
+
+An object that cannot stand at its stiffness (a stem too soft for the head it carries: the upright
+shape is not a stable equilibrium) falls over in every solve; the residual stays a sizeable fraction of
+its size and converged is False. `strain`, the largest principal strain that the last solve's F_rest
+holds, says how hard the shape is to hold: tens of percent are more than the material really takes.
 """
 
 from __future__ import annotations
@@ -31,6 +38,12 @@ from .solver import MPMSolver
 log = logging.getLogger(__name__)
 
 
+# Past either, an unconverged rest state is an object that cannot stand at its stiffness: it keeps
+# moving by more than this share of its size, or holding its shape takes more than this strain.
+CANNOT_STAND_RESIDUAL = 0.1
+CANNOT_STAND_STRAIN = 0.3
+
+
 @dataclass
 class RestState:
     F: np.ndarray           # (N,3,3) rest deformation gradient, caller's order
@@ -39,6 +52,11 @@ class RestState:
     substeps: int           # substeps simulated in all of them
     seconds: float          # wall time
     converged: bool
+    strain: float = 0.0     # largest |principal stretch - 1| the last solve found holding the shape takes
+
+    @property
+    def stands(self) -> bool:
+        return self.converged or (self.residual <= CANNOT_STAND_RESIDUAL and self.strain <= CANNOT_STAND_STRAIN)
 
 
 def static_config(config: SimConfig, chunk_dt: float) -> SimConfig:
@@ -86,9 +104,27 @@ def solve_rest_state(particles: ParticleState, config: SimConfig, device: str = 
         best = (residual, F_rest)
         if residual <= tolerance or used >= max_substeps:
             break
-        F_rest = state["F"].astype(np.float32)
+        F_rest = unrotated(state["F"], F_rest)
+    strain = rest_strain(F_rest)
     residual, F_rest = best
-    return RestState(F_rest, residual, it, used, time.monotonic() - started, residual <= tolerance)
+    return RestState(F_rest, residual, it, used, time.monotonic() - started, residual <= tolerance, strain)
+
+
+def unrotated(F: np.ndarray, F_before: np.ndarray) -> np.ndarray:
+    """F with the rotation of its increment over F_before taken off: R^T F, where R is the polar rotation
+    of F F_before^-1 (the material's local turn while it settled)."""
+    F = np.asarray(F, np.float64)
+    U, _, Vt = np.linalg.svd(F @ np.linalg.inv(np.asarray(F_before, np.float64)))
+    R = U @ Vt
+    flip = np.linalg.det(R) < 0  # a reflection is not a rotation: turn the smallest singular direction back
+    U[flip, :, 2] *= -1
+    R[flip] = U[flip] @ Vt[flip]
+    return (R.transpose(0, 2, 1) @ F).astype(np.float32)
+
+
+def rest_strain(F: np.ndarray) -> float:
+    """The largest principal strain of the rest state: max |singular value of F - 1|."""
+    return float(np.abs(np.linalg.svd(np.asarray(F, np.float64), compute_uv=False) - 1.0).max()) if len(F) else 0.0
 
 
 def is_supported(particles: ParticleState, config: SimConfig, grid) -> bool:
@@ -124,22 +160,44 @@ def _at_rest(p: ParticleState, F: np.ndarray) -> ParticleState:
 def _relax(sim, mass: np.ndarray, settled: float, budget: int, omega: float | None) -> tuple[int, float | None]:
     """Settle under the static loads; returns (substeps used, omega).
 
-    The first mode's angular frequency omega is measured on the first solve (the kinetic energy of
-    the release from rest peaks a quarter period in), then the grid damping is set to 2 omega (about
-    critical for that mode; faster modes decay at least as fast). Stops when the remaining motion,
-    max |v| / omega, is below settled / 10."""
-    used, ke_prev = 0, 0.0
+    The grid damping is 2 omega, about critical for the slowest mode that the load moves; faster modes
+    are overdamped and decay at least as fast. On the first solve (omega None) omega comes from the
+    Rayleigh quotient of the sag so far under gravity g: omega^2 = sum m g.u / sum m |u|^2. Early on it
+    is large (every part is still falling freely); as the sag takes its shape it falls to the first
+    mode's frequency, the one that matters. (The first peak of the kinetic energy marks a quarter period
+    of whichever mode moves most at first: on a plant that is a stiff one, whose damping then overdamps
+    the leaves' droop into a creep of tens of seconds.) Later solves keep the first one's omega. Stops
+    when the remaining motion, max |v| / omega, is below settled / 10."""
+    used, ke_prev, peaked, history = 0, 0.0, False, []
+    g = np.asarray(sim.config.gravity, np.float64)
+    x0 = sim.state.x.numpy().astype(np.float64)
+    measure = omega is None
     sim.config.damping = 0.0 if omega is None else 2.0 * omega
     while used < budget:
         sim.step_frame(outputs=False)
         used += sim.n_substeps_per_frame
-        v = sim.state.v.numpy()
-        if omega is None:
-            ke = float((mass * (v * v).sum(axis=1)).sum())
-            if ke < ke_prev:  # the first peak: a quarter period of the slowest mode
-                omega = 0.5 * np.pi / sim.time
+        if measure:
+            u = sim.state.x.numpy() - x0
+            work, inertia = float(mass @ (u @ g)), float(mass @ (u * u).sum(axis=1))
+            if work > 0.0 and inertia > 0.0:
+                omega = float(np.sqrt(work / inertia))
                 sim.config.damping = 2.0 * omega
-            ke_prev = ke
-        elif float(np.sqrt((v * v).sum(axis=1).max())) / omega < 0.1 * settled:
+                history.append((sim.time, omega))
+        v = sim.state.v.numpy()
+        speed2 = (v * v).sum(axis=1)
+        ke = float(mass @ speed2)
+        peaked, ke_prev = peaked or ke < ke_prev, ke
+        # Released from rest, the motion speeds up before it slows down: no stop before the kinetic energy
+        # has peaked once and a radian of the first mode has passed; while measuring, not before omega has
+        # held within 2% for half a period (early on, a part that barely moved yet makes the quotient large).
+        ready = peaked and omega and sim.time * omega > 1.0 and (not measure or _steady(history, sim.time))
+        if ready and float(np.sqrt(speed2.max())) / omega < 0.1 * settled:
             break
     return used, omega
+
+
+def _steady(history: list, now: float) -> bool:
+    """Whether the measured omega is the same (within 2%) as half a period ago."""
+    omega = history[-1][1]
+    earlier = [w for t, w in history if t <= now - np.pi / omega]
+    return bool(earlier) and abs(earlier[-1] - omega) < 0.02 * omega

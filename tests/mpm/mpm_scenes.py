@@ -25,3 +25,27 @@ def cantilever(dx=0.01, length_cells=24, thickness_cells=6, width_cells=2, grip_
     n_grid = int(round(max(domain) / dx)) + 6
     geo = dict(L=L, h=h, b=b, xa=xa, sp=sp, domain=domain, n_grid=n_grid)
     return pos + np.asarray(offset), pos[:, 0] < xa, geo
+
+
+def gradient_scene(lo, hi, spacing, n_frames, seed, stretch=(1.0, -0.5, -0.5), spin=0.3, nu_spread=0.05):
+    """A lattice block for gradient tests, with what a loss over n_frames frames needs.
+
+    The initial velocity stretches the block along x, squeezes it across and spins it about z (shear, volume
+    change and rotation at once); log E and nu vary per particle around 1e4 Pa and 0.3. Returns
+    (positions (N,3), params {log_E, nu, rho, v0} float64, weights for positions (T,N,3) and
+    covariances (T,N,3,3), the generator) with v0 rounded to float32 as the simulator reads it."""
+    pos = lattice(lo, hi, spacing)
+    n = len(pos)
+    rng = np.random.default_rng(seed)
+    c = pos.mean(axis=0)
+    v0 = (pos - c) * np.asarray(stretch) + spin * np.cross(pos - c, [0, 0, 1])
+    params = {"log_E": np.log(1e4) + 0.2 * rng.standard_normal(n), "nu": 0.3 + nu_spread * rng.standard_normal(n),
+              "rho": np.full(n, 1000.0), "v0": v0.astype(np.float32).astype(np.float64)}
+    weights = (rng.standard_normal((n_frames, n, 3)), rng.standard_normal((n_frames, n, 3, 3)) * 1e3)
+    return pos, params, weights, rng
+
+
+def random_rotations(rng, n):
+    """n random proper rotations (N,3,3)."""
+    q, _ = np.linalg.qr(rng.standard_normal((n, 3, 3)))
+    return q * np.sign(np.linalg.det(q))[:, None, None]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from backend.mpm import MPMSolver, ParticleState, Poke, SimConfig
-from backend.mpm.rest import solve_rest_state
+from backend.mpm.rest import CANNOT_STAND_STRAIN, solve_rest_state
 from mpm.mpm_scenes import cantilever
 
 E, RHO = 2e6, 1000.0
@@ -53,6 +53,47 @@ def test_poked_object_sways_and_returns_to_its_captured_shape(bar):
     peak = u.max()
     assert peak > 0.01 * np.ptp(pos, axis=0).max()  # a visible sway
     assert u[-6:].max() < 0.3 * peak  # and back towards the captured shape
+
+
+def _soft_bar(E_bar, **kwargs):
+    pos, anchor, geo = cantilever(dx=0.02, length_cells=12, thickness_cells=4, width_cells=2, grip_cells=3)
+    cfg = SimConfig(n_grid=geo["n_grid"], domain_min=(0, 0, 0), domain_max=geo["domain"], fps=24)
+    ps = ParticleState(pos, E=E_bar, nu=0.3, rho=RHO, anchor=anchor, volume=geo["sp"] ** 3)
+    return pos, anchor, geo, cfg, solve_rest_state(ps, cfg, **kwargs)
+
+
+def test_a_bar_that_sags_fifteen_percent_converges_and_stays_put():
+    """At 2e5 Pa the bar sags 15% of its length (its grip and tip turn by about a tenth of a radian): the
+    rest state still converges, and the bar stays put."""
+    E_bar = 2e5
+    pos, anchor, geo, cfg, rest = _soft_bar(E_bar, tolerance=1e-3)
+    assert rest.converged and rest.residual <= 1e-3 and rest.iterations <= 4
+    assert 0.02 < rest.strain < 0.3  # a real prestrain holds the captured shape
+    sim = MPMSolver(ParticleState(pos, E=E_bar, nu=0.3, rho=RHO, anchor=anchor, volume=geo["sp"] ** 3, F0=rest.F),
+                    cfg)
+    size = np.ptp(pos, axis=0).max()
+    drift = max(np.abs(sim.step_frame(outputs=False).positions - pos).max() for _ in range(24)) / size
+    assert drift < 0.01
+
+
+def test_an_object_too_soft_to_stand_says_so():
+    """At 5e4 Pa the bar folds down by half its length: holding it straight takes strains of tens of percent,
+    more than the material really bears, and the solves do not converge."""
+    *_, rest = _soft_bar(5e4, tolerance=1e-2, max_iterations=2)
+    assert not rest.converged
+    assert rest.strain > CANNOT_STAND_STRAIN  # what the simulate job's warning reads
+
+
+def test_unrotated_takes_off_the_turn_of_the_increment_only():
+    from backend.mpm.rest import unrotated
+
+    rng = np.random.default_rng(0)
+    before = np.eye(3) + 0.1 * rng.standard_normal((5, 3, 3))
+    stretch = np.eye(3) + 0.05 * rng.standard_normal((5, 3, 3))
+    stretch = 0.5 * (stretch + stretch.transpose(0, 2, 1))  # symmetric positive: a pure stretch
+    c, s = np.cos(0.7), np.sin(0.7)
+    turn = np.array([[c, -s, 0], [s, c, 0], [0, 0, 1]])
+    np.testing.assert_allclose(unrotated(turn @ stretch @ before, before), stretch @ before, atol=1e-5)
 
 
 def test_rollout_rescales_the_rest_strain_with_E_and_its_gradient_matches_finite_differences():
