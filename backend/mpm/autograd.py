@@ -149,6 +149,7 @@ class DifferentiableSim:
         a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
         self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)
         self._segment: _Buffers | None = None
+        self._spare: _Buffers | None = None  # a finished run's full tape, reused by the next (see _tape_buffers)
 
     # -- public ------------------------------------------------------------------------------
     def __call__(self, log_E: torch.Tensor, nu: torch.Tensor, rho: torch.Tensor, v0: torch.Tensor,
@@ -332,7 +333,7 @@ class DifferentiableSim:
 
     def _forward_taped(self, params: _Params, plan: SubstepPlan, init: State, n_frames: int):
         total = n_frames * plan.n
-        buf = self._alloc(total)
+        buf = self._tape_buffers(total)
         buf.states[0].assign(init)
         self.core.reset_bad()
         self._record(buf, params, plan, 0, total, check_frames=True)
@@ -340,6 +341,23 @@ class DifferentiableSim:
         pos = self._output_positions(np.stack([buf.states[e].x.numpy() for e in ends]))
         cov = np.stack([buf.cov[e - 1].numpy() for e in ends])
         return pos, cov, buf
+
+    def _tape_buffers(self, n_substeps: int) -> _Buffers:
+        """Buffers for a full tape: the spare of the last finished run when it is big enough (and at
+        most twice the size), else new ones. A new tape of tens of MB costs more than its substeps'
+        kernels to allocate (the pages are touched twice: allocation and zeroing); a reused one needs
+        no zeroing: every substep writes all of its output state, and backward zeroes the gradients."""
+        spare, self._spare = self._spare, None
+        if spare is None or not n_substeps <= len(spare.cov) <= 2 * n_substeps:
+            return self._alloc(n_substeps)
+        return _Buffers(states=spare.states[: n_substeps + 1], blocks=spare.blocks, grid_mv=[], grid_v=[],
+                        cov=spare.cov[:n_substeps])
+
+    def release(self, run: _Run) -> None:
+        """The run's backward is done: its full tape may be reused by the next forward pass."""
+        if run is not None and run.full is not None:
+            run.full.tapes, run.full.grid_mv, run.full.grid_v = [], [], []
+            self._spare = run.full
 
     # -- backward ----------------------------------------------------------------------------
     def backward_numpy(self, run: _Run, grad_pos: np.ndarray | None, grad_cov: np.ndarray | None):
@@ -443,6 +461,7 @@ class _MPMFunction(torch.autograd.Function):
             return None if t is None else t.detach().to("cpu", torch.float32).numpy()
 
         grads = ctx.sim.backward_numpy(ctx.run, np32(grad_pos), np32(grad_cov))
+        ctx.sim.release(ctx.run)
         ctx.run = None
         if _injected_nonfinite(next(_backward_calls)):
             grads = (np.full_like(grads[0], np.nan), *grads[1:])

@@ -17,6 +17,7 @@ from . import kernels as taped
 from . import kernels_forward as untaped
 from .kernels import GridInfo
 from .kernels_forward import anchor_node_mass, cell_bounds
+from .replay import Replayer
 from .threads import SlabLauncher, plain_adjoint, thread_count
 
 NO_BAD_SUBSTEP = 2**31 - 1
@@ -111,6 +112,7 @@ class SimCore:
         self.device = device
         self.n_particles = int(material_id.shape[0])
         self.n_nodes = grid.n ** 3
+        self._boxes: dict = {}  # (lo, dims) -> GridInfo, see grid_info
         self.g_full = self.grid_info((0, 0, 0), (grid.n, grid.n, grid.n))
         self._bounds = wp.zeros(6, dtype=wp.int32, device=device)
         self._gravity = tuple(float(a) for a in config.gravity)
@@ -129,20 +131,25 @@ class SimCore:
         self.has_fixed = int(self.anchor_np.any())
         self.fixed = wp.zeros(self.n_nodes if self.has_fixed else 1, dtype=wp.int32, device=device)
         self.bad = wp.array([NO_BAD_SUBSTEP], dtype=wp.int32, device=device)
-        self.launch = wp.launch  # forward-path launcher; use_threads() swaps in a SlabLauncher
-        self.n_threads = 1
         self.has_plastic = bool((material_id > int(MaterialModel.STVK_HENCKY)).any())
         self.hand_adjoints = True
-        self._build_adjoint()
+        self.n_threads, self.replay = 0, None
+        self.use_threads(1)  # forward-path launcher (self.launch) and reverse launcher (self.adjoint)
 
-    def use_threads(self, setting: int | None) -> int:
+    def use_threads(self, setting: int | None, replay: bool = True) -> int:
         """Run the forward (clear=True) substeps, and recorded substeps and their reverse passes,
-        on several CPU threads; returns the count used.
+        on several CPU threads; returns the count used. replay: forward launches on the CPU go
+        through replay.Replayer (same kernels and results, less Python per launch); False uses
+        plain wp.launch (to measure the difference).
         The particles should be cell-sorted for speed (not for correctness)."""
         n = thread_count(setting, self.n_particles, self.device)
-        if n != self.n_threads:
-            self.launch = SlabLauncher(self.n_particles, n, self.device) if n > 1 else wp.launch
-            self.n_threads = n
+        replay = bool(replay) and self.device == "cpu"
+        if (n, replay) != (self.n_threads, self.replay):
+            if n > 1:
+                self.launch = SlabLauncher(self.n_particles, n, self.device, replay=replay)
+            else:
+                self.launch = Replayer(self.device) if replay else wp.launch
+            self.n_threads, self.replay = n, replay
             self._build_adjoint()
         return n
 
@@ -162,8 +169,18 @@ class SimCore:
         self.adjoint = HandAdjoints(launcher, self.n_particles, self.has_plastic, self.device)
 
     def grid_info(self, lo, dims) -> GridInfo:
-        """A fresh GridInfo for the node box lo .. lo + dims - 1 (a new struct each time, since a
-        tape keeps references to the structs it was launched with)."""
+        """The GridInfo of the node box lo .. lo + dims - 1, built once per box: a struct costs more
+        to build than a substep's launch, and boxes repeat from substep to substep. Tapes keep
+        references to the structs they were launched with, so a built struct is never changed."""
+        key = (*map(int, lo), *map(int, dims))
+        g = self._boxes.get(key)
+        if g is None:
+            if len(self._boxes) > 4096:  # boxes of long-gone substeps
+                self._boxes.clear()
+            g = self._boxes[key] = self._build_grid_info(lo, dims)
+        return g
+
+    def _build_grid_info(self, lo, dims) -> GridInfo:
         grid = self.grid
         g = GridInfo()
         g.origin = wp.vec3(0.0, 0.0, 0.0)  # the kernels work domain-local: node 0 is the origin

@@ -30,6 +30,7 @@ import warp as wp
 
 from . import kernels, kernels_forward
 from .kernels import GridInfo
+from .replay import Replayer
 
 # Launch arguments of the particle kernels that live on the grid (not sliced by particle), and
 # the node arrays of the grid update (sliced by node slab); everything else in a particle-kernel
@@ -133,7 +134,7 @@ class SlabLauncher:
     threads (see the module docstring); any other kernel runs as a plain launch. `adjoint` runs
     the reverse of a recorded launch the same way (see LaunchRecord)."""
 
-    def __init__(self, n_particles: int, n_threads: int, device: str):
+    def __init__(self, n_particles: int, n_threads: int, device: str, replay: bool = False):
         if n_threads < 2:
             raise ValueError("SlabLauncher needs at least 2 threads")
         self.n = n_particles
@@ -144,6 +145,9 @@ class SlabLauncher:
         # private grids of threads 1..T-1 (P2G momentum; G2P adjoint velocity), zero between launches
         self._private = {wp.vec4: [], wp.vec3: []}
         self._views: dict = {}
+        self._sub_boxes: dict = {}
+        # forward launches of each thread (replay.Replayer: one per thread, it holds packed parameters)
+        self._launch = [Replayer(device) if replay else wp.launch for _ in range(n_threads)]
         # Load the modules here: two threads must not compile or load one at the same time.
         for module in (kernels, kernels_forward, __name__):
             wp.load_module(module, device=device)
@@ -213,7 +217,7 @@ class SlabLauncher:
                 i = names.index(private[0])
                 (sliced if adj is None else sliced_adj)[i] = parts[t - 1][: target.shape[0]]
             if adj is None:
-                wp.launch(kernel, b - a, inputs=sliced, device=self.device)
+                self._launch[t](kernel, b - a, inputs=sliced, device=self.device)
             else:
                 wp.launch(kernel, b - a, inputs=sliced, adj_inputs=sliced_adj, adjoint=True, device=self.device)
 
@@ -298,16 +302,26 @@ class SlabLauncher:
                 return
             a, b = i0 * plane, i1 * plane
             for part in private:
-                wp.launch(add_and_clear4, b - a, inputs=[grid_mv[a:b], part[a:b]], device=self.device)
-            sub = _sub_box(g, i0, i1 - i0)
+                self._launch[t](add_and_clear4, b - a, inputs=[grid_mv[a:b], part[a:b]], device=self.device)
+            sub = self._sub_box(g, i0, i1 - i0)
             sliced = [cut(name, arg, a, b, sub) for name, arg in zip(names, args)]
             if adj is None:
-                wp.launch(kernel, b - a, inputs=sliced, device=self.device)
+                self._launch[t](kernel, b - a, inputs=sliced, device=self.device)
             else:
                 sliced_adj = [cut(name, arg, a, b, GridInfo()) for name, arg in zip(names, adj)]
                 wp.launch(kernel, b - a, inputs=sliced, adj_inputs=sliced_adj, adjoint=True, device=self.device)
 
         self._workers.run(slab)
+
+    def _sub_box(self, g: GridInfo, i0: int, nx: int) -> GridInfo:
+        """_sub_box(g, i0, nx), built once per box struct (SimCore shares one struct per box)."""
+        key = (id(g), i0, nx)
+        hit = self._sub_boxes.get(key)
+        if hit is None or hit[0] is not g:
+            if len(self._sub_boxes) > 4096:
+                self._sub_boxes.clear()
+            hit = self._sub_boxes[key] = (g, _sub_box(g, i0, nx))
+        return hit[1]
 
 
 def plain_adjoint(kernel, dim, args: list, adj_args: list, device=None) -> None:
