@@ -298,7 +298,17 @@ def check_scene_fits(job: "Job", arrays: Mapping[str, np.ndarray]) -> None:
 # read_job, before anything heavy loads; the simulator, the fields and the priors trust it.
 N_GRID_MAX = 512  # grid nodes per axis; 512^3 nodes already need about 10 GB of grid memory
 FILL_RESOLUTION_MAX = 2 * N_GRID_MAX  # density-grid cells along the longest axis of the interior fill
-N_GRID_MIN = 12  # the solver keeps 3 cells of padding on each side, so a smaller grid has no room inside
+GRID_PADDING = 3  # grid cells the solver keeps outside the domain on each side
+N_GRID_MIN = 12  # with GRID_PADDING cells on each side, a smaller grid has no room inside
+CFL = 0.3  # the automatic substep bound: dt <= CFL * dx / (c_p + v_max)
+
+
+def p_wave_speed(E, nu, rho) -> np.ndarray:
+    """P-wave speed sqrt((lambda + 2 mu) / rho) in m/s: what the CFL bound on the substep measures."""
+    E, nu, rho = (np.asarray(a, dtype=np.float64) for a in (E, nu, rho))
+    return np.sqrt(E * (1.0 - nu) / ((1.0 + nu) * (1.0 - 2.0 * nu) * rho))
+
+
 MAX_FRAME = 1048574  # Blender's largest frame number
 MAX_NESTING = 64  # job.json deeper than this is refused before it can exhaust the parser's stack
 MAX_JOB_BYTES = 64 << 20  # a job.json larger than this is not a job (settings are a few kB)

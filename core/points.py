@@ -21,10 +21,9 @@ def world_positions(obj) -> np.ndarray:
     local = splat_objects.local_positions(obj.data)
     if len(local) == 0:
         raise SetupError(f"'{obj.name}' has no points to simulate. Import a splat .ply or pick a mesh with vertices")
-    bad = ~np.isfinite(local).all(axis=1)
-    if bad.any():
-        raise SetupError(f"'{obj.name}' has {int(bad.sum())} of {len(local)} points with invalid (NaN or infinite) "
-                         "positions. Delete them (or re-import the file) and try again")
+    problem = splat_objects.invalid_positions(local, f"'{obj.name}'")
+    if problem:
+        raise SetupError(f"{problem}. Delete them (or re-import the file) and try again")
     mw = np.array(obj.matrix_world, dtype=np.float64)
     return local.astype(np.float64) @ mw[:3, :3].T + mw[:3, 3]
 

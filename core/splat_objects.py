@@ -164,13 +164,21 @@ def local_positions(mesh) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------ validation
-def _check_positions(positions: np.ndarray, what: str) -> None:
+def invalid_positions(positions: np.ndarray, what: str) -> str | None:
+    """What is wrong with a point set's positions (none, or some not finite), or None: the one rule for
+    imported splats and for the object handed to the simulator; each caller adds its own advice."""
     if len(positions) == 0:
-        raise SplatError(f"{what} has no points")
+        return f"{what} has no points"
     bad = ~np.isfinite(positions).all(axis=1)
     if bad.any():
-        raise SplatError(f"{what} has {int(bad.sum())} of {len(positions)} points with NaN or infinite "
-                         "positions; fix or remove them first")
+        return f"{what} has {int(bad.sum())} of {len(positions)} points with invalid (NaN or infinite) positions"
+    return None
+
+
+def _check_positions(positions: np.ndarray, what: str) -> None:
+    problem = invalid_positions(positions, what)
+    if problem:
+        raise SplatError(f"{problem}; fix or remove them first")
 
 
 def _check_splats(splats: ply.Splats, what: str) -> None:

@@ -21,6 +21,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from .. import protocol
+
 # Defaults an estimation starts from on each device: particles simulated while estimating (the result
 # reaches every point) and the long side of the rendered frames. On a GPU the video model's native size
 # is the right resolution (SVD-xt 1024x576, ModelScope 256x256); on a CPU only reference fitting at a
@@ -105,11 +107,11 @@ def project(*, n_particles: int, width: int, height: int, frames: int, substeps_
     return Projection(seconds=seconds, memory_mb=mb)
 
 
-def substeps_per_frame(E_max: float, nu: float, rho_min: float, dx: float, fps: float, cfl: float = 0.3,
-                       cap: int = 10000) -> int:
+def substeps_per_frame(E_max: float, nu: float, rho_min: float, dx: float, fps: float, cfl: float = protocol.CFL,
+                       cap: int = protocol.SIMULATION.fields["max_substeps_per_frame"].default) -> int:
     """Substeps per frame of the automatic CFL bound dt <= cfl * dx / c_p (before the motion adds speed),
     as backend/mpm/grid.plan_substeps computes it; for a projection made before the backend runs."""
-    c_p = math.sqrt(E_max * (1.0 - nu) / ((1.0 + nu) * (1.0 - 2.0 * nu) * rho_min))
+    c_p = float(protocol.p_wave_speed(E_max, nu, rho_min))
     return max(1, min(cap, math.ceil(c_p / (fps * cfl * dx) - 1e-9)))
 
 
@@ -118,17 +120,14 @@ def substeps_from_dt(fps: float, substep_dt: float) -> int:
     return max(1, math.ceil(1.0 / (fps * substep_dt) - 1e-6))
 
 
-GRID_PADDING = 3  # grid cells the solver keeps outside the domain on each side (mpm SimConfig.padding)
-
-
 def planned_substeps(E_max: float, nu: float, rho_min: float, extent: float, n_grid: int, fps: float,
                      substep_dt: float | None = None) -> int:
     """Substeps per frame the solver will plan for a domain whose largest side is ``extent`` metres: the
     artist's substep length when set, else the CFL bound on the grid's cell (as backend/mpm/grid.py sizes
-    it: the domain spans n_grid - 2 * GRID_PADDING cells)."""
+    it: the domain spans n_grid - 2 * protocol.GRID_PADDING cells)."""
     if substep_dt:
         return substeps_from_dt(fps, substep_dt)
-    dx = max(extent, 1e-6) / max(n_grid - 2 * GRID_PADDING, 1)
+    dx = max(extent, 1e-6) / max(n_grid - 2 * protocol.GRID_PADDING, 1)
     return substeps_per_frame(E_max, nu, rho_min, dx, fps)
 
 

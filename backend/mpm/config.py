@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ..protocol import BOUNDARY_KINDS, MATERIAL_MODELS, SIMULATION
+from ..protocol import BOUNDARY_KINDS, CFL, GRID_PADDING, MATERIAL_MODELS, SIMULATION
 
 _DEFAULTS = SIMULATION.defaults()
 _WALLS, _PLASTIC = _DEFAULTS["walls"], _DEFAULTS["plasticity"]
@@ -251,10 +251,10 @@ class SimConfig:
     n_grid: int = _DEFAULTS["n_grid"]
     domain_min: tuple | None = None
     domain_max: tuple | None = None
-    padding: int = 3
+    padding: int = GRID_PADDING
     fps: float = _DEFAULTS["fps"]
     substep_dt: float | None = None
-    cfl: float = 0.3
+    cfl: float = CFL
     max_substeps_per_frame: int = 10000
     gravity: tuple = tuple(_DEFAULTS["gravity"])
     walls: Boundary = field(default_factory=Boundary)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..protocol import p_wave_speed  # noqa: F401  (its home is protocol: the add-on projects substeps with it)
 from .config import SimConfig
 
 # Snow's hardening factor exp(xi (1 - Jp)) is clamped to this range in the kernels; the CFL bound
@@ -88,12 +89,6 @@ def displaced(world0: np.ndarray, local0: np.ndarray, local: np.ndarray) -> np.n
     """World positions (float64) = the initial world positions + the displacement simulated domain-local,
     so a particle that has not moved (an anchor) comes back bit for bit."""
     return world0 + (np.asarray(local, np.float64) - local0)
-
-
-def p_wave_speed(E: np.ndarray, nu: np.ndarray, rho: np.ndarray) -> np.ndarray:
-    """P-wave speed sqrt((lambda + 2 mu) / rho) in m/s."""
-    E, nu, rho = (np.asarray(a, dtype=np.float64) for a in (E, nu, rho))
-    return np.sqrt(E * (1.0 - nu) / ((1.0 + nu) * (1.0 - 2.0 * nu) * rho))
 
 
 def lame(E: np.ndarray, nu: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
