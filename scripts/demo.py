@@ -43,7 +43,10 @@ QUICK = {"estimate_size": (96, 54), "max_particles": 800, "iterations": 3, "bake
 SWAY_RETURN = 0.3  # the flower must come back below this share of its peak displacement within the clip
 # Gravity in the bake. With it on, the rest-state solve (backend/mpm/rest.py) does not converge on this plant
 # (residual 0.62 of its size after 4 solves): its animation-scale leaves cannot carry their own weight, so it
-# falls over (the flower drops 285 mm within 2 s). Until it holds, the bake shows the poke alone.
+# falls over (the flower drops 285 mm within 2 s). A plant stiff enough to stand (stem 3e6 Pa, leaves 3e5 Pa)
+# was tried: its CFL bound needs about 200 substeps per frame (the demo took 36 min instead of 2-3), its rest state
+# still did not converge (residual 0.021), and the estimate could not see the leaves' or flower's own bending at
+# this camera. Until a plant both stands and stays cheap, the bake shows the poke alone.
 BAKE_GRAVITY = False
 ESTIMATE_COMMON = {"frames_per_group": 8, "boost_groups": 2, "field": "kan_triplane",
                    "learning_rate": 0.008, "E_range": [1.0e2, 1.0e7]}
