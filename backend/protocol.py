@@ -130,6 +130,7 @@ MATERIAL_MODELS = (
 )
 COMMANDS = ("simulate", "estimate", "preview")
 PRIORS = ("svd", "modelscope", "reference", "analytic")
+CLIP_PRIORS = ("reference", "analytic")  # priors that compare with one clip (its own frame times); no video model
 FIELDS = ("kan_triplane", "mlp_triplane", "per_particle", "global")
 LOSSES = ("mds", "sds_t")
 STOP_RULES = ("plateau", "decade")  # "arrived" (smoothed loss and E stopped moving) | the paper's one-decade rule
@@ -613,7 +614,7 @@ def check_prior_needs(e: dict, folder: Path) -> None:
                                               "motion, e.g. 'a red flower swaying in the wind'")
     if e["prior"] in ("svd", "modelscope") and not e["model"].strip():
         raise SettingError("estimate.model", "must name a hub id or a local model folder")
-    if e["prior"] in ("reference", "analytic"):
+    if e["prior"] in CLIP_PRIORS:
         if not e["reference_video"]:
             raise SettingError("estimate.reference_video", f"is needed by the {e['prior']} prior")
         path = input_path(folder, e["reference_video"])

@@ -16,7 +16,8 @@ stages' wall seconds of the fastest iteration (`wall`) and the process CPU secon
 the cheapest one (`cpu`); sim_s, render_s, prior_s, field_s are the wall forward + backward sums.
 `--baseline` runs every case a second time as it ran before the estimate-speed work (plain
 wp.launch for every substep kernel, a new tape per rollout, the garbage collector walking every
-object at each full collection, 8-pixel compositor tiles), printed first as "<case>-baseline".
+object at each full collection, 8-pixel compositor tiles, torch's default CPU threads), printed first as
+"<case>-baseline".
 
 The scene is a jittered cube of N splats on the ground, poked sideways (as in the estimation tests),
 seen by a 64x64 camera; the field is kan_triplane. The priors are the tiny randomly initialised SVD /
@@ -56,6 +57,7 @@ from backend import protocol  # noqa: E402
 from backend.jobs.estimate import (make_differentiable_sim, make_material_field, prepare_scene,  # noqa: E402
                               simulate_and_render)
 from backend.jobctl import Reporter  # noqa: E402
+from backend.jobs.device import set_estimate_threads  # noqa: E402
 from backend.jobs import estimate as estimate_job  # noqa: E402
 from backend.estimation.supervision import make_supervision  # noqa: E402
 from peak_memory import PeakMemory  # noqa: E402
@@ -255,7 +257,7 @@ def _svd_xt_line(model: str | None, threads: int | None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="N=500 particles, 4 frames")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the product's choice, backend.jobs.device)")
     ap.add_argument("--svd-xt", default=None, help="local SVD-xt folder or hub id for the CUDA case")
     ap.add_argument("--sim-threads", type=int, default=None, help="simulation.threads (default: automatic)")
     ap.add_argument("--cases", default="svd,modelscope,reference",
@@ -265,10 +267,13 @@ def main() -> None:
     ap.add_argument("--case", nargs=8, help=argparse.SUPPRESS)
     ap.add_argument("--as-baseline", action="store_true", help=argparse.SUPPRESS)
     a = ap.parse_args()
-    if a.threads:
-        torch.set_num_threads(a.threads)
     if a.case:
         case, kind, model, n, res, frames, device, repeats = a.case
+        # --threads, else the product's choice (backend.jobs.device); the baseline keeps torch's own, as before
+        if a.threads:
+            torch.set_num_threads(a.threads)
+        elif not a.as_baseline:
+            set_estimate_threads(device, kind)
         print(json.dumps(run_case(case, kind, model, int(n), int(res), int(frames), device, int(repeats),
                                   a.sim_threads, a.as_baseline)))
         return

@@ -20,9 +20,6 @@ from pathlib import Path
 from .. import protocol
 from ..io.video import FRAME_RATE_FILE, VideoError, video_fps
 
-CLIP_PRIORS = ("reference", "analytic")  # priors whose data is one clip with its own frame times
-
-
 @dataclass(frozen=True)
 class Sampling:
     fps: float  # rendered frames per second of simulated time
@@ -64,7 +61,7 @@ def clip_fps(est: dict, folder: Path) -> tuple[float, str]:
 def estimation_sampling(est: dict, sim: dict, folder: Path, prior_fps: float | None = None) -> Sampling:
     """The frame times estimation renders at (see the module doc). prior_fps: a loaded prior's own rate."""
     n = int(est["frames_per_group"]) * int(est["boost_groups"])
-    if est["prior"] in CLIP_PRIORS:
+    if est["prior"] in protocol.CLIP_PRIORS:
         fps, source = clip_fps(est, folder)
     elif prior_fps:
         fps, source = float(prior_fps), f"the {est['prior']} model's frame-rate conditioning"

@@ -34,7 +34,7 @@ def render_size(est: dict) -> tuple[int, int]:
 def check_inputs(est: dict, folder: Path, n_render: int) -> None:
     """Fail fast (BadJob / MissingResource) on inputs that cannot work, before anything heavy loads."""
     kind = est["prior"]
-    if kind in ("reference", "analytic"):
+    if kind in protocol.CLIP_PRIORS:
         path = reference_path(est, folder)
         try:
             check_fit(video_info(path), n_render, render_size(est), allow_trim=True, path=path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..protocol import MissingResource
+from ..protocol import CLIP_PRIORS, MissingResource
 
 
 def cuda_available() -> bool:
@@ -26,3 +26,17 @@ def resolve_device(requested: str) -> str:
 
 def warp_device(device: str) -> str:
     return "cuda:0" if device == "cuda" else "cpu"
+
+
+# Estimation without a video model runs torch on small tensors (a render of a few hundred pixels a side, an
+# image loss) between the simulation's warp launches. On a CPU, torch's OpenMP pool then costs more in
+# wake-ups than it gains and takes cores from the simulation's threads: one torch thread is faster
+# (benchmarks/estimate.py --cases reference: 0.65 s -> 0.45 s per iteration on 2 cores). A video model's
+# convolutions do use every core, so those keep torch's own choice.
+def set_estimate_threads(device: str, prior: str) -> int:
+    """Set torch's CPU threads for an estimation with this prior; returns the count in use."""
+    import torch
+
+    if device == "cpu" and prior in CLIP_PRIORS:
+        torch.set_num_threads(1)
+    return torch.get_num_threads()

@@ -24,7 +24,7 @@ import torch
 from .. import protocol
 from ..estimation.budget import FULL_TAPE_MB, GRID_STORE_MB
 from ..estimation.convergence import make_stop_rule
-from .device import warp_device
+from .device import set_estimate_threads, warp_device
 from ..jobctl import CancelToken, Reporter, log
 from .scene import SceneParticles, build_particles
 from ..estimation.sampling import estimation_sampling, sampling_simulation
@@ -74,6 +74,7 @@ def _estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, token: 
     scene = prepare_scene(scene_arrays, sim, est, reporter, device)
     check_budget(est, sim, scene, device, n_render, reporter)  # before a video model loads
     supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
+    set_estimate_threads(device, est["prior"])
     sampling = estimation_sampling(est, sim, job.folder, supervision.model_fps)
     reporter.stage("load", f"Sampling the motion at {sampling.describe()}", data={"sample_fps": sampling.fps})
     token.check()
