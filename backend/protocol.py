@@ -426,8 +426,9 @@ SIMULATION = Section(doc="the simulation (bake and estimation alike)", rules=(_d
                                      doc="a bake whose stable step needs more is refused before it starts"),
     "rest_state": Section(doc="the captured shape as the equilibrium under gravity (backend/mpm/rest.py)", fields={
         "enabled": Flag(None, optional=True, doc="null = on when gravity is on and something holds the object"),
-        "tolerance": Number(1.0e-3, lo=1e-7, hi=0.5, doc="drift left, as a fraction of the object's size"),
-        "max_iterations": Number(4, lo=1, hi=100, integer=True, doc="quasi-static solves at most"),
+        # 2e-3: an object released this far from its equilibrium swings at most twice as far, 0.4% of its size
+        "tolerance": Number(2.0e-3, lo=1e-7, hi=0.5, doc="drift left, as a fraction of the object's size"),
+        "max_iterations": Number(8, lo=1, hi=100, integer=True, doc="quasi-static solves at most"),
         "max_substeps": Number(200000, lo=1, hi=1e9, integer=True, doc="substeps over all of its solves")}),
     "threads": Number(None, lo=1, hi=256, integer=True, optional=True,
                       doc="CPU threads of the simulation; null = the usable cores (1 = one thread)"),
