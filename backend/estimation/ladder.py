@@ -3,8 +3,8 @@
 Gradient descent finds the nearest minimum; a stiff object swinging back through its rest shape can
 look "less wrong" at 10x the true E than at 5x, so a start on the wrong side of that bump climbs away.
 The ladder tries every rung of a geometric E grid over the allowed range (a simulation and a render
-each, no tape), first for the whole object, then region by region with the others held at their best,
-and the descent starts from the best rung of each region.
+each, no tape) for the whole object, then, region by region with the others held at their best, the
+rungs within a decade of the whole object's best; the descent starts from the best rung of each region.
 """
 
 from __future__ import annotations
@@ -21,6 +21,10 @@ EDGE = 1.05
 # Rungs per decade when ladder_rungs is None (auto): half a decade apart, so the best rung lies within
 # a quarter decade (a factor 1.8) of the minimum when the basin is at least that wide.
 RUNGS_PER_DECADE = 2
+# Region passes look this many decades either side of the whole object's best rung. The parts of one
+# object seldom differ by more, and the stiff rungs are the costly ones: a rung's substeps grow as sqrt(E),
+# so on the demo's range [1e4, 3e7] the top rung alone costs as much as the five softest together.
+REGION_SPAN_DECADES = 1.0
 
 
 def rungs(E_range, count: int | None) -> np.ndarray:
@@ -65,7 +69,7 @@ def climb(evaluate: Callable[[np.ndarray], float], E0: np.ndarray, labels: np.nd
     """
     n_regions = int(labels.max()) + 1 if (labels >= 0).any() else 0
     result = LadderResult([float(v) for v in values], n_regions)
-    total = len(values) * (1 + (n_regions if n_regions > 1 else 0))
+    total = len(values) + (n_regions * len(values) if n_regions > 1 else 0)  # at most; the region passes are shorter
 
     def attempt(name: str, E: np.ndarray, value: float) -> float:
         loss = float(evaluate(E))
@@ -83,9 +87,12 @@ def climb(evaluate: Callable[[np.ndarray], float], E0: np.ndarray, labels: np.nd
     best = int(np.argmin(losses))
     chosen = [values[best]] * max(n_regions, 1)
     if n_regions > 1:
+        near = [k for k, v in enumerate(values) if abs(math.log10(v / values[best])) <= REGION_SPAN_DECADES + 1e-9]
+        total = len(values) + n_regions * len(near)
         for r in range(n_regions):
             region_losses = []
-            for k, v in enumerate(values):
+            for k in near:
+                v = values[k]
                 if k == best and all(c == values[best] for c in chosen):  # already tried: the whole object
                     region_losses.append(losses[best])
                     result.tries.append({"pass": f"region {r}", "E": float(v), "loss": result.tries[best]["loss"],
@@ -94,7 +101,7 @@ def climb(evaluate: Callable[[np.ndarray], float], E0: np.ndarray, labels: np.nd
                 trial = np.array(chosen)[labels.clip(0)]
                 trial[labels == r] = v
                 region_losses.append(attempt(f"region {r}", np.where(free, trial, E0), v))
-            chosen[r] = values[int(np.argmin(region_losses))]
+            chosen[r] = values[near[int(np.argmin(region_losses))]]
     result.start = [float(v) for v in chosen]
     result.E = np.where(free, np.array(chosen)[labels.clip(0)], E0)
     return result

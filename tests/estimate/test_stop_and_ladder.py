@@ -88,7 +88,10 @@ def test_ladder_chooses_each_region_with_the_others_held():
     assert abs(np.log10(result.start[0] / 2e3)) <= 0.125 and abs(np.log10(result.start[1] / 2e4)) <= 0.125
     assert np.allclose(result.E[:5], result.start[0]) and np.allclose(result.E[5:], result.start[1])
     assert {t["pass"] for t in result.tries} == {"all", "region 0", "region 1"}
-    assert sum(t["pass"] == "region 0" for t in result.tries) == len(values)  # the curve is complete
+    whole = min((t for t in result.tries if t["pass"] == "all"), key=lambda t: t["loss"])["E"]
+    near = np.abs(np.log10(values / whole)) <= ladder.REGION_SPAN_DECADES + 1e-9
+    assert 3 <= near.sum() < len(values)  # a region pass covers a decade either side of the whole object's best
+    assert [t["E"] for t in result.tries if t["pass"] == "region 0"] == pytest.approx(values[near])
 
 
 def test_ladder_keeps_locked_points_and_survives_failed_rungs():
