@@ -38,7 +38,7 @@ RIM_Z0, RIM_Z1, RIM_R = 0.100, 0.122, 0.066  # thick rolled rim, as on a terraco
 INNER_R = 0.057
 SOIL_Z = 0.104
 STEM_LENGTH = 0.25
-STEM_R0, STEM_R1 = 0.0045, 0.0030  # base / top radius
+STEM_R0, STEM_R1 = 0.0080, 0.0060  # base / top radius: a sturdy stem, close to a grid cell across at the demo's n_grid 24
 LEAF_AT = (0.30, 0.44, 0.57, 0.69, 0.80)  # position along the stem (0 = soil, 1 = top)
 LEAF_LENGTH = (0.110, 0.105, 0.095, 0.085, 0.072)
 LEAF_WIDTH = (0.046, 0.044, 0.040, 0.035, 0.030)
@@ -48,16 +48,19 @@ FLOWER_TILT_DEG = 40.0  # the flower head turns towards the suggested camera
 CAMERA_AZIMUTH_DEG, CAMERA_ELEVATION_DEG = -65.0, 18.0
 
 # ---- the hidden "true" materials the demo should recover --------------------------------
-# Animation-scale stiffness: the free parts are ~10x softer than a real plant, so the CPU demo needs tens of
-# substeps per frame instead of hundreds (the substep follows the wave speed sqrt(E / rho)), yet stiff enough
-# that a poked plant sways back within two seconds (a first sway period of about 4 s). The motion depends on
-# E / rho and the scene's scale, so recovering these is the same problem at any stiffness.
+# Stiff enough to stand under gravity, as a real plant does: the stem carries the leaves and the flower, which
+# hangs to one side, so it holds a bending load (with this stem at 1e6 Pa the plant falls over; at 3e6 Pa it
+# sags 5% of its height when released from F = I, which the backend's rest state then holds). Leaves softer
+# than 1e6 Pa droop into slow modes that make the rest state several times slower to find. Still about 10x
+# softer than a woody stem, which keeps the CPU demo at hundreds of substeps per frame instead of thousands (the
+# substep follows the wave speed sqrt(E / rho)). The motion depends on E / rho and the scene's scale, so
+# recovering these is the same problem at any stiffness.
 MATERIALS = {
     "pot": {"anchored": True, "youngs_modulus": 1.0e8, "poisson_ratio": 0.25, "density": 1900.0},
     "soil": {"anchored": True, "youngs_modulus": 1.0e6, "poisson_ratio": 0.30, "density": 1300.0},
-    "stem": {"anchored": False, "youngs_modulus": 2.0e5, "poisson_ratio": 0.35, "density": 700.0},
-    "leaves": {"anchored": False, "youngs_modulus": 2.0e4, "poisson_ratio": 0.30, "density": 500.0},
-    "flower": {"anchored": False, "youngs_modulus": 5.0e4, "poisson_ratio": 0.30, "density": 400.0},
+    "stem": {"anchored": False, "youngs_modulus": 3.0e6, "poisson_ratio": 0.35, "density": 700.0},
+    "leaves": {"anchored": False, "youngs_modulus": 1.0e6, "poisson_ratio": 0.30, "density": 500.0},
+    "flower": {"anchored": False, "youngs_modulus": 3.0e5, "poisson_ratio": 0.30, "density": 400.0},
 }
 
 

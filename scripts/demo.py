@@ -6,8 +6,8 @@ backend run through the add-on's own job runner (core.workflow), on the bundled 
   import the splats -> particles with the pot and soil anchored -> the suggested camera and poke ->
   estimate the materials (SVD distillation on a CUDA machine with the weights; otherwise fitting a
   reference clip filmed at 60 fps from the sample's hidden "true" materials, gravity off) -> simulate and bake the
-  24 fps scene to the geometry-nodes cache -> demo.blend, a Cycles preview GIF, a
-  stiffness heat map and the loss plot.
+  24 fps scene with gravity on (the backend first finds the rest state that holds the captured shape) to the
+  geometry-nodes cache -> demo.blend, a Cycles preview GIF, a stiffness heat map and the loss plot.
 
 It ends with E per region against the hidden truth, the poked flower's sway (its peak and how far it
 comes back within the clip) and the time each stage took.
@@ -41,15 +41,8 @@ REFERENCE_FPS = 60.0
 FULL = {"estimate_size": (128, 72), "max_particles": 3000, "iterations": 24, "bake_frames": 72, "gif_frames": 12}
 QUICK = {"estimate_size": (96, 54), "max_particles": 800, "iterations": 3, "bake_frames": 16, "gif_frames": 2}
 SWAY_RETURN = 0.3  # the flower must come back below this share of its peak displacement within the clip
-# Gravity in the bake. With it on, the rest-state solve (backend/mpm/rest.py) does not converge on this plant
-# (residual 0.62 of its size after 4 solves): its animation-scale leaves cannot carry their own weight, so it
-# falls over (the flower drops 285 mm within 2 s). A plant stiff enough to stand (stem 3e6 Pa, leaves 3e5 Pa)
-# was tried: its CFL bound needs about 200 substeps per frame (the demo took 36 min instead of 2-3), its rest state
-# still did not converge (residual 0.021), and the estimate could not see the leaves' or flower's own bending at
-# this camera. Until a plant both stands and stays cheap, the bake shows the poke alone.
-BAKE_GRAVITY = False
 ESTIMATE_COMMON = {"frames_per_group": 8, "boost_groups": 2, "field": "kan_triplane",
-                   "learning_rate": 0.008, "E_range": [1.0e2, 1.0e7]}
+                   "learning_rate": 0.008, "E_range": [1.0e4, 3.0e7]}
 N_GRID = 24
 DOMAIN = ((-0.2, -0.2, -0.01), (0.2, 0.2, 0.43))  # around the plant, 24 cells of ~18 mm on its longest side
 ANCHORED = ("pot", "soil")
@@ -302,12 +295,13 @@ def estimate(bpy, obj, info, masks, cfg, prior: str) -> Path:
 
 # ---------------------------------------------------------------------------- bake, save, render
 def bake(bpy, obj, blend: Path, n_frames: int) -> Path:
-    """Simulate and bake the scene's frame range (gravity as BAKE_GRAVITY says); returns the simulate job's folder."""
+    """Simulate and bake the scene's frame range under gravity, from the rest state that holds the captured shape
+    (the backend solves it first); returns the simulate job's folder."""
     workflow = core("workflow")
     scene = bpy.context.scene
     scene.frame_start, scene.frame_end = 1, n_frames
-    scene.use_gravity = BAKE_GRAVITY
-    print(f"   {n_frames} frames at {FPS} fps ({n_frames / FPS:g} s) with gravity {'on' if BAKE_GRAVITY else 'off'}")
+    scene.use_gravity = True
+    print(f"   {n_frames} frames at {FPS} fps ({n_frames / FPS:g} s) with gravity on")
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))  # the cache goes next to it, with a relative path
     job_dir = run_job(workflow.SIMULATE, lambda: workflow.start_simulate(bpy.context, obj, target="gn_cache"))
     bpy.ops.wm.save_as_mainfile(filepath=str(blend))
@@ -415,7 +409,7 @@ def print_summary(prior, why, rows, motion: dict, stages: Stages, out: Path):
     print("E per region (median over its splats) vs the hidden truth:")
     for name, est, true, err in rows:
         print(f"  {name:<7} estimated {est:10.4g} Pa   true {true:10.4g} Pa   error {err:+6.1f} %")
-    print(f"Sway of the poked flower ({motion['frames']} frames at {FPS} fps, gravity {'on' if BAKE_GRAVITY else 'off'}): peak {motion['peak_mm']:.1f} mm "
+    print(f"Sway of the poked flower ({motion['frames']} frames at {FPS} fps, gravity on): peak {motion['peak_mm']:.1f} mm "
           f"at frame {motion['peak_frame']}, back to {100 * motion['return_ratio']:.0f} % of it at frame "
           f"{motion['return_frame']}")
     print("Time per stage:")

@@ -116,7 +116,7 @@ def test_region_bounding_boxes_and_proportions(splats, regions):
     stem_lo, stem_hi = boxes["stem"]
     assert stem_lo[2] == pytest.approx(dims["soil_level"], abs=0.003)
     assert stem_hi[2] - stem_lo[2] == pytest.approx(dims["stem_length"], abs=0.01)
-    assert max(stem_hi[:2] - stem_lo[:2]) < 0.03  # thin and nearly upright
+    assert max(stem_hi[:2] - stem_lo[:2]) < 0.04  # thin and nearly upright
     leaf_lo, leaf_hi = boxes["leaves"]
     assert leaf_lo[2] > pot_hi[2] and leaf_hi[2] < stem_hi[2]
     assert all(0.06 <= length <= 0.12 for length in dims["leaf_lengths"])
@@ -130,7 +130,7 @@ def test_true_materials(regions):
     mats = {name: info["material"] for name, info in regions["regions"].items()}
     assert mats["pot"]["anchored"] and mats["soil"]["anchored"]
     assert not any(mats[n]["anchored"] for n in ("stem", "leaves", "flower"))
-    assert mats["stem"]["youngs_modulus"] == pytest.approx(10 * mats["leaves"]["youngs_modulus"])
+    assert mats["stem"]["youngs_modulus"] > mats["leaves"]["youngs_modulus"] > mats["flower"]["youngs_modulus"]
     for name in ("stem", "leaves", "flower"):
         assert 0.3 <= mats[name]["poisson_ratio"] <= 0.35
         assert 400 <= mats[name]["density"] <= 800
