@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.cluster.vq import kmeans2
+from scipy.spatial import cKDTree
 
 # Rungs stay this factor inside the range: on its edge the field's sigmoid is saturated (no gradient).
 EDGE = 1.05
@@ -35,16 +36,27 @@ def rungs(E_range, count: int | None) -> np.ndarray:
     return np.geomspace(lo, hi, int(count))
 
 
-def spatial_regions(positions: np.ndarray, count: int, free: np.ndarray, seed: int = 0) -> np.ndarray:
-    """Region label per point: k-means on the rest positions of the free (not locked) points.
-    Locked points get -1; empty clusters are dropped, so there may be fewer than ``count`` regions."""
+def spatial_regions(positions: np.ndarray, count: int, free: np.ndarray, seed: int = 0,
+                    held: np.ndarray | None = None) -> np.ndarray:
+    """Region label per point: k-means on the rest positions of the free (not locked) points that move.
+
+    Locked points get -1. Held points (anchored: they do not move, so the video says nothing about them)
+    are left out of the clustering and join the region of their nearest moving point: the clamp follows
+    the material it holds. Empty clusters are dropped, so there may be fewer than ``count`` regions."""
     labels = np.full(len(positions), -1, np.int64)
-    pts = np.asarray(positions, np.float64)[free]
+    held = np.zeros(len(positions), bool) if held is None else np.asarray(held, bool)
+    moving = free & ~held
+    if not moving.any():
+        moving, held = free, np.zeros_like(held)
+    pts = np.asarray(positions, np.float64)[moving]
     if count <= 1 or len(pts) < 2 * count:
         labels[free] = 0
         return labels
     _, found = kmeans2(pts, count, minit="++", seed=np.random.default_rng(seed))
-    labels[free] = np.unique(found, return_inverse=True)[1]
+    labels[moving] = np.unique(found, return_inverse=True)[1]
+    follow = free & held
+    if follow.any():
+        labels[follow] = labels[moving][cKDTree(pts).query(np.asarray(positions, np.float64)[follow])[1]]
     return labels
 
 

@@ -400,8 +400,10 @@ def global_look(est: dict, scene: Scene, dsim, supervision: Supervision, n_rende
     p = scene.particles
     values = ladder_mod.rungs(est["E_range"], count)
     spatial = est["field"] != "global"
+    # The regions cover the parts that move; anchored points follow their nearest one (in the demo a region
+    # spent on the pot had hidden the plant's parts).
     labels = ladder_mod.spatial_regions(p.positions, int(est["ladder_regions"]) if spatial else 1, ~p.lock,
-                                        int(est["seed"]))
+                                        int(est["seed"]), held=p.anchor)
     dev = torch.device(device)
     nu, rho = torch.as_tensor(p.nu, device=dev), torch.as_tensor(p.rho, device=dev)
     seed = int(est["seed"])

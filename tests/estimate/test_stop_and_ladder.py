@@ -120,6 +120,24 @@ def test_spatial_regions_split_two_separate_towers():
     assert set(ladder.spatial_regions(pts, 1, free)[1:]) == {0}
 
 
+def test_spatial_regions_leave_held_points_out_and_let_them_follow_the_nearest_moving_part():
+    """A long anchored pot under two short towers: k-means on every point spends its regions on the pot's
+    two ends and puts both towers in one; with the pot held, the regions split the towers, and each pot
+    point takes the label of its nearest tower point."""
+    rng = np.random.default_rng(2)
+    pot = rng.random((400, 3)) * [0.4, 1.2, 0.1] - [0.2, 0.6, 0.1]
+    towers = np.concatenate([rng.random((40, 3)) * [0.02, 0.02, 0.3] + [-0.15, 0.01, 0],
+                             rng.random((40, 3)) * [0.02, 0.02, 0.3] + [0.13, 0.01, 0]])
+    pts = np.concatenate([pot, towers])
+    held = np.arange(len(pts)) < len(pot)
+    labels = ladder.spatial_regions(pts, 2, np.ones(len(pts), bool), held=held)
+    left, right = labels[400:440], labels[440:]
+    assert len(set(left)) == 1 and len(set(right)) == 1 and left[0] != right[0]
+    assert (labels[:400][pot[:, 0] < -0.05] == left[0]).all() and (labels[:400][pot[:, 0] > 0.05] == right[0]).all()
+    everything = ladder.spatial_regions(pts, 2, np.ones(len(pts), bool))
+    assert len(set(everything[400:])) == 1  # what happened before: one region for both towers
+
+
 @pytest.mark.parametrize("key, value, fragment", [
     ("stop_rule", "sometime", "estimate.stop_rule must be one of plateau, decade"),
     ("stop_window", 2, "estimate.stop_window = 2 is outside"),
