@@ -84,6 +84,19 @@ def test_an_object_too_soft_to_stand_says_so():
     assert rest.strain > CANNOT_STAND_STRAIN  # what the simulate job's warning reads
 
 
+def test_secant_step_inverts_the_gain_of_the_last_step():
+    """A full step that flips the residual (a leaning stem: the gain is 2) asks for half a step; a step that
+    left a third of it asks for 1.5 (the cap); one that made it worse the same way halves the step."""
+    from backend.mpm.rest import STEP_RANGE, secant_step
+
+    r = np.random.default_rng(0).standard_normal(300)
+    assert secant_step(r, -r, 1.0) == pytest.approx(0.5)
+    assert secant_step(r, r / 3, 1.0) == pytest.approx(1.5)
+    assert secant_step(r, 0.5 * r, 0.5) == pytest.approx(1.0)  # gain 1 measured on a half step
+    assert secant_step(r, 1.2 * r, 1.0) == pytest.approx(0.5) and secant_step(r, 1.2 * r, 0.3) == STEP_RANGE[0]
+    assert secant_step(np.zeros(3), r[:3], 0.7) == 0.7
+
+
 def test_unrotated_takes_off_the_turn_of_the_increment_only():
     from backend.mpm.rest import unrotated
 
