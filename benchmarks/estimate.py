@@ -257,7 +257,8 @@ def _svd_xt_line(model: str | None, threads: int | None) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="N=500 particles, 4 frames")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: the product's choice, backend.jobs.device)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: the product's choice, backend.jobs.device)")
     ap.add_argument("--svd-xt", default=None, help="local SVD-xt folder or hub id for the CUDA case")
     ap.add_argument("--sim-threads", type=int, default=None, help="simulation.threads (default: automatic)")
     ap.add_argument("--cases", default="svd,modelscope,reference",

@@ -38,7 +38,8 @@ RIM_Z0, RIM_Z1, RIM_R = 0.100, 0.122, 0.066  # thick rolled rim, as on a terraco
 INNER_R = 0.057
 SOIL_Z = 0.104
 STEM_LENGTH = 0.25
-STEM_R0, STEM_R1 = 0.0080, 0.0060  # base / top radius: a sturdy stem, close to a grid cell across at the demo's n_grid 24
+# base / top radius: a sturdy stem, close to a grid cell across at the demo's n_grid 24
+STEM_R0, STEM_R1 = 0.0080, 0.0060
 LEAF_AT = (0.30, 0.44, 0.57, 0.69, 0.80)  # position along the stem (0 = soil, 1 = top)
 LEAF_LENGTH = (0.110, 0.105, 0.095, 0.085, 0.072)
 LEAF_WIDTH = (0.046, 0.044, 0.040, 0.035, 0.030)

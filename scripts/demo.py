@@ -409,7 +409,8 @@ def print_summary(prior, why, rows, motion: dict, stages: Stages, out: Path):
     print("E per region (median over its splats) vs the hidden truth:")
     for name, est, true, err in rows:
         print(f"  {name:<7} estimated {est:10.4g} Pa   true {true:10.4g} Pa   error {err:+6.1f} %")
-    print(f"Sway of the poked flower ({motion['frames']} frames at {FPS} fps, gravity on): peak {motion['peak_mm']:.1f} mm "
+    print(f"Sway of the poked flower ({motion['frames']} frames at {FPS} fps, gravity on): "
+          f"peak {motion['peak_mm']:.1f} mm "
           f"at frame {motion['peak_frame']}, back to {100 * motion['return_ratio']:.0f} % of it at frame "
           f"{motion['return_frame']}")
     print("Time per stage:")

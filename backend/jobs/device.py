@@ -31,8 +31,8 @@ def warp_device(device: str) -> str:
 # Estimation without a video model runs torch on small tensors (a render of a few hundred pixels a side, an
 # image loss) between the simulation's warp launches. On a CPU, torch's OpenMP pool then costs more in
 # wake-ups than it gains and takes cores from the simulation's threads: one torch thread is faster
-# (benchmarks/estimate.py --cases reference: 0.65 s -> 0.45 s per iteration on 2 cores). A video model's
-# convolutions do use every core, so those keep torch's own choice.
+# (benchmarks/estimate.py --cases reference, 2 cores: 0.60 s -> 0.51 s per iteration, CPU 0.74 s -> 0.63 s).
+# A video model's convolutions do use every core, so those keep torch's own choice.
 def set_estimate_threads(device: str, prior: str) -> int:
     """Set torch's CPU threads for an estimation with this prior; returns the count in use."""
     import torch
