@@ -21,9 +21,10 @@ positions, backward to per-particle log E / nu / rho / v0, with and without chec
 and on the default count (*_cpu: process CPU time, all threads together), then one 768-substep
 checkpointed frame for the peak memory. Each case runs in its own subprocess so its peak RSS (VmHWM)
 is its own. Each prints "before" (warp's generated adjoints; checkpointed backward recomputes whole
-substeps) and "after" (the hand-written adjoints; the forward keeps the P2G grids) in the same run, and
-"hand_recompute" (hand-written adjoints, no kept grids) to tell the two changes apart; a
-"gradient_summary" line lists backward_over_forward_cpu per variant.
+substeps) and "after" (the hand-written adjoints; the forward keeps the P2G grids and the particles'
+stresses) in the same run, "hand_recompute" (hand-written adjoints, nothing kept) and "grids_only" (the
+grids kept, the stresses recomputed) to tell the changes apart; a "gradient_summary" line lists
+backward_over_forward_cpu per variant.
 """
 
 from __future__ import annotations
@@ -156,6 +157,7 @@ def threads_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
 # gradient variants: DifferentiableSim options ("after" keeps P2G grids as estimation does: GRID_STORE_MB)
 GRADIENT_VARIANTS = {"before": dict(adjoints="generated", grid_store_mb=0.0),
                      "hand_recompute": dict(adjoints="hand", grid_store_mb=0.0),
+                     "grids_only": dict(adjoints="hand"),
                      "after": dict(adjoints="hand")}
 
 
@@ -170,6 +172,9 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
     cfg = SimConfig(n_grid=n_grid, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (substeps * 1e-4),
                     substep_dt=1e-4, **({} if threads is None else {"threads": threads}))
     options = dict(GRADIENT_VARIANTS[variant])
+    if variant == "grids_only":  # the kept P2G grids without the kept stresses (as before they were kept)
+        from backend.mpm import autograd
+        autograd.GRID_RESERVE = float("inf")
     if "grid_store_mb" not in options:
         from backend.estimation.budget import GRID_STORE_MB
         options["grid_store_mb"] = GRID_STORE_MB
@@ -249,13 +254,13 @@ def gradient_cases(device: str, quick: bool = False) -> None:
     for threads in (("1", "auto") if device == "cpu" else ("auto",)):
         for ck in ("none", "8"):
             for variant in GRADIENT_VARIANTS:
-                if ck == "none" and variant == "hand_recompute":
+                if ck == "none" and variant in ("hand_recompute", "grids_only"):
                     continue  # nothing is recomputed on the full tape
                 for r in run_subprocess(["--grad-case", "10000", "64", "32", ck, threads, variant, "--device", device]):
                     if r.get("case") == "gradient":
                         summary[f"threads_{r['threads']}/ckpt_{ck}/{variant}"] = round(r["backward_over_forward_cpu"], 3)
     # the memory bound: one 768-substep frame at 10k particles, checkpointed
-    for variant in ("before", "after"):
+    for variant in ("before", "grids_only", "after"):
         for r in run_subprocess(["--grad-case", "10000", "64", "768", "16", "auto", variant, "--device", device]):
             if r.get("case") == "gradient":
                 summary[f"768_substeps/{variant}/peak_rss_mb"] = round(r["peak_rss_mb"], 1)

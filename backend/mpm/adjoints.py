@@ -10,7 +10,8 @@ atomic, and differentiates the compensated updates term by term. Here:
   return mappings (material > STVK_HENCKY) keep warp's generated adjoint, in a small per-particle
   kernel (`plastic_update`) that runs first and adds into dL/dC_new.
 * p2g: one kernel per particle gathers dL/d(node momentum, mass) (no atomics on the particle side)
-  and applies constitutive.kirchhoff_stress_vjp, the hand-written stress adjoint of every model.
+  and applies constitutive.kirchhoff_stress_vjp, the hand-written stress adjoint of every model, to
+  the stress the forward kept (a fifth of this kernel's cost when recomputed) or a recomputed one.
 
 The grid update and the covariance keep their generated adjoints (one thread per node / particle,
 no atomics). SimCore.use_hand_adjoints(False) (DifferentiableSim(adjoints="generated")) replays warp's
@@ -144,6 +145,8 @@ def p2g_adjoint(
     pk: Pokes,
     t: float,
     dt: float,
+    has_stress: int,
+    stress: wp.array(dtype=wp.mat33),
     adj_grid_mv: wp.array(dtype=wp.vec4),
     adj_x: wp.array(dtype=wp.vec3),
     adj_v: wp.array(dtype=wp.vec3),
@@ -157,7 +160,8 @@ def p2g_adjoint(
     """Adjoint of kernels.p2g for one particle: gathers dL/d(node momentum, node mass).
 
     Node n gets w_n (m v + dx A (n - fx), m) with A = ks tau + m C, ks = -dt vol 4 / dx^2.
-    The pokes' velocity change is piecewise constant in x: no position gradient."""
+    The pokes' velocity change is piecewise constant in x: no position gradient.
+    has_stress != 0: the forward kept each particle's stress in `stress` (else it is recomputed)."""
     p = wp.tid()
     xp = x[p]
     bx, by, bz, fx = stencil_base(xp, g)
@@ -167,7 +171,11 @@ def p2g_adjoint(
     m = mass[p]
     c = C[p]
     ks = -dt * vol[p] * 4.0 * g.inv_dx * g.inv_dx
-    tau = kirchhoff_stress(f, material[p], plastic[p], mu[p], lam[p], pp.snow_xi)
+    tau = wp.mat33(0.0)
+    if has_stress != 0:
+        tau = stress[p]
+    else:
+        tau = kirchhoff_stress(f, material[p], plastic[p], mu[p], lam[p], pp.snow_xi)
     affine = ks * tau + m * c
     vp = v[p]
     if pk.n > 0:
@@ -313,7 +321,7 @@ class HandAdjoints:
         self.launcher.particles(
             p2g_adjoint, self.n,
             [a["x"], a["v"], a["C"], a["F"], a["plastic"], a["material"], a["mu"], a["lam"], a["mass"], a["vol"],
-             a["g"], a["pp"], a["pk"], a["t"], a["dt"], d["grid_mv"],
+             a["g"], a["pp"], a["pk"], a["t"], a["dt"], a["keep_stress"], a["stress_out"], d["grid_mv"],
              d["x"], d["v"], d["C"], d["F"], d["plastic"], d["mu"], d["lam"], d["mass"]])
 
 

@@ -6,9 +6,10 @@ the P2G weights), which PhysDreamer's solver drops.
 
 Memory: with checkpointing, the forward pass keeps only the particle state at segment starts
 (~100 bytes per particle each) and each substep's P2G grid (node momentum and mass, 16 bytes per node
-of the box around the particles, up to grid_store_mb); backward re-runs one segment of
-`checkpoint_every` substeps on fresh buffers with one small tape per substep, starting each substep
-from its kept grid (so only the grid update and G2P are recomputed, not P2G and its stress), so the
+of the box around the particles, up to grid_store_mb) and, where the budget allows, the particles'
+stresses; backward re-runs one segment of `checkpoint_every` substeps on fresh buffers with one small
+tape per substep, starting each substep from its kept grid (so only the grid update and G2P are
+recomputed, not P2G, and the P2G adjoint reads the kept stress instead of recomputing it), so the
 live tape holds at most one segment of particle states and grids, and each taped grid covers only
 the node box around the particles (not the whole domain). With checkpoint_every=None every substep
 stays taped from the forward pass (memory grows with every substep; used to check the checkpointed
@@ -38,6 +39,14 @@ from .kernels import covariance, material_from_params, p2g
 from .particles import ParticleState, rest_shape_matrices
 from .solver import max_wave_speed
 from .threads import LaunchRecord
+
+
+# A kept P2G grid is worth more than kept stresses (see _forward_checkpointed): stresses are kept only while the
+# budget left holds the grids of the substeps to come at this factor times the current box (boxes grow as the
+# object moves apart).
+GRID_RESERVE = 1.5
+GRID_NODE_BYTES = wp.types.type_size_in_bytes(wp.vec4)  # a kept grid node: momentum and mass
+STRESS_BYTES = wp.types.type_size_in_bytes(wp.mat33)  # a kept particle stress
 
 
 @dataclass
@@ -80,7 +89,8 @@ class _Run:
     n_frames: int
     checkpoints: dict          # substep index -> State (checkpoint mode)
     full: _Buffers | None      # all substeps (no-checkpoint mode)
-    grids: dict = field(default_factory=dict)  # substep -> (node box, P2G grid) kept by a checkpointed forward
+    # substep -> (node box, P2G grid, particle stresses or None) kept by a checkpointed forward
+    grids: dict = field(default_factory=dict)
 
 
 class DifferentiableSim:
@@ -103,8 +113,8 @@ class DifferentiableSim:
 
     adjoints: "hand" (the hand-written p2g/g2p adjoints of mpm/adjoints.py) or "generated" (warp's
     generated adjoints of every kernel: slower, the reference the hand-written ones are tested against).
-    grid_store_mb: the most a checkpointed forward keeps of its P2G grids (MB) so that backward need not
-    recompute P2G (estimation passes budget.GRID_STORE_MB); substeps beyond it are recomputed whole.
+    grid_store_mb: the most a checkpointed forward keeps of its P2G grids and stresses (MB) so that backward
+    need not recompute P2G (estimation passes budget.GRID_STORE_MB); substeps beyond it are recomputed whole.
     0 keeps none.
 
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
@@ -245,10 +255,16 @@ class DifferentiableSim:
 
     def _forward_checkpointed(self, params: _Params, plan: SubstepPlan, init: State, n_frames: int, taped: bool):
         """Forward keeping the checkpoints and, when a backward follows (taped), the P2G grids of the first
-        substeps, each on its own node box (the one the recomputation uses), until grid_store_mb is spent."""
+        substeps, each on its own node box (the one the recomputation uses), until grid_store_mb is spent.
+
+        A substep also keeps its particles' stresses (36 bytes each: the P2G adjoint need not recompute
+        them) while what is left of the budget still holds the grids of all the substeps to come (GRID_RESERVE):
+        a kept grid saves a whole P2G, kept stresses only the stress (a fifth of the P2G adjoint), and the
+        grid takes a few times less memory."""
         dev, n_sub = self.device, plan.n
         grids: dict[int, tuple] = {}
         store_left = self.grid_store_mb * 2**20 if taped else 0.0
+        total = n_frames * n_sub
         needed = {a for s, e, _ in self._windows(n_frames, n_sub) for a, _ in self._segments(s, e)}
         grid_mv = wp.zeros(self.core.n_nodes, dtype=wp.vec4, device=dev)
         grid_v = wp.zeros(self.core.n_nodes, dtype=wp.vec3, device=dev)
@@ -258,24 +274,30 @@ class DifferentiableSim:
         pos_out, cov_out = [], []
         self.core.reset_bad()
         box, window, box_until = self.core.g_full, 4, 0
-        for s in range(n_frames * n_sub):
+        for s in range(total):
             if s in needed:
                 ckpts[s] = State.zeros(self.n, dev)
                 ckpts[s].assign(st)
-            mv = grid_mv
+            mv, stress = grid_mv, None
             if store_left > 0:
                 box, box_until = self.core.particle_box(st.x, 1), s + 1
                 nodes = self.core.box_nodes(box)
-                if 16 * nodes <= store_left:
-                    store_left -= 16 * nodes
+                grid_bytes = GRID_NODE_BYTES * nodes
+                if grid_bytes <= store_left:
+                    store_left -= grid_bytes
                     mv = wp.zeros(nodes, dtype=wp.vec4, device=dev)
-                    grids[s] = (box, mv)
+                    reserve = GRID_RESERVE * grid_bytes * (total - s - 1)  # the grids to come, at this box's size
+                    if self.core.hand_adjoints and store_left - STRESS_BYTES * self.n >= reserve:
+                        store_left -= STRESS_BYTES * self.n
+                        stress = wp.empty(self.n, dtype=wp.mat33, device=dev)
+                    grids[s] = (box, mv, stress)
                 else:
                     store_left = 0.0  # spent: the later substeps are recomputed whole
             elif s >= box_until:
                 box, box_until = self.core.particle_box(st.x, window), s + window
             self.core.substep(st, st, params.mu, params.lam, params.mass, self.vol, mv, grid_v,
-                              s * plan.dt, plan.dt, s % n_sub, clear=True, g=box, clear_grid=mv is grid_mv)
+                              s * plan.dt, plan.dt, s % n_sub, clear=True, g=box, clear_grid=mv is grid_mv,
+                              stress=stress)
             if (s + 1) % n_sub == 0:
                 self._frame_check(s // n_sub, plan)
                 self.core.reset_bad()
@@ -304,23 +326,25 @@ class DifferentiableSim:
         """Run substeps a..b-1 from buf.states[0], one tape per substep (covariance taped at frame ends).
 
         Each substep gets fresh grid arrays covering only the node box around its particles. A substep
-        whose P2G grid the forward kept (grids) starts from it: P2G is taped for its adjoint, not run."""
+        whose P2G grid the forward kept (grids) starts from it: P2G is taped for its adjoint, not run (with
+        the stresses the forward kept, if any, for the adjoint to read)."""
         buf.tapes, buf.grid_mv, buf.grid_v = [], [], []
         n_sub, dev = plan.n, self.device
         for k in range(b - a):
             s = a + k
             kept = grids.get(s) if grids else None
+            stress = None
             if kept is None:
                 box = self.core.particle_box(buf.states[k].x, 1)
                 buf.grid_mv.append(wp.zeros(self.core.box_nodes(box), dtype=wp.vec4, device=dev, requires_grad=True))
             else:
-                box = kept[0]
+                box, stress = kept[0], kept[2]
                 buf.grid_mv.append(wp.clone(kept[1], requires_grad=True))
             buf.grid_v.append(wp.zeros(self.core.box_nodes(box), dtype=wp.vec3, device=dev, requires_grad=True))
             record = LaunchRecord(self.core.launch, given=() if kept is None else (p2g,))
             self.core.substep(buf.states[k], buf.states[k + 1], params.mu, params.lam, params.mass, self.vol,
                               buf.grid_mv[k], buf.grid_v[k], s * plan.dt, plan.dt, s % n_sub, clear=False, g=box,
-                              launch=record)
+                              launch=record, stress=stress)
             if (s + 1) % n_sub == 0:
                 if buf.cov[k] is None:
                     buf.cov[k] = wp.zeros(self.n, dtype=wp.mat33, device=dev, requires_grad=True)

@@ -248,7 +248,8 @@ class SimCore:
 
     def substep(self, st_in: State, st_out: State, mu: wp.array, lam: wp.array, mass: wp.array,
                 vol: wp.array, grid_mv: wp.array, grid_v: wp.array, t: float, dt: float,
-                k: int, clear: bool, g: GridInfo | None = None, launch=None, clear_grid: bool | None = None) -> None:
+                k: int, clear: bool, g: GridInfo | None = None, launch=None, clear_grid: bool | None = None,
+                stress: wp.array | None = None) -> None:
         """Advance st_in by dt (seconds) into st_out (may be the same object when clear=True).
 
         t: simulation time at the start of the substep; k: substep index reported on divergence.
@@ -258,6 +259,7 @@ class SimCore:
         launch: the launcher (default: self.launch on the forward path, which may be threaded, and
         plain wp.launch otherwise, which a wp.Tape records); see threads.LaunchRecord.
         clear_grid=False keeps grid_mv on the forward path (default: clear), for a backward to reuse.
+        stress: P2G also writes each particle's Kirchhoff stress there (for a backward to reuse).
         """
         dev = self.device
         g = self.g_full if g is None else g
@@ -269,8 +271,8 @@ class SimCore:
         damp = math.exp(-self.config.damping * dt)
         launch(kern.p2g, self.n_particles,
                   inputs=[st_in.x, st_in.v, st_in.C, st_in.F, st_in.plastic, self.material, mu, lam, mass, vol,
-                          g, self.pp, self.pokes, float(t), float(dt)],
-                  outputs=[grid_mv], device=dev)
+                          g, self.pp, self.pokes, float(t), float(dt), int(stress is not None)],
+                  outputs=[grid_mv, stress], device=dev)
         launch(kern.grid_update, self.box_nodes(g),
                   inputs=[grid_mv, self.fixed, self.has_fixed, g, self.bnd,
                           wp.vec3(*body_dv), float(damp), float(self.grid.dx / dt), float(t),

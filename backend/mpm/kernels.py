@@ -96,13 +96,19 @@ def p2g_impl(
     pk: Pokes,
     t: float,
     dt: float,
+    keep_stress: int,
     grid_mv: wp.array(dtype=wp.vec4),
+    stress_out: wp.array(dtype=wp.mat33),
 ):
+    """keep_stress != 0 also writes each particle's Kirchhoff stress to stress_out (for a backward that
+    would otherwise recompute it; None when 0)."""
     p = wp.tid()
     xp = x[p]
     bx, by, bz, fx = stencil_base(xp, g)
     w = bspline_weights(fx)
     stress = kirchhoff_stress(F[p], material[p], plastic[p], mu[p], lam[p], pp.snow_xi)
+    if keep_stress != 0:
+        stress_out[p] = stress
     m = mass[p]
     # MLS-MPM: the stress force and the APIC affine momentum share one matrix (world units);
     # node momentum = weight * (m v + affine (x_node - x_p)), expanded per stencil offset.

@@ -47,8 +47,8 @@ def test_free_flight_conserves_mass_and_momentum():
     grid_mv = wp.zeros(sim.core.n_nodes, dtype=wp.vec4)
     s = sim.state
     wp.launch(p2g, sim.n, inputs=[s.x, s.v, s.C, s.F, s.plastic, sim.core.material, sim.mu, sim.lam, sim.mass,
-                                  sim.vol, sim.core.g_full, sim.core.pp, sim.core.pokes, 0.0, sim.substep_dt],
-              outputs=[grid_mv])
+                                  sim.vol, sim.core.g_full, sim.core.pp, sim.core.pokes, 0.0, sim.substep_dt, 0],
+              outputs=[grid_mv, None])
     grid = grid_mv.numpy().astype(np.float64)
     assert grid[:, 3].sum() == pytest.approx(mass.sum(), rel=1e-6)
     assert np.allclose(grid[:, :3].sum(0), p1, rtol=1e-4, atol=1e-7)

@@ -185,7 +185,7 @@ def test_p2g(mixed):
 def launch_p2g(sc: Scene, st: State, grid_mv):
     c, core = sc.wp_const, sc.core
     wp.launch(kernels.p2g, N, inputs=[st.x, st.v, st.C, st.F, st.plastic, core.material, c["mu"], c["lam"], c["mass"],
-                                      c["vol"], core.g_full, core.pp, core.pokes, T, DT], outputs=[grid_mv])
+                                      c["vol"], core.g_full, core.pp, core.pokes, T, DT, 0], outputs=[grid_mv, None])
 
 
 def test_grid_update_with_walls_ground_collider_and_anchors(mixed):
