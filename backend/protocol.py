@@ -141,6 +141,26 @@ FILL_AUTO = "auto"  # fill the interior only when the object is a closed-ish she
 FILL_MODES = (FILL_AUTO, True, False)
 # The video models a prior loads when the job names none (Hugging Face hub ids; weights never downloaded for you).
 DEFAULT_MODELS = {"svd": "stabilityai/stable-video-diffusion-img2vid-xt", "modelscope": "ali-vilab/text-to-video-ms-1.7b"}
+# The frame rate a video model judges clips at (SVD's fps micro-conditioning; ModelScope has none and sees the
+# scene's rate): estimation samples the motion at it (backend/estimation/sampling.py).
+PRIOR_FPS = {"svd": 7.0}
+
+
+def sampling_fps(prior: str, scene_fps: float, clip_fps: float | None = None, model_fps: float | None = None) -> float:
+    """The rate estimation samples the motion at (backend/estimation/sampling.py): a clip prior's clip rate,
+    a video model's conditioning rate (model_fps: a loaded model's own), else the scene's. A clip prior's
+    rate not known yet (clip_fps None: the add-on's projection before the file is read) is the scene's."""
+    if prior in CLIP_PRIORS:
+        return float(clip_fps or scene_fps)
+    return float(model_fps or PRIOR_FPS.get(prior) or scene_fps)
+
+
+def sampled_simulation(sim: dict, fps: float, n_frames: int | None = None) -> dict:
+    """The simulation settings estimation runs with: the scene's, with frames at the sampling rate fps."""
+    out = dict(sim, fps=float(fps), **({} if n_frames is None else {"n_frames": int(n_frames)}))
+    if out.get("substep_dt"):  # a fixed substep never spans more than one rendered frame
+        out["substep_dt"] = min(float(out["substep_dt"]), 1.0 / float(fps))
+    return out
 # The material of points the scene gives none for (Pa, dimensionless, kg/m^3); also the add-on's property defaults.
 DEFAULT_E = 1.0e5
 DEFAULT_NU = 0.3

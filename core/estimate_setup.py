@@ -101,14 +101,21 @@ def substeps_per_frame(obj, sim: dict) -> int:
                                    sim["fps"])
 
 
+def sampled(est: dict, sim: dict) -> dict:
+    """The simulation settings at the rate estimation samples the motion at (protocol.sampling_fps); a clip
+    without a stated rate (Reference FPS) is projected at the scene's (the run reads the file's own)."""
+    return protocol.sampled_simulation(sim, protocol.sampling_fps(est["prior"], sim["fps"], est.get("reference_fps")))
+
+
 def estimate_projection(context, obj, est: dict, sim: dict, spf: int | None = None) -> budget.Projection:
-    """Memory and time of one estimation iteration for this object and these settings (backend.estimation.budget)."""
+    """Memory and time of one estimation iteration for this object and these settings (backend.estimation.budget).
+    spf: substeps per sampled frame (default: from the object's materials, substeps_per_frame(obj, sampled(...)))."""
     n_points = materials.point_count(obj)
     n = min(n_points, est["max_particles"]) if est["max_particles"] else n_points
     s = obj.splat_physics
     if s.fill_mode != "OFF" and s.fill_preview_count > 0:
         n += int(s.fill_preview_count * n / max(n_points, 1))
-    spf = spf or substeps_per_frame(obj, sim)
+    spf = spf or substeps_per_frame(obj, sampled(est, sim))
     cam = est["camera"]
     return budget.project(n_particles=n, width=cam["width"], height=cam["height"],
                           frames=est.get("frames_per_group", 8) * est.get("boost_groups", 1),
@@ -124,8 +131,9 @@ def panel_projection(context, obj) -> tuple[budget.Projection, int, int, int]:
     width, height = budget.capped_size(*render_size(scene), long_side)
     est = {"max_particles": max_particles, "camera": {"width": width, "height": height}, "prior": s.prior,
            "frames_per_group": protocol.ESTIMATE_DEFAULTS["frames_per_group"],
-           "boost_groups": protocol.ESTIMATE_DEFAULTS["boost_groups"]}
-    sim = {"n_grid": s.n_grid, "fps": interactions.scene_fps(scene), "substep_dt": s.substep_dt or None}
+           "boost_groups": protocol.ESTIMATE_DEFAULTS["boost_groups"],
+           "reference_fps": s.reference_fps if s.reference_fps > 0 else None}
+    sim = sampled(est, {"n_grid": s.n_grid, "fps": interactions.scene_fps(scene), "substep_dt": s.substep_dt or None})
     bounds = domain_bounds(obj)
     side = float(np.max(np.subtract(bounds[1], bounds[0]))) if bounds else DOMAIN_MARGIN * max(obj.dimensions)
     E = max(s.youngs_modulus, s.heat_max_E if obj.data.attributes.get("youngs_modulus") else 0.0)
@@ -136,7 +144,7 @@ def panel_projection(context, obj) -> tuple[budget.Projection, int, int, int]:
 
 def check_estimate_fits(context, obj, est: dict, sim: dict) -> budget.Projection:
     """Refuse (SetupError with the fix) an estimation whose iteration will not fit in free memory."""
-    spf = substeps_per_frame(obj, sim)
+    spf = substeps_per_frame(obj, sampled(est, sim))
     proj = estimate_projection(context, obj, est, sim, spf)
     limit = est.get("memory_limit_mb") or budget.available_memory_mb()
     if budget.refusal(proj, limit, "") is None:

@@ -53,19 +53,23 @@ PRIOR_MODELS = {"svd": PriorModel(weights_mb=9000.0, mb_per_frame_pixel=8.0e-4),
 # Fitted on the development machine by benchmarks/estimate_budget.py (seconds, MB) for the terms of
 # terms(): [1, N, N*S, G*S, F*P, F*N] with S the substeps simulated, G the grid nodes, F the
 # rendered frames, P the pixels per frame.
-# Memory is the whole backend process (torch, warp and the scene included): within 15% of all ten
-# measurements. Time is within a factor of 2 (the machine was shared while measuring).
-SECONDS_COEF = (0.0, 0.0, 7.75e-6, 0.0, 4.77e-6, 1.54e-5)
-MB_COEF = (582.0, 0.0, 0.0, 8.84e-7, 4.59e-4, 2.89e-3)
+# Memory is the whole backend process (torch, warp and the scene included), the tape terms below added:
+# 0.90x to 1.84x of the twelve measurements (the sim-heavy cases over-projected: their tape is not all live).
+# Time: 0.58x to 1.39x, eight of the twelve within 15% (refitted after the adjoint and estimate speed-ups,
+# which had left the earlier fit 1.8x to 8.5x too slow: 71 s projected for an 8.4 s iteration).
+SECONDS_COEF = (0.0756, 0.0, 7.74e-7, 7.44e-9, 1.88e-6, 7.04e-6)
+MB_COEF = (706.0, 0.0, 0.0, 1.97e-6, 4.61e-4, 3.03e-3)
 # The differentiable simulation keeps its whole gradient tape (no recomputation in backward) when the tape
 # needs at most this much; about 340 bytes per particle-substep (README: 3.4 MB per taped substep at 10k).
 # The fit above was measured with checkpointing only, so the tape is added on top.
 FULL_TAPE_MB = 512.0
-# A checkpointed forward keeps each substep's P2G grid (16 bytes per node of the particles' box) up to this
-# much, so that backward recomputes only the grid update and G2P (backend/mpm/autograd.py); projected on
-# the whole grid's nodes (an upper bound of the box's).
+# A checkpointed forward keeps each substep's P2G grid (16 bytes per node of the particles' box) and, while
+# the budget left holds the grids to come, its particles' stresses (36 bytes each) up to this much, so that
+# backward recomputes only the grid update and G2P (backend/mpm/autograd.py); projected on the whole grid's
+# nodes (an upper bound of the box's).
 GRID_STORE_MB = 256.0
 GRID_MB_PER_NODE_SUBSTEP = 16 / 2**20
+STRESS_MB_PER_PARTICLE_SUBSTEP = 36 / 2**20
 TAPE_MB_PER_PARTICLE_SUBSTEP = 3.4 / 10_000
 CPU_SLOWDOWN_ON_CUDA = 0.1  # GPU iterations are far cheaper; the memory model is what matters there
 SAFETY = 1.25  # the projection is multiplied by this before it is compared with free memory
@@ -96,8 +100,8 @@ def project(*, n_particles: int, width: int, height: int, frames: int, substeps_
     mb = sum(c * v for c, v in zip(MB_COEF, x))
     tape_mb = TAPE_MB_PER_PARTICLE_SUBSTEP * x[2]  # x[2]: particle-substeps
     mb += min(FULL_TAPE_MB, tape_mb)
-    if tape_mb > FULL_TAPE_MB:  # checkpointed: the kept P2G grids (x[3]: node-substeps)
-        mb += min(GRID_STORE_MB, GRID_MB_PER_NODE_SUBSTEP * x[3])
+    if tape_mb > FULL_TAPE_MB:  # checkpointed: the kept P2G grids (x[3]: node-substeps) and stresses
+        mb += min(GRID_STORE_MB, GRID_MB_PER_NODE_SUBSTEP * x[3] + STRESS_MB_PER_PARTICLE_SUBSTEP * x[2])
     model = PRIOR_MODELS.get(prior)
     if model is not None:
         scale = 0.5 if device == "cuda" else 1.0  # fp16 weights and activations on the GPU

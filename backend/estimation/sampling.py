@@ -59,20 +59,19 @@ def clip_fps(est: dict, folder: Path) -> tuple[float, str]:
 
 
 def estimation_sampling(est: dict, sim: dict, folder: Path, prior_fps: float | None = None) -> Sampling:
-    """The frame times estimation renders at (see the module doc). prior_fps: a loaded prior's own rate."""
+    """The frame times estimation renders at (see the module doc). prior_fps: a loaded prior's own rate
+    (default: protocol.PRIOR_FPS, the rate it is conditioned on unless told otherwise)."""
     n = int(est["frames_per_group"]) * int(est["boost_groups"])
-    if est["prior"] in protocol.CLIP_PRIORS:
-        fps, source = clip_fps(est, folder)
-    elif prior_fps:
-        fps, source = float(prior_fps), f"the {est['prior']} model's frame-rate conditioning"
-    else:
-        fps, source = float(sim["fps"]), "the scene (the video model has no frame-rate conditioning)"
-    return Sampling(fps, n, source)
+    prior = est["prior"]
+    if prior in protocol.CLIP_PRIORS:
+        clip, source = clip_fps(est, folder)
+        return Sampling(protocol.sampling_fps(prior, sim["fps"], clip_fps=clip), n, source)
+    fps = protocol.sampling_fps(prior, sim["fps"], model_fps=prior_fps)
+    if prior_fps or prior in protocol.PRIOR_FPS:
+        return Sampling(fps, n, f"the {prior} model's frame-rate conditioning")
+    return Sampling(fps, n, "the scene (the video model has no frame-rate conditioning)")
 
 
 def sampling_simulation(sim: dict, sampling: Sampling) -> dict:
     """The simulation settings estimation runs with: the scene's, with frames at the sampling rate."""
-    out = dict(sim, fps=sampling.fps, n_frames=sampling.n_frames)
-    if out.get("substep_dt"):  # a fixed substep never spans more than one rendered frame
-        out["substep_dt"] = min(float(out["substep_dt"]), 1.0 / sampling.fps)
-    return out
+    return protocol.sampled_simulation(sim, sampling.fps, sampling.n_frames)

@@ -72,7 +72,9 @@ def _estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, token: 
     check_inputs(est, job.folder, n_render)
     reporter.stage("load", "Preparing particles, camera and supervision")
     scene = prepare_scene(scene_arrays, sim, est, reporter, device)
-    check_budget(est, sim, scene, device, n_render, reporter)  # before a video model loads
+    # Projected at the rate the motion is sampled at (the prior's default rate is known before it loads)
+    projected_sim = sampling_simulation(sim, estimation_sampling(est, sim, job.folder))
+    check_budget(est, projected_sim, scene, device, n_render, reporter)  # before a video model loads
     supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
     set_estimate_threads(device, est["prior"])
     sampling = estimation_sampling(est, sim, job.folder, supervision.model_fps)
@@ -450,7 +452,8 @@ def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str
 
 
 def check_budget(est: dict, sim: dict, scene: Scene, device: str, n_render: int, reporter: Reporter) -> None:
-    """Refuse (BadJob, exit 2) an estimation whose iteration is projected past the memory it may use."""
+    """Refuse (BadJob, exit 2) an estimation whose iteration is projected past the memory it may use.
+    sim: the simulation settings estimation runs with (frames at the sampling rate, sampling_simulation)."""
     from ..estimation import budget
     from ..mpm.grid import GridMapping, plan_substeps
     from ..mpm.solver import max_wave_speed

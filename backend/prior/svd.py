@@ -23,6 +23,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from .. import protocol
 from .errors import PriorConfigError
 from .guidance import NoiseLevel, VideoPrior, cfg_combine, rand_uniform, randn_like
 from .schedules import edm_coefficients, edm_level, t_at_sigma, vp_sigmas
@@ -35,7 +36,8 @@ class SVDPrior(VideoPrior):
     kind = "svd"
     default_guidance_scale = 3.0
 
-    def __init__(self, unet, vae, image_encoder, scheduler, image_mean, image_std, *, fps=7, motion_bucket_id=127,
+    def __init__(self, unet, vae, image_encoder, scheduler, image_mean, image_std, *, fps=protocol.PRIOR_FPS["svd"],
+                 motion_bucket_id=127,
                  noise_aug_strength=0.02, sigma_sampling="schedule", P_mean=0.7, P_std=1.6, resolution=None,
                  vae_chunk=8, grad_frames=None, max_batch=4, **base):
         super().__init__(**base)

@@ -97,7 +97,7 @@ def test_an_estimate_that_cannot_fit_is_refused_with_the_fix(addon, hd_scene, tm
     s.fill_mode = "OFF"  # the budget alone: an interior fill would add particles to what must be lowered
     video = tmp_path / "clip.mp4"
     video.write_bytes(b"not read: the refusal comes first")
-    limit = 2500.0
+    limit = 3000.0
     job, _ = s2j.build_job(bpy.context, hd_scene, "estimate", reference_video=str(video), memory_limit_mb=limit)
     proj = _mod(addon, "core.estimate_setup").estimate_projection(bpy.context, hd_scene, job["estimate"], job["simulation"])
     assert proj.memory_mb * budget.SAFETY > limit

@@ -37,10 +37,32 @@ def test_the_clip_rate_comes_from_the_file_or_the_job_never_the_scene(tmp_path):
     sim, est = es.settings(fps=SCENE_FPS, reference_video=str(tagged))
     sampling = estimation_sampling(est, sim, tmp_path)
     assert (sampling.fps, sampling.n_frames) == (CLIP_FPS, 16)
-    # Diffusion priors: SVD's own conditioning rate, else the scene's.
+    # Diffusion priors: SVD's own conditioning rate (known before the model loads), else the scene's.
     sim, est = es.settings(fps=SCENE_FPS, prior="svd", model="any")
-    assert estimation_sampling(est, sim, tmp_path, prior_fps=7.0).fps == 7.0
+    assert estimation_sampling(est, sim, tmp_path).fps == protocol.PRIOR_FPS["svd"] == 7.0
+    assert estimation_sampling(est, sim, tmp_path, prior_fps=10.0).fps == 10.0  # a model loaded with another rate
     assert estimation_sampling(dict(est, prior="modelscope"), sim, tmp_path).fps == SCENE_FPS
+
+
+def test_the_projection_counts_the_substeps_of_the_sampled_motion():
+    """The cost projected before a run (the add-on's panel, the backend's refusal) is that of the motion the
+    estimate simulates: 15 frames of a 60 fps clip are 0.25 s, not the 0.625 s of 15 frames at 24 fps."""
+    from backend.estimation import budget
+
+    scene = {"fps": SCENE_FPS, "substep_dt": None, "n_frames": 100}
+    clip = protocol.sampled_simulation(scene, protocol.sampling_fps("reference", SCENE_FPS, clip_fps=CLIP_FPS), 16)
+    assert (clip["fps"], clip["n_frames"]) == (CLIP_FPS, 16)
+    assert protocol.sampling_fps("svd", SCENE_FPS) == protocol.PRIOR_FPS["svd"]
+    assert protocol.sampling_fps("modelscope", SCENE_FPS) == SCENE_FPS
+    assert protocol.sampling_fps("reference", SCENE_FPS) == SCENE_FPS  # a clip whose rate is not read yet
+    # a fixed substep never spans more than one sampled frame
+    assert protocol.sampled_simulation({"fps": SCENE_FPS, "substep_dt": 0.02}, CLIP_FPS)["substep_dt"] == 1 / CLIP_FPS
+
+    def simulated(fps):
+        spf = budget.planned_substeps(3e6, 0.3, 400.0, 0.45, 24, fps)
+        return budget.terms(3000, 128 * 72, 16, spf, 24)[2] / 3000  # substeps simulated per iteration
+
+    assert simulated(CLIP_FPS) == pytest.approx(simulated(SCENE_FPS) * SCENE_FPS / CLIP_FPS, rel=0.02)
 
 
 @pytest.mark.slow
