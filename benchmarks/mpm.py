@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/mpm.py            # full run (a few minutes on 2 cores)
     .venv/bin/python benchmarks/mpm.py --quick    # tiny smoke run
     .venv/bin/python benchmarks/mpm.py --baseline DIR   # forward A/B: another source tree (DIR) vs this one
+    .venv/bin/python benchmarks/mpm.py --threads-crossover   # 1 vs 2 threads at small sizes
 
 Forward: a fixed-corotated jelly block falling under gravity inside walls onto a ground plane,
 warp CPU (or --device cuda). particle_substeps_per_s uses wall time; *_cpu uses this process's
@@ -10,7 +11,9 @@ CPU time, which is steadier on a machine shared with other jobs. Each figure is 
 repetitions. The forward cases use the default thread count; "threads_*" runs 1 and 2 threads on
 the same block in one run, frames interleaved, and prints each thread's CPU time per substep (a
 measure of the split that does not depend on other jobs' load) and how far the two trajectories
-end apart.
+end apart. "threads_crossover" (--threads-crossover runs only it) times the differentiable rollout's
+forward and backward on 1 and 2 threads at 3k-14k particles: where threads.MIN_PARTICLES_PER_THREAD
+should put the second thread.
 
 Rest state: the cost of the rest-state step under gravity (backend/mpm/rest.py) on a clamped bar,
 reported apart from the forward throughput: substeps, seconds, residual, and its cost in seconds of
@@ -154,6 +157,43 @@ def threads_case(n_target: int, n_grid: int, device: str, reps: int) -> None:
         report(f"threads_{k}", sim, [t[0] for t in times[k]], [t[1] for t in times[k]], **extra)
 
 
+def threads_crossover_case(device: str, sizes=(3000, 4000, 5000, 6000, 8000, 14000), reps: int = 5) -> None:
+    """Where a second thread starts to pay (threads.MIN_PARTICLES_PER_THREAD): the differentiable rollout's
+    checkpointed forward and backward, 1 against 2 threads on the same block at each size, interleaved; best
+    wall time of reps (after a warm-up) per substep."""
+    import torch
+
+    from backend.estimation.budget import GRID_STORE_MB
+    from backend.mpm import DifferentiableSim, SimConfig
+
+    substeps = 64
+    for n_target in sizes:
+        pos, vol = jelly_block(n_target, 64)
+        n = len(pos)
+        cfg = {k: SimConfig(n_grid=64, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (substeps * 1e-4),
+                            substep_dt=1e-4, threads=k) for k in (1, 2)}
+        sims = {k: DifferentiableSim(pos, config=c, device=device, checkpoint_every=16, volume=vol,
+                                     grid_store_mb=GRID_STORE_MB) for k, c in cfg.items()}
+        weights = torch.from_numpy(np.random.default_rng(0).standard_normal((1, n, 3)).astype(np.float32))
+        times = {k: [] for k in sims}
+        for rep in range(reps + 1):
+            for k, sim in sims.items():
+                params = [torch.full((n,), np.log(1e5), requires_grad=True), torch.full((n,), 0.3),
+                          torch.full((n,), 1000.0), torch.zeros((n, 3))]
+                t0 = time.perf_counter()
+                P, C = sim(*params, 1)
+                t1 = time.perf_counter()
+                ((P * weights).sum() + C.sum()).backward()
+                if rep:  # the first round loads the kernels
+                    times[k].append((t1 - t0, time.perf_counter() - t1))
+        best = {k: np.min(np.array(t), axis=0) * 1e3 / substeps for k, t in times.items()}
+        emit(case="threads_crossover", n=n, threads=sims[2].n_threads,
+             forward_ms_per_substep={k: round(float(b[0]), 3) for k, b in best.items()},
+             backward_ms_per_substep={k: round(float(b[1]), 3) for k, b in best.items()},
+             forward_speedup_2_threads=round(float(best[1][0] / best[2][0]), 3),
+             backward_speedup_2_threads=round(float(best[1][1] / best[2][1]), 3))
+
+
 # gradient variants: DifferentiableSim options ("after" keeps P2G grids as estimation does: GRID_STORE_MB)
 GRADIENT_VARIANTS = {"before": dict(adjoints="generated", grid_store_mb=0.0),
                      "hand_recompute": dict(adjoints="hand", grid_store_mb=0.0),
@@ -276,6 +316,8 @@ def main() -> None:
                     help=argparse.SUPPRESS)
     ap.add_argument("--forward-case", nargs=3, metavar=("N", "NGRID", "REPS"), help=argparse.SUPPRESS)
     ap.add_argument("--baseline", metavar="DIR", help="A/B the forward throughput against the source tree DIR")
+    ap.add_argument("--threads-crossover", action="store_true",
+                    help="only 1 against 2 threads at small sizes (where a second thread starts to pay)")
     args = ap.parse_args()
     import warp as wp
 
@@ -302,6 +344,9 @@ def main() -> None:
     if args.gradient:
         gradient_cases(args.device)
         return
+    if args.threads_crossover:
+        threads_crossover_case(args.device)
+        return
     if args.quick:
         forward_case(2000, 32, args.device, reps=2)
         if args.device == "cpu":
@@ -315,6 +360,7 @@ def main() -> None:
         forward_case(n, ng, args.device, reps=5 if n < 200_000 else 3)
     if cpu:  # threads are a CPU matter; the cell sort A/B is known
         threads_case(50_000, 64, args.device, reps=5)
+        threads_crossover_case(args.device)
         ab_case(50_000, 64, args.device, reps=5)
     rest_case(args.device)
     gradient_cases(args.device)
