@@ -29,6 +29,7 @@ from . import kernels
 from .boundary import Pokes, poke_velocity_change
 from .constitutive import STVK_HENCKY, PlasticParams, kirchhoff_stress, kirchhoff_stress_vjp
 from .kernels import GridInfo, bspline_weights, stencil_base, update_F
+from .replay import Replayer
 
 
 @wp.func(inline=True)
@@ -257,14 +258,18 @@ def plastic_update(
 
 
 class Launch:
-    """One-thread launches of particle kernels (threads.SlabLauncher has the same methods)."""
+    """One-thread launches of particle kernels (threads.SlabLauncher has the same methods). On the CPU the
+    hand-written adjoints go through a replay.Replayer, like the forward kernels: they run every substep
+    with mostly the same arguments, and packing their 20-odd arguments anew costs as much as a small
+    object's kernel."""
 
     def __init__(self, device: str):
         self.device = device
+        self._launch = Replayer(device) if str(device) == "cpu" else wp.launch
 
     def particles(self, kernel, n: int, args: list, scatter: str | None = None) -> None:
         """Forward launch of a particle kernel; `scatter` names the grid argument it adds into."""
-        wp.launch(kernel, n, inputs=args, device=self.device)
+        self._launch(kernel, n, inputs=args, device=self.device)
 
     def particles_adjoint(self, kernel, n: int, args: list, adj: list) -> None:
         """warp's generated adjoint of a particle kernel."""
