@@ -145,22 +145,6 @@ DEFAULT_MODELS = {"svd": "stabilityai/stable-video-diffusion-img2vid-xt", "model
 # scene's rate): estimation samples the motion at it (backend/estimation/sampling.py).
 PRIOR_FPS = {"svd": 7.0}
 
-
-def sampling_fps(prior: str, scene_fps: float, clip_fps: float | None = None, model_fps: float | None = None) -> float:
-    """The rate estimation samples the motion at (backend/estimation/sampling.py): a clip prior's clip rate,
-    a video model's conditioning rate (model_fps: a loaded model's own), else the scene's. A clip prior's
-    rate not known yet (clip_fps None: the add-on's projection before the file is read) is the scene's."""
-    if prior in CLIP_PRIORS:
-        return float(clip_fps or scene_fps)
-    return float(model_fps or PRIOR_FPS.get(prior) or scene_fps)
-
-
-def sampled_simulation(sim: dict, fps: float, n_frames: int | None = None) -> dict:
-    """The simulation settings estimation runs with: the scene's, with frames at the sampling rate fps."""
-    out = dict(sim, fps=float(fps), **({} if n_frames is None else {"n_frames": int(n_frames)}))
-    if out.get("substep_dt"):  # a fixed substep never spans more than one rendered frame
-        out["substep_dt"] = min(float(out["substep_dt"]), 1.0 / float(fps))
-    return out
 # The material of points the scene gives none for (Pa, dimensionless, kg/m^3); also the add-on's property defaults.
 DEFAULT_E = 1.0e5
 DEFAULT_NU = 0.3
@@ -322,6 +306,23 @@ FILL_RESOLUTION_MAX = 2 * N_GRID_MAX  # density-grid cells along the longest axi
 GRID_PADDING = 3  # grid cells the solver keeps outside the domain on each side
 N_GRID_MIN = 12  # with GRID_PADDING cells on each side, a smaller grid has no room inside
 CFL = 0.3  # the automatic substep bound: dt <= CFL * dx / (c_p + v_max)
+
+
+def sampling_fps(prior: str, scene_fps: float, clip_fps: float | None = None, model_fps: float | None = None) -> float:
+    """The rate estimation samples the motion at (backend/estimation/sampling.py): a clip prior's clip rate,
+    a video model's conditioning rate (model_fps: a loaded model's own), else the scene's. A clip prior's
+    rate not known yet (clip_fps None: the add-on's projection before the file is read) is the scene's."""
+    if prior in CLIP_PRIORS:
+        return float(clip_fps or scene_fps)
+    return float(model_fps or PRIOR_FPS.get(prior) or scene_fps)
+
+
+def sampled_simulation(sim: dict, fps: float, n_frames: int | None = None) -> dict:
+    """The simulation settings estimation runs with: the scene's, with frames at the sampling rate fps."""
+    out = dict(sim, fps=float(fps), **({} if n_frames is None else {"n_frames": int(n_frames)}))
+    if out.get("substep_dt"):  # a fixed substep never spans more than one rendered frame
+        out["substep_dt"] = min(float(out["substep_dt"]), 1.0 / float(fps))
+    return out
 
 
 def p_wave_speed(E, nu, rho) -> np.ndarray:
