@@ -38,9 +38,9 @@ from .replay import Replayer
 GRID_ARGS = frozenset({"grid_mv", "grid_v", "bad", "fixed", "adj_grid_mv", "adj_grid_v"})
 NODE_ARGS = frozenset({"grid_mv", "grid_v"})
 # Below this many particles per thread the fork/join overhead (~0.1 ms per launch) outweighs the gain:
-# `benchmarks/mpm.py --threads-crossover` (differentiable rollout, forward / backward, 2 threads against 1, two runs)
-# 0.71-0.73x at 2.7k, 0.90-0.94x at 4.1k, 0.95-0.99x at 4.9k, 0.98-1.02x at 5.8k, 0.85-1.19x at 8k, 0.98-1.32x
-# at 13.8k; the baking solver gains 1.8x at 50k.
+# `benchmarks/mpm.py --threads-crossover` (differentiable rollout, forward and backward, 2 threads against 1, the
+# range over two runs) 0.71-0.73x at 2.7k, 0.85-0.94x at 4.1k, 0.95-0.99x at 4.9k, 0.74-1.02x at 5.8k, 0.85-1.19x
+# at 8k, 0.98-1.32x at 13.8k; the baking solver gains 1.8x at 50k.
 MIN_PARTICLES_PER_THREAD = 3000
 MAX_THREADS = 8
 
