@@ -147,15 +147,15 @@ GRID = [  # (n_all, width, height, frames, max_particles, n_grid, substeps per f
 
 
 def fit(rows: list[dict]) -> dict:
-    """Non-negative least squares of seconds and MB on the terms of backend.estimation.budget, weighted by 1/sqrt(y)
+    """Non-negative least squares of seconds on budget.terms and MB on budget.memory_terms, weighted by 1/sqrt(y)
     (between absolute and relative error: small cases count, large ones dominate less)."""
     from scipy.optimize import nnls
 
     ok = [r for r in rows if "error" not in r]
-    terms = np.array([budget.terms(r["n_sim"], r["width"] * r["height"], r["frames"], r["substeps_per_frame"],
-                                   r["n_grid"]) for r in ok])
     out = {}
-    for key in ("iteration_s", "process_mb"):
+    for key, regressors in (("iteration_s", budget.terms), ("process_mb", budget.memory_terms)):
+        terms = np.array([regressors(r["n_sim"], r["width"] * r["height"], r["frames"], r["substeps_per_frame"],
+                                     r["n_grid"]) for r in ok])
         y = np.array([r[key] for r in ok])
         w = 1.0 / np.sqrt(y)
         coef, _ = nnls(terms * w[:, None], y * w)

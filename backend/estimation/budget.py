@@ -50,15 +50,16 @@ class PriorModel:
 PRIOR_MODELS = {"svd": PriorModel(weights_mb=9000.0, mb_per_frame_pixel=8.0e-4),
                 "modelscope": PriorModel(weights_mb=6800.0, mb_per_frame_pixel=8.0e-4)}
 
-# Fitted on the development machine by benchmarks/estimate_budget.py (seconds, MB) for the terms of
-# terms(): [1, N, N*S, G*S, F*P, F*N] with S the substeps simulated, G the grid nodes, F the
-# rendered frames, P the pixels per frame.
+# Fitted on the development machine by benchmarks/estimate_budget.py: seconds on the terms of terms(),
+# [1, N, N*S, G*S, F*P, F*N] with S the substeps simulated, G the grid nodes, F the rendered frames, P the
+# pixels per frame; MB on those of memory_terms(), the same with G for G*S (the grid's own arrays: what a
+# substep keeps of the grid is capped, GRID_STORE_MB below, while the checkpoints grow with N*S).
 # Memory is the whole backend process (torch, warp and the scene included), the tape terms below added:
-# 0.90x to 1.84x of the twelve measurements (the sim-heavy cases over-projected: their tape is not all live).
+# 0.93x to 1.70x of the twelve measurements (the sim-heavy cases over-projected: their tape is not all live).
 # Time: 0.58x to 1.39x, eight of the twelve within 15% (refitted after the adjoint and estimate speed-ups,
 # which had left the earlier fit 1.8x to 8.5x too slow: 71 s projected for an 8.4 s iteration).
 SECONDS_COEF = (0.0756, 0.0, 7.74e-7, 7.44e-9, 1.88e-6, 7.04e-6)
-MB_COEF = (706.0, 0.0, 0.0, 1.97e-6, 4.61e-4, 3.03e-3)
+MB_COEF = (668.0, 0.0, 2.44e-5, 2.68e-4, 4.58e-4, 3.03e-3)
 # The differentiable simulation keeps its whole gradient tape (no recomputation in backward) when the tape
 # needs at most this much; about 340 bytes per particle-substep (README: 3.4 MB per taped substep at 10k).
 # The fit above was measured with checkpointing only, so the tape is added on top.
@@ -92,12 +93,20 @@ def terms(n_particles: int, pixels: int, frames: int, substeps_per_frame: int, n
             float(frames) * n_particles]
 
 
+def memory_terms(n_particles: int, pixels: int, frames: int, substeps_per_frame: int, n_grid: int) -> list[float]:
+    """The memory model's regressors: terms() with the grid's nodes in place of its node-substeps."""
+    x = terms(n_particles, pixels, frames, substeps_per_frame, n_grid)
+    x[3] = float(n_grid) ** 3
+    return x
+
+
 def project(*, n_particles: int, width: int, height: int, frames: int, substeps_per_frame: int, n_grid: int,
             prior: str, device: str) -> Projection:
     """Seconds and MB of one estimation iteration."""
     x = terms(n_particles, width * height, frames, substeps_per_frame, n_grid)
     seconds = sum(c * v for c, v in zip(SECONDS_COEF, x))
-    mb = sum(c * v for c, v in zip(MB_COEF, x))
+    mb = sum(c * v for c, v in zip(MB_COEF, memory_terms(n_particles, width * height, frames, substeps_per_frame,
+                                                        n_grid)))
     tape_mb = TAPE_MB_PER_PARTICLE_SUBSTEP * x[2]  # x[2]: particle-substeps
     mb += min(FULL_TAPE_MB, tape_mb)
     if tape_mb > FULL_TAPE_MB:  # checkpointed: the kept P2G grids (x[3]: node-substeps) and stresses
