@@ -87,7 +87,7 @@ def kept_bytes(kept) -> int:
     return 16 * grid.shape[0] + (0 if stress is None else 36 * stress.shape[0])
 
 
-def test_kept_stresses_go_to_the_last_substeps_and_give_the_full_tape_gradients(scene):
+def test_a_budget_short_of_the_stresses_keeps_every_grid_and_gives_the_full_tape_gradients(scene):
     """A budget that holds every grid but only some of the stresses: every grid is kept, the stresses only
     where the grids still to come fit too, and the gradients are those of the full tape."""
     pos, params, weights, _ = scene
