@@ -260,7 +260,7 @@ class DifferentiableSim:
         A substep also keeps its particles' stresses (36 bytes each: the P2G adjoint need not recompute
         them) while what is left of the budget still holds the grids of all the substeps to come (GRID_RESERVE):
         a kept grid saves a whole P2G, kept stresses only the stress (a fifth of the P2G adjoint), and the
-        grid takes a few times less memory."""
+        grid usually takes less memory (a 10k block: 79 KB against 383 KB a substep)."""
         dev, n_sub = self.device, plan.n
         grids: dict[int, tuple] = {}
         store_left = self.grid_store_mb * 2**20 if taped else 0.0
