@@ -74,25 +74,37 @@ class LadderResult:
 
 
 def climb(evaluate: Callable[[np.ndarray], float], E0: np.ndarray, labels: np.ndarray, values: np.ndarray,
-          on_try: Callable[[int, int, dict], None] | None = None) -> LadderResult:
+          on_try: Callable[[int, int, dict], None] | None = None, mapper: Callable = map) -> LadderResult:
     """Try every rung for all free points (label >= 0) at once, then per region with the others at their best.
 
     evaluate(E per point) -> loss (inf where the simulation failed). Points labelled -1 keep E0.
+    mapper(evaluate, trials): the losses of a pass's trials in order (they are independent: a thread pool's
+    map may run them side by side); on_try still reports them one by one, in order.
     """
     n_regions = int(labels.max()) + 1 if (labels >= 0).any() else 0
     result = LadderResult([float(v) for v in values], n_regions)
     total = len(values) + (n_regions * len(values) if n_regions > 1 else 0)  # at most; the region passes are shorter
 
-    def attempt(name: str, E: np.ndarray, value: float) -> float:
-        loss = float(evaluate(E))
-        row = {"pass": name, "E": float(value), "loss": loss if math.isfinite(loss) else None}
-        result.tries.append(row)
-        if on_try:
-            on_try(len(result.tries), total, row)
-        return loss
+    def attempts(name: str, trials: list, rung_values: list, reused: dict | None = None) -> list[float]:
+        """The losses of a pass's trials, in order. A trial None is not run: it is `reused`, the whole
+        object's try at that rung ({"loss": float, "row": its row})."""
+        computed = mapper(evaluate, [t for t in trials if t is not None])
+        losses = []
+        for trial, value in zip(trials, rung_values):
+            if trial is None:
+                losses.append(reused["loss"])
+                result.tries.append({"pass": name, "E": float(value), "loss": reused["row"]["loss"], "reused": True})
+                continue
+            loss = float(next(computed))
+            row = {"pass": name, "E": float(value), "loss": loss if math.isfinite(loss) else None}
+            result.tries.append(row)
+            if on_try:
+                on_try(len(result.tries), total, row)
+            losses.append(loss)
+        return losses
 
     free = labels >= 0
-    losses = [attempt("all", np.where(free, v, E0), v) for v in values]
+    losses = attempts("all", [np.where(free, v, E0) for v in values], list(values))
     if not np.isfinite(losses).any():  # every rung failed: keep the scene's own values
         result.E = E0
         return result
@@ -101,18 +113,17 @@ def climb(evaluate: Callable[[np.ndarray], float], E0: np.ndarray, labels: np.nd
     if n_regions > 1:
         near = [k for k, v in enumerate(values) if abs(math.log10(v / values[best])) <= REGION_SPAN_DECADES + 1e-9]
         total = len(values) + n_regions * len(near)
+        whole = {"loss": losses[best], "row": result.tries[best]}
         for r in range(n_regions):
-            region_losses = []
+            trials = []
             for k in near:
-                v = values[k]
                 if k == best and all(c == values[best] for c in chosen):  # already tried: the whole object
-                    region_losses.append(losses[best])
-                    result.tries.append({"pass": f"region {r}", "E": float(v), "loss": result.tries[best]["loss"],
-                                         "reused": True})
+                    trials.append(None)
                     continue
                 trial = np.array(chosen)[labels.clip(0)]
-                trial[labels == r] = v
-                region_losses.append(attempt(f"region {r}", np.where(free, trial, E0), v))
+                trial[labels == r] = values[k]
+                trials.append(np.where(free, trial, E0))
+            region_losses = attempts(f"region {r}", trials, [values[k] for k in near], whole)
             chosen[r] = values[near[int(np.argmin(region_losses))]]
     result.start = [float(v) for v in chosen]
     result.E = np.where(free, np.array(chosen)[labels.clip(0)], E0)

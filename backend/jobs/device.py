@@ -40,3 +40,19 @@ def set_estimate_threads(device: str, prior: str) -> int:
     if device == "cpu" and prior in CLIP_PRIORS:
         torch.set_num_threads(1)
     return torch.get_num_threads()
+
+
+# The ladder's rungs are independent forward runs. An object too small to split over threads (one simulation
+# thread, see backend/mpm/threads.py) leaves the other cores idle, so rungs run side by side, one per core, each
+# on its own simulator; a handful of rungs per pass makes more workers than this wait for the slowest.
+MAX_LADDER_WORKERS = 4
+
+
+def ladder_workers(device: str, prior: str, sim_threads: int) -> int:
+    """Rungs the ladder runs at once: one per usable core on the CPU when each rollout runs on one thread and the
+    loss draws no noise (a clip prior: the rungs share no random generator), else 1."""
+    from ..mpm.threads import usable_cores
+
+    if device != "cpu" or prior not in CLIP_PRIORS or sim_threads > 1:
+        return 1
+    return max(1, min(usable_cores(), MAX_LADDER_WORKERS))

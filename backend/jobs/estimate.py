@@ -14,7 +14,9 @@ non-finite gradient or a failed simulation moves the run to a nearby point inste
 from __future__ import annotations
 
 import gc
+import queue
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import torch
 from .. import protocol
 from ..estimation.budget import FULL_TAPE_MB, GRID_STORE_MB
 from ..estimation.convergence import make_stop_rule
-from .device import set_estimate_threads, warp_device
+from .device import ladder_workers, set_estimate_threads, warp_device
 from ..jobctl import CancelToken, Reporter, log
 from .scene import SceneParticles, build_particles
 from ..estimation.sampling import estimation_sampling, sampling_simulation
@@ -409,16 +411,25 @@ def global_look(est: dict, scene: Scene, dsim, supervision: Supervision, n_rende
     dev = torch.device(device)
     nu, rho = torch.as_tensor(p.nu, device=dev), torch.as_tensor(p.rho, device=dev)
     seed = int(est["seed"])
+    workers = ladder_workers(device, supervision.kind, dsim.n_threads)
+    sims = queue.SimpleQueue()  # the simulators free to run a rung: one per worker
+    for sim in [dsim] + [dsim.twin() for _ in range(workers - 1)]:
+        sims.put(sim)
+    rest_frame(scene)  # rendered once, before any worker wants it
 
     @torch.no_grad()
     def evaluate(E: np.ndarray) -> float:
         token.check()
-        supervision.generator.manual_seed(seed)  # the same noise for every rung (generative priors)
+        if supervision.kind not in protocol.CLIP_PRIORS:
+            supervision.generator.manual_seed(seed)  # the same noise for every rung (generative priors)
         mats = {"log_E": torch.as_tensor(np.log(E), dtype=torch.float32, device=dev), "nu": nu, "rho": rho}
+        sim = sims.get()
         try:
-            video = simulate_and_render(dsim, mats, scene, n_render)
+            video = simulate_and_render(sim, mats, scene, n_render)
         except SimulationDiverged:
             return float("inf")
+        finally:
+            sims.put(sim)
         loss = float(supervision.loss(video, 0, int(est["iterations"]))[0]) if torch.isfinite(video).all() else np.inf
         return loss if np.isfinite(loss) else float("inf")
 
@@ -428,9 +439,20 @@ def global_look(est: dict, scene: Scene, dsim, supervision: Supervision, n_rende
                                   + ("failed" if row["loss"] is None else f"{row['loss']:.4g}"))
 
     reporter.stage("ladder", f"Trying {len(values)} stiffness values from {values[0]:.3g} to {values[-1]:.3g} Pa"
-                   + (f" over {labels.max() + 1} regions" if labels.max() > 0 else ""))
+                   + (f" over {labels.max() + 1} regions" if labels.max() > 0 else "")
+                   + (f", {workers} at a time" if workers > 1 else ""))
     # evaluate() runs under no_grad, so each rung is a forward-only simulation (DifferentiableSim tapes nothing)
-    result = ladder_mod.climb(evaluate, np.asarray(p.E, np.float64), labels, values, on_try)
+    with ThreadPoolExecutor(workers, thread_name_prefix="ladder") as pool:
+
+        def side_by_side(fn, trials: list) -> list:
+            """fn over the trials on the pool, stiffest first (a rung's substeps grow as sqrt(E): the stiffest
+            can take as long as the others together); the results in the trials' order."""
+            stiffest_first = sorted(range(len(trials)), key=lambda i: -trials[i].max())
+            futures = {i: pool.submit(fn, trials[i]) for i in stiffest_first}
+            return (futures[i].result() for i in range(len(trials)))
+
+        result = ladder_mod.climb(evaluate, np.asarray(p.E, np.float64), labels, values, on_try,
+                                  mapper=side_by_side if workers > 1 else map)
     supervision.generator.manual_seed(seed)
     if result.start:
         log.info("ladder start E per region: %s", ", ".join(f"{v:.3g}" for v in result.start))

@@ -35,6 +35,7 @@ from .config import SimConfig
 from .core import SimCore, State, init_warp, initial_state
 from .errors import SimulationDiverged
 from .grid import GridMapping, SubstepPlan, displaced, plan_substeps
+from . import kernels, kernels_forward
 from .kernels import covariance, material_from_params, p2g
 from .particles import ParticleState, rest_shape_matrices
 from .solver import max_wave_speed
@@ -125,6 +126,10 @@ class DifferentiableSim:
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
                  volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0,
                  adjoints: str = "hand", grid_store_mb: float = 0.0):
+        self._args = dict(positions=positions, material_id=material_id, anchor=anchor, cov0=cov0, config=config,
+                          device=device, bptt_substeps=bptt_substeps, checkpoint_every=checkpoint_every,
+                          volume=volume, local_outputs=local_outputs, F0=F0, F0_E=F0_E, full_tape_mb=full_tape_mb,
+                          adjoints=adjoints, grid_store_mb=grid_store_mb)
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
@@ -174,6 +179,14 @@ class DifferentiableSim:
         # Without a backward to come (torch.no_grad, or no input needs a gradient) nothing is taped.
         taped = torch.is_grad_enabled() and any(t.requires_grad for t in (log_E, nu, rho, v0))
         return _MPMFunction.apply(log_E, nu, rho, v0, self, int(n_frames), taped)
+
+    def twin(self) -> "DifferentiableSim":
+        """Another simulator of the same particles and settings, with buffers of its own: two threads may
+        each run one (forward only; warp releases the GIL in its kernels). The kernel modules are loaded
+        here, so the two never compile or load one at the same time."""
+        for module in (kernels, kernels_forward):
+            wp.load_module(module, device=self.device)
+        return DifferentiableSim(**self._args)
 
     # -- forward -----------------------------------------------------------------------------
     def _params(self, log_E: np.ndarray, nu: np.ndarray, rho: np.ndarray) -> _Params:

@@ -62,6 +62,29 @@ def test_rungs_span_the_range_inside_its_edges_half_a_decade_apart():
     assert len(ladder.rungs((1e3, 1e8), 4)) == 4
 
 
+def test_a_ladder_run_side_by_side_tries_and_reports_what_one_after_another_does():
+    """A pass's rungs are independent: on a thread pool (as the estimate runs them on a CPU with cores to
+    spare) the tries, their order, the progress reports and the choice are those of the serial ladder."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    truth = np.array([2e3] * 5 + [2e4] * 5)
+    labels = np.array([0] * 5 + [1] * 5)
+
+    def loss_of(E):
+        return float(np.sum((np.log10(E) - np.log10(truth)) ** 2))
+
+    values = np.geomspace(1e2, 1e6, 17)
+    reports = {"serial": [], "pool": []}
+    serial = ladder.climb(loss_of, np.full(10, 6e3), labels, values, lambda *a: reports["serial"].append(a))
+    with ThreadPoolExecutor(3) as pool:
+        side = ladder.climb(loss_of, np.full(10, 6e3), labels, values, lambda *a: reports["pool"].append(a),
+                            mapper=pool.map)
+    assert side.tries == serial.tries and side.start == serial.start and np.array_equal(side.E, serial.E)
+    steps = [r[0] for r in reports["pool"]]
+    assert reports["pool"] == reports["serial"] and steps == sorted(steps)
+    assert any(t.get("reused") for t in side.tries)  # the whole object's try, recorded in its place, not run again
+
+
 def test_ladder_finds_the_global_minimum_of_a_non_convex_loss():
     # loss along log10 E: the true minimum at 10^4, a bump at 5x, and a lower shoulder beyond it
     def loss_of(E):

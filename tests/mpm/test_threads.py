@@ -55,6 +55,37 @@ def test_two_and_three_threads_follow_the_single_thread_trajectory():
         assert all(not g.numpy().any() for parts in sim.core.launch._private.values() for g in parts)
 
 
+def test_a_twin_simulator_runs_beside_the_first_with_the_same_results():
+    """DifferentiableSim.twin(): the same particles and settings on buffers of its own, so two threads can each
+    run a forward (the estimate's ladder runs its rungs this way); each gives what one run alone gives."""
+    import threading
+
+    from backend.mpm import DifferentiableSim
+
+    pos = lattice((0.3, 0.32, 0.3), (0.62, 0.58, 0.5), SPACING)
+    cfg = SimConfig(n_grid=32, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=30, threads=1,
+                    pokes=[Poke(center=(0.45, 0.45, 0.4), radius=0.08, direction=(1, 0, 0), strength=40.0)])
+    sim = DifferentiableSim(pos, config=cfg, checkpoint_every=8)
+    twin = sim.twin()
+    assert twin is not sim and twin.core is not sim.core and twin.n == sim.n
+    n = len(pos)
+
+    def forward(s, E):
+        return s.forward_numpy(np.full(n, np.log(E)), np.full(n, 0.3), np.full(n, 1000.0), np.zeros((n, 3)), 2,
+                               taped=False)[:2]
+
+    alone = [forward(sim, E) for E in (1e4, 3e4)]
+    side = [None, None]
+    threads = [threading.Thread(target=lambda i, s, E: side.__setitem__(i, forward(s, E)), args=(i, s, E))
+               for i, (s, E) in enumerate(((sim, 1e4), (twin, 3e4)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (pa, ca), (pb, cb) in zip(alone, side):
+        assert np.array_equal(pa, pb) and np.array_equal(ca, cb)
+
+
 def test_two_threads_conserve_mass_and_momentum_in_free_flight():
     pos, vel, _ = block()
     cfg = SimConfig(n_grid=32, domain_min=(0, 0, 0), domain_max=(1, 1, 1), gravity=(0, 0, 0), fps=25, threads=2)
