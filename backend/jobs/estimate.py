@@ -74,12 +74,14 @@ def _estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, token: 
     check_inputs(est, job.folder, n_render)
     reporter.stage("load", "Preparing particles, camera and supervision")
     scene = prepare_scene(scene_arrays, sim, est, reporter, device)
-    # Projected at the rate the motion is sampled at (the prior's default rate is known before it loads)
-    projected_sim = sampling_simulation(sim, estimation_sampling(est, sim, job.folder))
-    check_budget(est, projected_sim, scene, device, n_render, reporter)  # before a video model loads
+    # The rate the motion is sampled at is known before a video model loads (its default rate): the budget is
+    # projected at it, and only a loaded model that says otherwise changes it.
+    sampling = estimation_sampling(est, sim, job.folder)
+    check_budget(est, sampling_simulation(sim, sampling), scene, device, n_render, reporter)  # before a model loads
     supervision = make_supervision(est, job.folder, device, n_render, scene, reporter)
     set_estimate_threads(device, est["prior"])
-    sampling = estimation_sampling(est, sim, job.folder, supervision.model_fps)
+    if supervision.model_fps:
+        sampling = estimation_sampling(est, sim, job.folder, supervision.model_fps)
     reporter.stage("load", f"Sampling the motion at {sampling.describe()}", data={"sample_fps": sampling.fps})
     token.check()
     dsim = make_differentiable_sim(scene.particles, sampling_simulation(sim, sampling), est, device, reporter)
