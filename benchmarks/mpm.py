@@ -15,6 +15,12 @@ end apart. "threads_crossover" (--threads-crossover runs only it) times the diff
 forward and backward on 1 and 2 threads at 3k-14k particles: where threads.MIN_PARTICLES_PER_THREAD
 should put the second thread.
 
+Frozen anchors (--frozen-anchors runs only it): an object standing on an anchored table slab, as a
+capture with its support anchored: the slab's inner particles, which only anchored grid nodes surround,
+are left out of the substeps (core.frozen_anchors). A = every particle simulated, B = frozen anchors left
+out, in one run, interleaved: the forward bake's frame time and the differentiable rollout's forward and
+backward, and whether the two give the same positions and gradients bit for bit.
+
 Rest state: the cost of the rest-state step under gravity (backend/mpm/rest.py) on a clamped bar,
 reported apart from the forward throughput: substeps, seconds, residual, and its cost in seconds of
 bake time (the same substeps simulated forward).
@@ -252,6 +258,61 @@ def gradient_case(n_target: int, n_grid: int, substeps: int, checkpoint_every: i
          grads_finite=ok)
 
 
+def object_on_table(n_grid: int = 48):
+    """A jelly block on an anchored table slab 4 cells thick (as much table as object), 8 per cell."""
+    sp = 0.5 / (n_grid - 6)
+    axes = lambda lo, hi: [np.arange(a + sp / 2, b, sp) for a, b in zip(lo, hi)]  # noqa: E731
+    slab = np.stack(np.meshgrid(*axes((0.2, 0.2, 0.1), (0.8, 0.8, 0.1 + 8 * sp)), indexing="ij"), -1).reshape(-1, 3)
+    top = 0.1 + 8 * sp
+    block = np.stack(np.meshgrid(*axes((0.35, 0.35, top), (0.65, 0.65, top + 0.3)), indexing="ij"), -1)
+    pos = np.concatenate([slab, block.reshape(-1, 3)]).astype(np.float32)
+    return pos, np.arange(len(pos)) < len(slab), sp ** 3
+
+
+def frozen_case(device: str, reps: int = 4) -> None:
+    from backend.mpm import DifferentiableSim, MPMSolver, ParticleState, Poke, SimConfig
+
+    pos, anchor, vol = object_on_table()
+    n = len(pos)
+    cfg = lambda: SimConfig(n_grid=48, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (SUBSTEPS * 1e-4),  # noqa
+                            substep_dt=1e-4, threads=1,
+                            pokes=[Poke(center=(0.5, 0.5, 0.5), radius=0.1, direction=(1, 0, 0), strength=40.0)])
+    variants = {"A_all_simulated": False, "B_frozen_left_out": True}
+    sims = {k: MPMSolver(ParticleState(pos, E=1e5, nu=0.3, rho=1000.0, anchor=anchor, volume=vol), cfg(), device,
+                         freeze_anchors=f) for k, f in variants.items()}
+    for sim in sims.values():
+        sim.step_frame(outputs=False)
+    times = {k: [] for k in sims}
+    for _ in range(reps):
+        for k, sim in sims.items():
+            times[k].append(time_frame(sim))
+    same = bool(np.array_equal(*(sim.step_frame().positions for sim in sims.values())))
+    for k, sim in sims.items():
+        emit(case="frozen_forward_" + k, device=device, n=n, anchored=int(anchor.sum()), simulated=sim.n_simulated,
+             ms_per_frame=1e3 * min(t[0] for t in times[k]), ms_per_frame_cpu=1e3 * min(t[1] for t in times[k]),
+             substeps=sim.n_substeps_per_frame, same_positions=same)
+    import torch
+
+    dsims = {k: DifferentiableSim(pos, anchor=anchor, config=cfg(), volume=vol, device=device, freeze_anchors=f)
+             for k, f in variants.items()}
+    w = torch.tensor(np.random.default_rng(0).normal(size=(1, n, 3)), dtype=torch.float32)
+    rows = {k: [] for k in dsims}
+    for _ in range(reps):
+        for k, sim in dsims.items():
+            log_E = torch.full((n,), float(np.log(1e5)), requires_grad=True)
+            t0, c0 = time.perf_counter(), time.process_time()
+            x, _ = sim(log_E, torch.full((n,), 0.3), torch.full((n,), 1000.0), torch.zeros(n, 3), 1)
+            t1, c1 = time.perf_counter(), time.process_time()
+            (x * w).sum().backward()
+            rows[k].append((t1 - t0, c1 - c0, time.perf_counter() - t1, time.process_time() - c1, log_E.grad))
+    same = bool(torch.equal(rows["A_all_simulated"][-1][4], rows["B_frozen_left_out"][-1][4]))
+    for k, sim in dsims.items():
+        best = lambda i: 1e3 * min(r[i] for r in rows[k])  # noqa: E731
+        emit(case="frozen_gradient_" + k, device=device, n=n, simulated=sim.n, substeps=SUBSTEPS,
+             forward_ms=best(0), forward_ms_cpu=best(1), backward_ms=best(2), backward_ms_cpu=best(3),
+             same_gradient=same)
+
+
 def rest_case(device: str) -> None:
     """Rest state of a clamped bar 6 cells thick (20 long, E 2 MPa: it sags about 1% of its length)."""
     from backend.mpm import ParticleState, SimConfig
@@ -316,6 +377,7 @@ def main() -> None:
                     help=argparse.SUPPRESS)
     ap.add_argument("--forward-case", nargs=3, metavar=("N", "NGRID", "REPS"), help=argparse.SUPPRESS)
     ap.add_argument("--baseline", metavar="DIR", help="A/B the forward throughput against the source tree DIR")
+    ap.add_argument("--frozen-anchors", action="store_true", help="only the frozen-anchors A/B")
     ap.add_argument("--threads-crossover", action="store_true",
                     help="only 1 against 2 threads at small sizes (where a second thread starts to pay)")
     args = ap.parse_args()
@@ -347,6 +409,9 @@ def main() -> None:
     if args.threads_crossover:
         threads_crossover_case(args.device)
         return
+    if args.frozen_anchors:
+        frozen_case(args.device)
+        return
     if args.quick:
         forward_case(2000, 32, args.device, reps=2)
         if args.device == "cpu":
@@ -362,6 +427,7 @@ def main() -> None:
         threads_case(50_000, 64, args.device, reps=5)
         threads_crossover_case(args.device)
         ab_case(50_000, 64, args.device, reps=5)
+    frozen_case(args.device)
     rest_case(args.device)
     gradient_cases(args.device)
 

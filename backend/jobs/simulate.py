@@ -90,7 +90,7 @@ def check_substeps(solver, n_frames: int, reporter: Reporter) -> dict:
     """Refuse (exit 2), before anything is simulated, a bake whose stable step needs more substeps per
     frame than simulation.max_substeps_per_frame allows; otherwise emit the projected bake time."""
     need, allowed = solver.substeps_required, solver.config.max_substeps_per_frame
-    seconds = projected_seconds(solver.n, need * n_frames, solver.device)
+    seconds = projected_seconds(solver.n_simulated, need * n_frames, solver.device)
     if need > allowed:
         raise protocol.BadJob(
             f"The stable time step needs {need} substeps per frame (allowed: {allowed}); the bake would take about "

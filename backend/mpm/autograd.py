@@ -32,7 +32,7 @@ import torch
 import warp as wp
 
 from .config import SimConfig
-from .core import SimCore, State, init_warp, initial_state
+from .core import SimCore, State, frozen_anchors, init_warp, initial_state
 from .errors import SimulationDiverged
 from .grid import GridMapping, SubstepPlan, displaced, plan_substeps
 from . import kernels, kernels_forward
@@ -120,26 +120,27 @@ class DifferentiableSim:
 
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
+
+    Anchored particles that can neither move nor move anything (core.frozen_anchors) are left out of the
+    rollout (freeze_anchors=False keeps them, to compare): inputs and outputs still hold every particle, the
+    frozen ones' outputs are their rest positions and shapes and their gradients zero (exactly what the full
+    rollout gives them).
     """
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
                  volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0,
-                 adjoints: str = "hand", grid_store_mb: float = 0.0):
+                 adjoints: str = "hand", grid_store_mb: float = 0.0, freeze_anchors: bool = True):
         self._args = dict(positions=positions, material_id=material_id, anchor=anchor, cov0=cov0, config=config,
                           device=device, bptt_substeps=bptt_substeps, checkpoint_every=checkpoint_every,
                           volume=volume, local_outputs=local_outputs, F0=F0, F0_E=F0_E, full_tape_mb=full_tape_mb,
-                          adjoints=adjoints, grid_store_mb=grid_store_mb)
+                          adjoints=adjoints, grid_store_mb=grid_store_mb, freeze_anchors=freeze_anchors)
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
         ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume, F0=F0)
-        self.F0 = ps.F0
-        self.F0_log_E = None
-        if ps.F0 is not None:
-            if F0_E is None:
-                raise ValueError("F0 needs F0_E, the Young's moduli (Pa) it was solved with")
-            self.F0_log_E = np.log(np.broadcast_to(np.asarray(F0_E, np.float64), (ps.n,)))
+        if ps.F0 is not None and F0_E is None:
+            raise ValueError("F0 needs F0_E, the Young's moduli (Pa) it was solved with")
         if bptt_substeps is not None and int(bptt_substeps) < 1:
             raise ValueError(f"bptt_substeps must be None or >= 1, got {bptt_substeps}")
         if checkpoint_every is not None and int(checkpoint_every) < 1:
@@ -148,21 +149,37 @@ class DifferentiableSim:
         self.checkpoint_every = None if checkpoint_every is None else int(checkpoint_every)
         self.full_tape_mb = float(full_tape_mb)
         self.grid_store_mb = float(grid_store_mb)
-        self.n = ps.n
-        self.material_id = ps.material_id
         self.grid = GridMapping.build(self.config, ps.positions)
-        self.positions = self.grid.to_local(ps.positions)
-        self._world0 = ps.positions
+        local = self.grid.to_local(ps.positions)
+        frozen = (frozen_anchors(local, ps.anchor, ps.material_id, ps.F0, self.grid, self.config) if freeze_anchors
+                  else np.zeros(ps.n, bool))
+        live = self._live = np.flatnonzero(~frozen)  # the caller's indices of the simulated particles
+        self._frozen = np.flatnonzero(frozen)
+        self.n_all, self.n = ps.n, len(live)  # every particle; the simulated ones (all arrays below)
+        self.F0 = None if ps.F0 is None else ps.F0[live]
+        self.F0_log_E = None
+        if ps.F0 is not None:
+            self.F0_log_E = np.log(np.broadcast_to(np.asarray(F0_E, np.float64), (ps.n,)))[live]
+        self.material_id = ps.material_id[live]
+        self.positions = local[live]
+        self._world0 = ps.positions[live]
         self.local_outputs = bool(local_outputs)
-        vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
-        self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, self.device)
+        vol = ps.volume if ps.volume is not None else np.full(ps.n, self.grid.default_volume(ps.positions))
+        a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
+        cov0 = a0 @ np.transpose(a0, (0, 2, 1))
+        # What the outputs show for the frozen particles (F stays I): rest positions and shapes.
+        self._frozen_vol, self._frozen_cov = vol[frozen], cov0[frozen]
+        held = local[frozen].astype(np.float32)  # as a simulated anchored particle holds its place
+        self._frozen_pos = held if self.local_outputs else self._shown(ps.positions[frozen], local[frozen], held)
+        vol = vol[live]
+        self.core = SimCore(self.config, self.grid, self.material_id, ps.anchor[live], self.device,
+                            frozen_x=local[frozen])
         self.n_threads = self.core.use_threads(self.config.threads)
         if adjoints not in ("hand", "generated"):
             raise ValueError(f"adjoints must be 'hand' or 'generated', got {adjoints!r}")
         self.core.use_hand_adjoints(adjoints == "hand")
         self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
-        a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
-        self.cov0 = wp.array(a0 @ np.transpose(a0, (0, 2, 1)), dtype=wp.mat33, device=self.device)
+        self.cov0 = wp.array(cov0[live], dtype=wp.mat33, device=self.device)
         self._segment: _Buffers | None = None
         self._spare: _Buffers | None = None  # a finished run's full tape, reused by the next (see _tape_buffers)
 
@@ -172,7 +189,7 @@ class DifferentiableSim:
         """Simulate n_frames frames. Returns positions (T,N,3) and covariances (T,N,3,3); frame 0 is
         the state after the first frame time 1/fps (the initial state is not included).
         log_E, nu, rho: (N,) or scalars (broadcast); v0: (N,3) or (3,) m/s."""
-        n = self.n
+        n = self.n_all
         log_E, nu, rho = (t.expand(n) if t.dim() == 0 else t for t in (log_E, nu, rho))
         if v0.dim() == 1:
             v0 = v0.expand(n, 3)
@@ -204,7 +221,7 @@ class DifferentiableSim:
         return p
 
     def _check_inputs(self, log_E, nu, rho, v0) -> None:
-        n = self.n
+        n = self.n_all
         for name, a, shape in (("log_E", log_E, (n,)), ("nu", nu, (n,)), ("rho", rho, (n,)), ("v0", v0, (n, 3))):
             if a.shape != shape:
                 raise ValueError(f"{name}: expected shape {shape}, got {a.shape}")
@@ -221,15 +238,35 @@ class DifferentiableSim:
         """Forward rollout; returns (positions (T,N,3), cov (T,N,3,3), run) with numpy outputs.
         taped=False: no backward will follow, so the whole tape is never kept."""
         log_E, nu, rho = (np.asarray(a, dtype=np.float64).reshape(-1) for a in (log_E, nu, rho))
-        v0 = np.asarray(v0, dtype=np.float32).reshape(self.n, 3)
+        v0 = np.asarray(v0, dtype=np.float32).reshape(self.n_all, 3)
         self._check_inputs(log_E, nu, rho, v0)
         if n_frames < 1:
             raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        frozen_mass = rho[self._frozen] * self._frozen_vol
+        log_E, nu, rho, v0 = (a[self._live] for a in (log_E, nu, rho, v0))
+        pos, cov, run = self._rollout(log_E, nu, rho, v0, n_frames, taped, frozen_mass)
+        return self._every_particle(pos, self._frozen_pos), self._every_particle(cov, self._frozen_cov), run
+
+    def _every_particle(self, values: np.ndarray, frozen: np.ndarray) -> np.ndarray:
+        """(T, n, ...) values of the simulated particles -> (T, N, ...), the frozen ones' constant."""
+        if not len(self._frozen):
+            return values
+        out = np.empty((values.shape[0], self.n_all, *values.shape[2:]), values.dtype)
+        out[:, self._live] = values
+        out[:, self._frozen] = frozen
+        return out
+
+    def _on_simulated(self, values: np.ndarray | None) -> np.ndarray | None:
+        """(T, N, ...) -> (T, n, ...): what the simulated particles get of an output gradient."""
+        return values if values is None or not len(self._frozen) else values[:, self._live]
+
+    def _rollout(self, log_E, nu, rho, v0, n_frames: int, taped: bool, frozen_mass: np.ndarray):
+        """forward_numpy on the simulated particles' inputs and outputs."""
         params = self._params(log_E, nu, rho)
         c_max = max_wave_speed(np.exp(log_E), nu, rho, self.material_id)
         plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
         init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self._rest_F(log_E)), self.device)
-        self.core.set_fixed_nodes(init.x, params.mass)
+        self.core.set_fixed_nodes(init.x, params.mass, frozen_mass)
         full = self.checkpoint_every is None or self._tape_mb(plan.n * n_frames, n_frames, init) <= self.full_tape_mb
         if taped and full:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)
@@ -323,7 +360,11 @@ class DifferentiableSim:
         """float32 outputs: world (the default) or domain-local positions (same gradient)."""
         if self.local_outputs:
             return local
-        return displaced(self._world0, self.positions.astype(np.float64), local).astype(np.float32)
+        return self._shown(self._world0, self.positions, local)
+
+    @staticmethod
+    def _shown(world0: np.ndarray, local0: np.ndarray, local: np.ndarray) -> np.ndarray:
+        return displaced(world0, local0.astype(np.float64), local).astype(np.float32)
 
     def _alloc(self, n_substeps: int) -> _Buffers:
         """States for n_substeps + 1 boundaries as views of one array per field: ~1,000 small
@@ -399,6 +440,16 @@ class DifferentiableSim:
     # -- backward ----------------------------------------------------------------------------
     def backward_numpy(self, run: _Run, grad_pos: np.ndarray | None, grad_cov: np.ndarray | None):
         """Gradients (dL/dlog_E, dL/dnu, dL/drho, dL/dv0) for output gradients (T,N,3), (T,N,3,3)."""
+        grads = self._backward(run, self._on_simulated(grad_pos), self._on_simulated(grad_cov))
+        if not len(self._frozen):
+            return grads
+        out = [np.zeros((self.n_all, *g.shape[1:]), g.dtype) for g in grads]
+        for full, g in zip(out, grads):
+            full[self._live] = g
+        return tuple(out)
+
+    def _backward(self, run: _Run, grad_pos: np.ndarray | None, grad_cov: np.ndarray | None):
+        """backward_numpy on the simulated particles' gradients."""
         n_sub, dev = run.plan.n, self.device
         p = run.params
         for a in (p.mu, p.lam, p.mass):

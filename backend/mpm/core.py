@@ -102,11 +102,67 @@ def initial_state(positions: np.ndarray, velocity: np.ndarray, material_id: np.n
     }
 
 
+# Stencil bases within this many cells of a rounding edge count both ways (the kernels round in float32).
+_BASE_SLACK = 1e-3
+
+
+def frozen_anchors(local: np.ndarray, anchor: np.ndarray, material_id: np.ndarray, F0: np.ndarray | None,
+                   grid: GridMapping, config: SimConfig) -> np.ndarray:
+    """(N,) mask of the anchored particles that can neither move nor move anything: the substeps leave them
+    out (an anchored pot, a ground, a table: often most of a capture's anchored points).
+
+    A grid node that only anchored stencils reach holds anchored mass alone, so it is fixed whatever the
+    masses (SimCore.set_fixed_nodes). An anchored particle whose whole stencil is such nodes gathers zero
+    velocity and zero C: it stays put with F unchanged (an elastic model starting at F = I: a return mapping
+    or a rest strain could still change what it shows), and what it scatters lands on fixed nodes only, whose
+    velocity is zeroed. Every other node sums the same terms in the same order without it, so the other
+    particles move bit for bit as before, provided its nodes stay fixed (SimCore counts its mass there).
+    Colliders can give a fixed node a velocity: with any, nothing is frozen. local: domain-local positions."""
+    n = len(local)
+    if config.colliders or not anchor.any():
+        return np.zeros(n, bool)
+    g = grid.n
+    xg = np.asarray(local, np.float64) / grid.dx - 0.5
+    lo = np.clip(np.floor(xg - _BASE_SLACK), 0, g - 3).astype(np.int64)
+    hi = np.clip(np.floor(xg + _BASE_SLACK), 0, g - 3).astype(np.int64)  # lo or lo + 1 per axis
+    inside = ((local > grid.dx) & (local < (g - 2) * grid.dx)).all(axis=1)  # never clamped into the grid
+
+    def stencil_nodes(rows: np.ndarray):
+        """(offset mask, flat node index) of every node a stencil of these particles may reach."""
+        for i in range(4):
+            for j in range(4):
+                for k in range(4):
+                    off = np.array([i, j, k])
+                    reach = (off <= hi[rows] - lo[rows] + 2).all(axis=1)
+                    node = lo[rows] + off
+                    yield reach, (node[:, 0] * g + node[:, 1]) * g + node[:, 2]
+
+    free = np.flatnonzero(~anchor)
+    touched = np.zeros(g ** 3, bool)  # nodes a free particle's stencil reaches
+    for reach, node in stencil_nodes(free):
+        touched[node[reach]] = True
+    candidates = np.flatnonzero(anchor & inside & (material_id <= int(MaterialModel.STVK_HENCKY)))
+    if F0 is not None:
+        eye = np.eye(3, dtype=np.float32)
+        candidates = candidates[(np.asarray(F0)[candidates] == eye).all(axis=(1, 2))]
+    clear = np.ones(len(candidates), bool)
+    for reach, node in stencil_nodes(candidates):
+        clear &= ~(reach & touched[node])
+    frozen = np.zeros(n, bool)
+    frozen[candidates[clear]] = True
+    if frozen.all():  # nothing would be left to simulate; keep the solvers' arrays non-empty
+        frozen[:] = False
+    return frozen
+
+
 class SimCore:
-    """Grid, boundaries, forces and per-particle constants; launches one substep."""
+    """Grid, boundaries, forces and per-particle constants; launches one substep.
+
+    frozen_x: domain-local positions of the particles frozen_anchors() left out of the substeps; the fixed
+    nodes are picked with their mass too (set_fixed_nodes)."""
 
     def __init__(self, config: SimConfig, grid: GridMapping, material_id: np.ndarray,
-                 anchor: np.ndarray, device: str):
+                 anchor: np.ndarray, device: str, frozen_x: np.ndarray | None = None):
         self.config = config
         self.grid = grid
         self.device = device
@@ -128,7 +184,11 @@ class SimCore:
         self.material = wp.array(material_id.astype(np.int32), dtype=wp.int32, device=device)
         self.anchor_np = anchor.astype(bool)
         self.anchor = wp.array(self.anchor_np.astype(np.int32), dtype=wp.int32, device=device)
-        self.has_fixed = int(self.anchor_np.any())
+        self.frozen_x = None
+        if frozen_x is not None and len(frozen_x):
+            self.frozen_x = wp.array(np.asarray(frozen_x, np.float32), dtype=wp.vec3, device=device)
+            self._frozen_anchor = wp.ones(len(frozen_x), dtype=wp.int32, device=device)
+        self.has_fixed = int(self.anchor_np.any() or self.frozen_x is not None)
         self.fixed = wp.zeros(self.n_nodes if self.has_fixed else 1, dtype=wp.int32, device=device)
         self.bad = wp.array([NO_BAD_SUBSTEP], dtype=wp.int32, device=device)
         self.has_plastic = bool((material_id > int(MaterialModel.STVK_HENCKY)).any())
@@ -227,15 +287,19 @@ class SimCore:
     # clamp would flip between that node layer and the one behind it (a hinge one cell long).
     FIXED_NODE_FRACTION = 0.5 - 1e-3
 
-    def set_fixed_nodes(self, x: wp.array, mass: wp.array) -> None:
+    def set_fixed_nodes(self, x: wp.array, mass: wp.array, frozen_mass: np.ndarray | None = None) -> None:
         """Fix the grid nodes where anchored particles hold at least half of the mass: the clamp is at the
-        anchor's face."""
+        anchor's face. frozen_mass: (kg) of the frozen particles (frozen_x), anchored all."""
         if not self.has_fixed:
             return
         total = wp.zeros(self.n_nodes, dtype=float, device=self.device)
         anchored = wp.zeros(self.n_nodes, dtype=float, device=self.device)
         wp.launch(anchor_node_mass, self.n_particles, inputs=[x, mass, self.anchor, self.g_full, total, anchored],
                   device=self.device)
+        if self.frozen_x is not None:
+            m = wp.array(np.asarray(frozen_mass, np.float32), dtype=float, device=self.device)
+            wp.launch(anchor_node_mass, self.frozen_x.shape[0],
+                      inputs=[self.frozen_x, m, self._frozen_anchor, self.g_full, total, anchored], device=self.device)
         fixed = (anchored.numpy() >= self.FIXED_NODE_FRACTION * total.numpy()) & (total.numpy() > 0)
         self.fixed = wp.array(fixed.astype(np.int32), dtype=wp.int32, device=self.device)
 

@@ -112,7 +112,11 @@ def solve_rest_state(particles: ParticleState, config: SimConfig, device: str = 
         if last is not None:
             step = secant_step(last, r, step)
         last = r
-        F_rest = _stepped(F_rest, unrotated(state["F"], F_rest), step)
+        F_next = _stepped(F_rest, unrotated(state["F"], F_rest), step)
+        # A particle the solve left untouched (a frozen anchor, core.frozen_anchors) keeps its F exactly (the
+        # SVD above would round I to within 1e-16 of I), so it stays frozen in the next solve.
+        same = (state["F"] == F_rest).all(axis=(1, 2))
+        F_rest = np.where(same[:, None, None], F_rest, F_next)
     strain = rest_strain(F_rest)
     residual, F_rest = best
     return RestState(F_rest, residual, it, used, time.monotonic() - started, residual <= tolerance, strain)
@@ -210,6 +214,7 @@ def _relax(sim, mass: np.ndarray, settled: float, budget: int) -> int:
     particles). A small move alone is not enough: a small load left over after a good
     rebase moves the object slowly but still far."""
     used, ke_prev, moves = 0, 0.0, []
+    mass = mass[sim.simulated]  # the device arrays hold the simulated particles only
     sim.config.damping = 0.0
     x_stop = sim.state.x.numpy().copy()
     while used < budget:

@@ -9,7 +9,7 @@ import numpy as np
 import warp as wp
 
 from .config import MaterialModel, SimConfig
-from .core import SimCore, State, init_warp, initial_state
+from .core import SimCore, State, frozen_anchors, init_warp, initial_state
 from .errors import SimulationDiverged
 from .grid import SNOW_HARDENING_RANGE, GridMapping, displaced, SubstepPlan, lame, p_wave_speed, plan_substeps
 from .kernels_forward import max_speed
@@ -53,10 +53,13 @@ class MPMSolver:
     first node) and converted from / to world space (float64) at the boundary. Grid work covers only the node box around the particles, refreshed
     every `box_every` substeps (default 4 on CPU, 8 on CUDA: one small device read each time).
     On the CPU the substeps run on `config.threads` threads (see threads.py).
+
+    Anchored particles that can neither move nor move anything (core.frozen_anchors) are left out of the
+    substeps (freeze_anchors=False keeps them, to compare); the outputs and states still hold every particle.
     """
 
     def __init__(self, particles: ParticleState, config: SimConfig | None = None, device: str = "cpu",
-                 sort_every: int | None = 16, box_every: int | None = None):
+                 sort_every: int | None = 16, box_every: int | None = None, freeze_anchors: bool = True):
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
@@ -68,7 +71,13 @@ class MPMSolver:
         vol = ps.volume if ps.volume is not None else np.full(self.n, self.grid.default_volume(ps.positions))
         self.volume = vol
         mu, lam = lame(ps.E, ps.nu)
-        self.c_max = max_wave_speed(ps.E, ps.nu, ps.rho, ps.material_id)
+        local = self.grid.to_local(ps.positions)
+        frozen = (frozen_anchors(local, ps.anchor, ps.material_id, ps.F0, self.grid, self.config) if freeze_anchors
+                  else np.zeros(self.n, bool))
+        self._simulated = np.flatnonzero(~frozen)  # the caller's indices of the particles the substeps move
+        self.n_simulated = len(self._simulated)
+        live = self._simulated
+        self.c_max = max_wave_speed(ps.E[live], ps.nu[live], ps.rho[live], ps.material_id[live])
         # Per-particle constants in the caller's order; device copies follow the sorted order.
         self._constants = {
             "mu": mu.astype(np.float32), "lam": lam.astype(np.float32),
@@ -77,16 +86,22 @@ class MPMSolver:
             "A0": rest_shape_matrices(ps.cov0, vol, ps.F0),
         }
         dev = self.device
-        self.mu, self.lam, self.mass, self.vol = (wp.zeros(self.n, dtype=float, device=dev) for _ in range(4))
-        self.core = SimCore(self.config, self.grid, ps.material_id, ps.anchor, dev)
+        n = self.n_simulated
+        self.mu, self.lam, self.mass, self.vol = (wp.zeros(n, dtype=float, device=dev) for _ in range(4))
+        self.core = SimCore(self.config, self.grid, ps.material_id[live], ps.anchor[live], dev,
+                            frozen_x=local[frozen])
         self.n_threads = self.core.use_threads(self.config.threads)
-        self.splats = SplatOutputs(self._constants["A0"], dev)
-        self.state = State.zeros(self.n, dev)
-        self._order = np.arange(self.n)
-        local = self.grid.to_local(ps.positions)
+        self.splats = SplatOutputs(self._constants["A0"][live], dev)
+        self.state = State.zeros(n, dev)
+        self._order = live
         self._world0, self._local0 = ps.positions, local.astype(np.float64)
-        self._load(initial_state(local, ps.velocity, ps.material_id, ps.F0), self._sorted_order(local))
-        self.core.set_fixed_nodes(self.state.x, self.mass)
+        # What the outputs show for the frozen particles, every frame: their starting state and splats.
+        self._start = initial_state(local, ps.velocity, ps.material_id, ps.F0)
+        self._start["v"][frozen] = 0.0  # (as an anchored particle's after its first substep)
+        self._start_splats = SplatOutputs(self._constants["A0"], dev).compute(
+            wp.array(self._start["F"], dtype=wp.mat33, device=dev), 0, 0.0, ps.positions)
+        self._load(self._start, self._sorted_order(local))
+        self.core.set_fixed_nodes(self.state.x, self.mass, self._constants["mass"][frozen])
         self.grid_mv = wp.zeros(self.core.n_nodes, dtype=wp.vec4, device=dev)
         self.grid_v = wp.zeros(self.core.n_nodes, dtype=wp.vec3, device=dev)
         self._speed = wp.zeros(1, dtype=float, device=dev)
@@ -94,16 +109,24 @@ class MPMSolver:
         self._plan = self._make_plan(float(np.linalg.norm(ps.velocity, axis=1).max()))
 
     # -- particle order ---------------------------------------------------------------------
+    @property
+    def simulated(self) -> np.ndarray:
+        """The caller's index of each simulated particle, in the order the device arrays hold them."""
+        return self._order
+
     def _sorted_order(self, local: np.ndarray) -> np.ndarray:
-        """Particle indices sorted by the flat index of their grid cell (stable); domain-local positions."""
+        """Simulated particles' indices sorted by the flat index of their grid cell (stable); domain-local
+        positions of every particle."""
+        live = self._simulated
         if self.sort_every is None:
-            return np.arange(self.n)
+            return live
         g = self.grid
-        cell = np.clip(np.floor(local / g.dx).astype(np.int64), 0, g.n - 1)
-        return np.argsort((cell[:, 0] * g.n + cell[:, 1]) * g.n + cell[:, 2], kind="stable")
+        cell = np.clip(np.floor(local[live] / g.dx).astype(np.int64), 0, g.n - 1)
+        return live[np.argsort((cell[:, 0] * g.n + cell[:, 1]) * g.n + cell[:, 2], kind="stable")]
 
     def _load(self, state: dict, order: np.ndarray) -> None:
-        """Upload a state given in the caller's order, stored in `order` (current slot -> index)."""
+        """Upload a state given in the caller's order, stored in `order` (current slot -> index; the
+        simulated particles only)."""
         self._order = np.asarray(order)
         for key in _STATE_SHAPES:
             getattr(self.state, key).assign(np.ascontiguousarray(state[key][self._order], dtype=np.float32))
@@ -114,8 +137,9 @@ class MPMSolver:
         self.core.anchor.assign(c["anchor"][self._order])
         self.splats.A0.assign(c["A0"][self._order])
 
-    def _unsort(self, arr: np.ndarray) -> np.ndarray:
-        out = np.empty_like(arr)
+    def _unsort(self, arr: np.ndarray, start: np.ndarray) -> np.ndarray:
+        """The simulated particles' values in the caller's order; the frozen ones keep theirs from `start`."""
+        out = np.array(start, dtype=arr.dtype, copy=True)
         out[self._order] = arr
         return out
 
@@ -165,19 +189,19 @@ class MPMSolver:
         if bad is not None:
             self._diverged(bad, plan)
         self._speed.zero_()
-        wp.launch(max_speed, self.n, inputs=[st.v, self._speed], device=self.device)
+        wp.launch(max_speed, self.n_simulated, inputs=[st.v, self._speed], device=self.device)
         v_max = float(self._speed.numpy()[0])
         if not math.isfinite(v_max) or v_max > 1e37:
             self._diverged(plan.n - 1, plan)
         self.frame += 1
         if self.config.substep_dt is None:
             self._plan = self._make_plan(v_max)
-        positions = displaced(self._world0, self._local0, self._unsort(st.x.numpy()))
+        positions = displaced(self._world0, self._local0, self._unsort(st.x.numpy(), self._local0))
         if not outputs:
             return FrameOutput(frame=self.frame - 1, time=self.time, positions=positions)
         out = self.splats.compute(st.F, self.frame - 1, self.time, positions)
         for name in ("rotations", "scales", "cov", "polar_R", "A"):
-            setattr(out, name, self._unsort(getattr(out, name)))
+            setattr(out, name, self._unsort(getattr(out, name), getattr(self._start_splats, name)))
         return out
 
     def _diverged(self, substep: int, plan: SubstepPlan) -> None:
@@ -194,7 +218,7 @@ class MPMSolver:
     def get_state(self) -> dict:
         """Numpy copy of the particle state (caller's order; x is domain-local, see grid.to_world),
         the frame index and the internal particle order (so a resume is bit-identical)."""
-        d = {key: self._unsort(getattr(self.state, key).numpy()) for key in _STATE_SHAPES}
+        d = {key: self._unsort(getattr(self.state, key).numpy(), self._start[key]) for key in _STATE_SHAPES}
         d["frame"] = np.array(self.frame, dtype=np.int64)
         d["order"] = self._order.copy()
         return d
@@ -208,8 +232,10 @@ class MPMSolver:
             if arr.shape != (self.n, *tail) or not np.isfinite(arr).all():
                 raise ValueError(f"state[{key!r}]: expected finite array of shape {(self.n, *tail)}, got {arr.shape}")
         order = np.asarray(d["order"]) if "order" in d else self._sorted_order(np.asarray(d["x"]))
-        if order.shape != (self.n,) or not np.array_equal(np.sort(order), np.arange(self.n)):
-            raise ValueError("state['order'] is not a permutation of the particles")
+        if order.shape == (self.n,) and self.n_simulated < self.n:  # every particle's: keep the simulated ones'
+            order = order[np.isin(order, self._simulated)]
+        if order.shape != (self.n_simulated,) or not np.array_equal(np.sort(order), self._simulated):
+            raise ValueError("state['order'] is not a permutation of the simulated particles")
         self._load(d, order)
         self.frame = int(d.get("frame", self.frame))
         self.grid_mv.zero_()
