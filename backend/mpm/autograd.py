@@ -315,7 +315,8 @@ class DifferentiableSim:
         grids: dict[int, tuple] = {}
         store_left = self.grid_store_mb * 2**20 if taped else 0.0
         total = n_frames * n_sub
-        needed = {a for s, e, _ in self._windows(n_frames, n_sub) for a, _ in self._segments(s, e)}
+        # (no backward follows an untaped forward, such as a ladder rung: nothing to restart from)
+        needed = {a for s, e, _ in self._windows(n_frames, n_sub) for a, _ in self._segments(s, e)} if taped else ()
         grid_mv = wp.zeros(self.core.n_nodes, dtype=wp.vec4, device=dev)
         grid_v = wp.zeros(self.core.n_nodes, dtype=wp.vec3, device=dev)
         cov = wp.zeros(self.n, dtype=wp.mat33, device=dev)
