@@ -21,6 +21,11 @@ are left out of the substeps (core.frozen_anchors). A = every particle simulated
 out, in one run, interleaved: the forward bake's frame time and the differentiable rollout's forward and
 backward, and whether the two give the same positions and gradients bit for bit.
 
+Recomputation on the free core (--pipeline runs only it): a checkpointed backward of a 2.7k-particle block
+(one simulation thread, as the estimate runs the demo's plant), 256 substeps: A recomputes each segment
+before backpropagating it, B recomputes the next segment on the second core meanwhile; interleaved, with
+the median backward wall and CPU times and whether the gradients agree bit for bit.
+
 Rest state: the cost of the rest-state step under gravity (backend/mpm/rest.py) on a clamped bar,
 reported apart from the forward throughput: substeps, seconds, residual, and its cost in seconds of
 bake time (the same substeps simulated forward).
@@ -313,6 +318,40 @@ def frozen_case(device: str, reps: int = 4) -> None:
              same_gradient=same)
 
 
+def pipeline_case(device: str, reps: int = 5) -> None:
+    import statistics
+
+    import torch
+
+    from backend.estimation.budget import GRID_STORE_MB
+    from backend.mpm import DifferentiableSim, SimConfig
+    from backend.mpm.autograd import DifferentiableSim as Sim
+
+    pos, vol = jelly_block(2700, 32)
+    n, substeps = len(pos), 256
+    cfg = SimConfig(n_grid=32, domain_min=(0, 0, 0), domain_max=(1, 1, 1), fps=1.0 / (substeps * 1e-4),
+                    substep_dt=1e-4, gravity=(0.0, 0.0, -9.81))
+    sim = DifferentiableSim(pos, config=cfg, device=device, volume=vol, grid_store_mb=GRID_STORE_MB / 64)
+    pipelined = Sim._pipelined
+    w = torch.tensor(np.random.default_rng(0).normal(size=(1, n, 3)), dtype=torch.float32)
+    rows: dict = {"A_serial": [], "B_pipelined": []}
+    for _ in range(reps):
+        for k in rows:
+            Sim._pipelined = pipelined if k == "B_pipelined" else (lambda self: False)
+            log_E = torch.full((n,), float(np.log(1e5)), requires_grad=True)
+            x, _ = sim(log_E, torch.full((n,), 0.3), torch.full((n,), 1000.0), torch.zeros(n, 3), 1)
+            t0, c0 = time.perf_counter(), time.process_time()
+            (x * w).sum().backward()
+            rows[k].append((time.perf_counter() - t0, time.process_time() - c0, log_E.grad))
+    Sim._pipelined = pipelined
+    same = bool(torch.equal(rows["A_serial"][-1][2], rows["B_pipelined"][-1][2]))
+    for k, r in rows.items():
+        emit(case="recompute_pipeline_" + k, device=device, n=n, threads=sim.n_threads, substeps=substeps,
+             backward_s_median=statistics.median(x[0] for x in r),
+             backward_cpu_s_median=statistics.median(x[1] for x in r),
+             pipelined_available=sim._pipelined(), same_gradient=same)
+
+
 def rest_case(device: str) -> None:
     """Rest state of a clamped bar 6 cells thick (20 long, E 2 MPa: it sags about 1% of its length)."""
     from backend.mpm import ParticleState, SimConfig
@@ -378,6 +417,7 @@ def main() -> None:
     ap.add_argument("--forward-case", nargs=3, metavar=("N", "NGRID", "REPS"), help=argparse.SUPPRESS)
     ap.add_argument("--baseline", metavar="DIR", help="A/B the forward throughput against the source tree DIR")
     ap.add_argument("--frozen-anchors", action="store_true", help="only the frozen-anchors A/B")
+    ap.add_argument("--pipeline", action="store_true", help="only the recomputation-on-the-free-core A/B")
     ap.add_argument("--threads-crossover", action="store_true",
                     help="only 1 against 2 threads at small sizes (where a second thread starts to pay)")
     args = ap.parse_args()
@@ -412,6 +452,9 @@ def main() -> None:
     if args.frozen_anchors:
         frozen_case(args.device)
         return
+    if args.pipeline:
+        pipeline_case(args.device)
+        return
     if args.quick:
         forward_case(2000, 32, args.device, reps=2)
         if args.device == "cpu":
@@ -428,6 +471,7 @@ def main() -> None:
         threads_crossover_case(args.device)
         ab_case(50_000, 64, args.device, reps=5)
     frozen_case(args.device)
+    pipeline_case(args.device)
     rest_case(args.device)
     gradient_cases(args.device)
 

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -39,7 +40,8 @@ from . import kernels, kernels_forward
 from .kernels import covariance, material_from_params, p2g
 from .particles import ParticleState, rest_shape_matrices
 from .solver import max_wave_speed
-from .threads import LaunchRecord
+from . import adjoints as adjoints_module
+from .threads import LaunchRecord, usable_cores
 
 
 # A kept P2G grid is worth more than kept stresses (see _forward_checkpointed): stresses are kept only while the
@@ -180,7 +182,7 @@ class DifferentiableSim:
         self.core.use_hand_adjoints(adjoints == "hand")
         self.vol = wp.array(vol.astype(np.float32), dtype=float, device=self.device)
         self.cov0 = wp.array(cov0[live], dtype=wp.mat33, device=self.device)
-        self._segment: _Buffers | None = None
+        self._segment: list = [None, None]  # recomputed segments' buffers: one backpropagated, one recomputed
         self._spare: _Buffers | None = None  # a finished run's full tape, reused by the next (see _tape_buffers)
 
     # -- public ------------------------------------------------------------------------------
@@ -461,8 +463,7 @@ class DifferentiableSim:
             if run.full is not None:
                 run.full.zero_grads()  # the whole tape once per window (segments only carry state adjoints)
             carry = None
-            for a, b in reversed(self._segments(start, end)):
-                buf, off = self._segment_buffers(run, a, b)
+            for (a, b), buf, off in self._recomputed(run, list(reversed(self._segments(start, end)))):
                 seeds = [(f, (f + 1) * n_sub - a) for f in frames if a < (f + 1) * n_sub <= b]
                 carry = self._backprop(buf, off, b - a, seeds, carry, grad_pos, grad_cov)
             if start == 0:
@@ -481,18 +482,42 @@ class DifferentiableSim:
             grad_log_E -= (grad_F0 * strain).sum(axis=(1, 2))
         return grad_log_E, p.nu.grad.numpy().copy(), p.rho.grad.numpy().copy(), grad_v0
 
-    def _segment_buffers(self, run: _Run, a: int, b: int) -> tuple[_Buffers, int]:
-        """Taped buffers covering substeps a..b and the offset of substep a inside them."""
+    def _recomputed(self, run: _Run, segments: list):
+        """(segment, taped buffers covering it, offset of its first substep in them) for each segment in turn.
+
+        A checkpointed run recomputes each segment before its backward (about a quarter of the backward's work
+        on the demo's plant). When the automatic thread count (config.threads None) gave the substeps one
+        thread and another core is free, the next segment is recomputed there while the caller backpropagates
+        this one, each in buffers of its own; the gradients are the same to the bit."""
         if run.full is not None:
-            return run.full, a
+            yield from (((a, b), run.full, a) for a, b in segments)
+            return
+        if not self._pipelined():
+            yield from (((a, b), self._segment_buffers(run, a, b, 0), 0) for a, b in segments)
+            return
+        for module in (kernels, adjoints_module):  # loaded here: two threads never load one at the same time
+            wp.load_module(module, device=self.device)
+        with ThreadPoolExecutor(1, thread_name_prefix="recompute") as pool:
+            ahead = pool.submit(self._segment_buffers, run, *segments[0], 0)
+            for i, segment in enumerate(segments):
+                buf = ahead.result()
+                if i + 1 < len(segments):
+                    ahead = pool.submit(self._segment_buffers, run, *segments[i + 1], (i + 1) % 2)
+                yield segment, buf, 0
+
+    def _pipelined(self) -> bool:
+        return self.device == "cpu" and self.config.threads is None and self.n_threads == 1 and usable_cores() > 1
+
+    def _segment_buffers(self, run: _Run, a: int, b: int, slot: int) -> _Buffers:
+        """Substeps a..b recomputed from their checkpoint into the taped buffers `slot` (0 or 1)."""
         length = b - a
-        if self._segment is None or len(self._segment.cov) < length:
-            self._segment = self._alloc(length)
-        buf = self._segment
+        if self._segment[slot] is None or len(self._segment[slot].cov) < length:
+            self._segment[slot] = self._alloc(length)
+        buf = self._segment[slot]
         buf.zero_grads()
         buf.states[0].assign(run.checkpoints[a])
         self._record(buf, run.params, run.plan, a, b, grids=run.grids)
-        return buf, 0
+        return buf
 
     def _backprop(self, buf: _Buffers, off: int, length: int, seeds, carry, grad_pos, grad_cov):
         """Seed output/carried adjoints, run the substep tapes backwards; returns the state adjoint
