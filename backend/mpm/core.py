@@ -102,21 +102,56 @@ def initial_state(positions: np.ndarray, velocity: np.ndarray, material_id: np.n
     }
 
 
+def build_grid_info(grid: GridMapping, lo=(0, 0, 0), dims=None) -> GridInfo:
+    """The kernels' GridInfo of the node box lo .. lo + dims - 1 (default: the whole grid)."""
+    dims = (grid.n,) * 3 if dims is None else dims
+    g = GridInfo()
+    g.origin = wp.vec3(0.0, 0.0, 0.0)  # the kernels work domain-local: node 0 is the origin
+    g.dx = float(grid.dx)
+    g.inv_dx = float(1.0 / grid.dx)
+    g.n = int(grid.n)
+    g.x_lo = wp.vec3(*[float(grid.dx)] * 3)
+    g.x_hi = wp.vec3(*[float((grid.n - 2) * grid.dx)] * 3)
+    g.box_lo = wp.vec3i(*map(int, lo))
+    g.box_dims = wp.vec3i(*map(int, dims))
+    return g
+
+
+# A node on the anchor's face holds half anchored mass; float sums land on either side of 1/2, so the
+# clamp would flip between that node layer and the one behind it (a hinge one cell long).
+FIXED_NODE_FRACTION = 0.5 - 1e-3
+
+
+def fixed_nodes(grid: GridMapping, device: str, *particles: tuple) -> np.ndarray:
+    """Flat mask of the grid nodes where anchored particles hold at least half of the mass (fixed: v = 0, so
+    the clamp is at the anchor's face). particles: (x, mass, anchor) device arrays, one triple per set."""
+    n_nodes = grid.n ** 3
+    total = wp.zeros(n_nodes, dtype=float, device=device)
+    anchored = wp.zeros(n_nodes, dtype=float, device=device)
+    g = build_grid_info(grid)
+    for x, mass, anchor in particles:
+        wp.launch(anchor_node_mass, x.shape[0], inputs=[x, mass, anchor, g, total, anchored], device=device)
+    total, anchored = total.numpy(), anchored.numpy()
+    return (anchored >= FIXED_NODE_FRACTION * total) & (total > 0)
+
+
 # Stencil bases within this many cells of a rounding edge count both ways (the kernels round in float32).
 _BASE_SLACK = 1e-3
 
 
 def frozen_anchors(local: np.ndarray, anchor: np.ndarray, material_id: np.ndarray, F0: np.ndarray | None,
-                   grid: GridMapping, config: SimConfig) -> np.ndarray:
+                   grid: GridMapping, config: SimConfig, fixed: np.ndarray | None = None) -> np.ndarray:
     """(N,) mask of the anchored particles that can neither move nor move anything: the substeps leave them
     out (an anchored pot, a ground, a table: often most of a capture's anchored points).
 
-    A grid node that only anchored stencils reach holds anchored mass alone, so it is fixed whatever the
-    masses (SimCore.set_fixed_nodes). An anchored particle whose whole stencil is such nodes gathers zero
-    velocity and zero C: it stays put with F unchanged (an elastic model starting at F = I: a return mapping
-    or a rest strain could still change what it shows), and what it scatters lands on fixed nodes only, whose
-    velocity is zeroed. Every other node sums the same terms in the same order without it, so the other
-    particles move bit for bit as before, provided its nodes stay fixed (SimCore counts its mass there).
+    An anchored particle whose whole stencil is fixed nodes (fixed_nodes) gathers zero velocity and zero C:
+    it stays put with F unchanged (an elastic model starting at F = I: a return mapping or a rest strain
+    could still change what it shows), and what it scatters lands on fixed nodes only, whose velocity is
+    zeroed. Every other node sums the same terms in the same order without it, so the other particles move
+    bit for bit as before, provided the fixed nodes stay the same (SimCore counts its mass there).
+    A node that only anchored stencils reach is fixed whatever the masses; `fixed` (the flat fixed-node mask
+    for the particles' masses) adds the nodes the anchors hold at least half of: pass it only when the
+    masses cannot change (a bake, not a rollout whose densities are inputs).
     Colliders can give a fixed node a velocity: with any, nothing is frozen. local: domain-local positions."""
     n = len(local)
     if config.colliders or not anchor.any():
@@ -145,9 +180,10 @@ def frozen_anchors(local: np.ndarray, anchor: np.ndarray, material_id: np.ndarra
     if F0 is not None:
         eye = np.eye(3, dtype=np.float32)
         candidates = candidates[(np.asarray(F0)[candidates] == eye).all(axis=(1, 2))]
+    held = ~touched if fixed is None else ~touched | fixed  # nodes whose velocity is zero whatever happens
     clear = np.ones(len(candidates), bool)
     for reach, node in stencil_nodes(candidates):
-        clear &= ~(reach & touched[node])
+        clear &= ~reach | held[node]
     frozen = np.zeros(n, bool)
     frozen[candidates[clear]] = True
     if frozen.all():  # nothing would be left to simulate; keep the solvers' arrays non-empty
@@ -237,20 +273,7 @@ class SimCore:
         if g is None:
             if len(self._boxes) > 4096:  # boxes of long-gone substeps
                 self._boxes.clear()
-            g = self._boxes[key] = self._build_grid_info(lo, dims)
-        return g
-
-    def _build_grid_info(self, lo, dims) -> GridInfo:
-        grid = self.grid
-        g = GridInfo()
-        g.origin = wp.vec3(0.0, 0.0, 0.0)  # the kernels work domain-local: node 0 is the origin
-        g.dx = float(grid.dx)
-        g.inv_dx = float(1.0 / grid.dx)
-        g.n = int(grid.n)
-        g.x_lo = wp.vec3(*[float(grid.dx)] * 3)
-        g.x_hi = wp.vec3(*[float((grid.n - 2) * grid.dx)] * 3)
-        g.box_lo = wp.vec3i(*map(int, lo))
-        g.box_dims = wp.vec3i(*map(int, dims))
+            g = self._boxes[key] = build_grid_info(self.grid, lo, dims)
         return g
 
     @staticmethod
@@ -283,24 +306,16 @@ class SimCore:
         dims = np.maximum(hi - lo + 1, 3)
         return self.grid_info(lo, dims)
 
-    # A node on the anchor's face holds half anchored mass; float sums land on either side of 1/2, so the
-    # clamp would flip between that node layer and the one behind it (a hinge one cell long).
-    FIXED_NODE_FRACTION = 0.5 - 1e-3
-
     def set_fixed_nodes(self, x: wp.array, mass: wp.array, frozen_mass: np.ndarray | None = None) -> None:
-        """Fix the grid nodes where anchored particles hold at least half of the mass: the clamp is at the
-        anchor's face. frozen_mass: (kg) of the frozen particles (frozen_x), anchored all."""
+        """Fix the grid nodes where anchored particles hold at least half of the mass (fixed_nodes), the
+        frozen ones' (frozen_x, masses frozen_mass in kg) counted too."""
         if not self.has_fixed:
             return
-        total = wp.zeros(self.n_nodes, dtype=float, device=self.device)
-        anchored = wp.zeros(self.n_nodes, dtype=float, device=self.device)
-        wp.launch(anchor_node_mass, self.n_particles, inputs=[x, mass, self.anchor, self.g_full, total, anchored],
-                  device=self.device)
+        sets = [(x, mass, self.anchor)]
         if self.frozen_x is not None:
             m = wp.array(np.asarray(frozen_mass, np.float32), dtype=float, device=self.device)
-            wp.launch(anchor_node_mass, self.frozen_x.shape[0],
-                      inputs=[self.frozen_x, m, self._frozen_anchor, self.g_full, total, anchored], device=self.device)
-        fixed = (anchored.numpy() >= self.FIXED_NODE_FRACTION * total.numpy()) & (total.numpy() > 0)
+            sets.append((self.frozen_x, m, self._frozen_anchor))
+        fixed = fixed_nodes(self.grid, self.device, *sets)
         self.fixed = wp.array(fixed.astype(np.int32), dtype=wp.int32, device=self.device)
 
     def reset_bad(self) -> None:

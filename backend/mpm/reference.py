@@ -30,7 +30,7 @@ import torch
 
 from .config import MaterialModel, Plasticity, SimConfig
 from .constitutive import MIN_STRETCH
-from .core import SimCore
+from .core import FIXED_NODE_FRACTION
 from .grid import SNOW_HARDENING_RANGE, GridMapping
 from .kernels import MIN_NODE_MASS
 
@@ -420,7 +420,7 @@ def substep(state: dict, parts: Particles, s: Setup, t: float, dt: float) -> dic
 
 
 def fixed_nodes(x, mass, anchor, s: Setup) -> torch.Tensor:
-    """Nodes (n, n, n) where anchored particles hold at least SimCore.FIXED_NODE_FRACTION of the mass."""
+    """Nodes (n, n, n) where anchored particles hold at least FIXED_NODE_FRACTION of the mass."""
     base, fx = stencil(x, s)
     w = bspline_weights(fx)
     n = s.n
@@ -431,7 +431,7 @@ def fixed_nodes(x, mass, anchor, s: Setup) -> torch.Tensor:
         wm = node_weights(w, off) * mass
         total.index_add_(0, node, wm)
         held.index_add_(0, node, torch.where(anchor, wm, 0.0))
-    return ((held >= SimCore.FIXED_NODE_FRACTION * total) & (total > 0)).reshape(n, n, n)
+    return ((held >= FIXED_NODE_FRACTION * total) & (total > 0)).reshape(n, n, n)
 
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import warp as wp
 
 from .config import MaterialModel, SimConfig
-from .core import SimCore, State, frozen_anchors, init_warp, initial_state
+from .core import SimCore, State, fixed_nodes, frozen_anchors, init_warp, initial_state
 from .errors import SimulationDiverged
 from .grid import SNOW_HARDENING_RANGE, GridMapping, displaced, SubstepPlan, lame, p_wave_speed, plan_substeps
 from .kernels_forward import max_speed
@@ -72,8 +72,7 @@ class MPMSolver:
         self.volume = vol
         mu, lam = lame(ps.E, ps.nu)
         local = self.grid.to_local(ps.positions)
-        frozen = (frozen_anchors(local, ps.anchor, ps.material_id, ps.F0, self.grid, self.config) if freeze_anchors
-                  else np.zeros(self.n, bool))
+        frozen = self._frozen(local, ps, vol) if freeze_anchors else np.zeros(self.n, bool)
         self._simulated = np.flatnonzero(~frozen)  # the caller's indices of the particles the substeps move
         self.n_simulated = len(self._simulated)
         live = self._simulated
@@ -107,6 +106,21 @@ class MPMSolver:
         self._speed = wp.zeros(1, dtype=float, device=dev)
         self.frame = 0
         self._plan = self._make_plan(float(np.linalg.norm(ps.velocity, axis=1).max()))
+
+    def _frozen(self, local: np.ndarray, ps: ParticleState, vol: np.ndarray) -> np.ndarray:
+        """core.frozen_anchors with the fixed nodes of these particles' masses (a bake's never change). (The
+        fixed test compares float sums; like one thread against two, another summation order could flip a node
+        within rounding of FIXED_NODE_FRACTION.)"""
+        if not ps.anchor.any():
+            return np.zeros(self.n, bool)
+
+        def arr(a, dtype):
+            return wp.array(np.ascontiguousarray(a), dtype=dtype, device=self.device)
+
+        fixed = fixed_nodes(self.grid, self.device, (arr(local.astype(np.float32), wp.vec3),
+                                                     arr((ps.rho * vol).astype(np.float32), float),
+                                                     arr(ps.anchor.astype(np.int32), wp.int32)))
+        return frozen_anchors(local, ps.anchor, ps.material_id, ps.F0, self.grid, self.config, fixed)
 
     # -- particle order ---------------------------------------------------------------------
     @property
