@@ -16,6 +16,7 @@ from __future__ import annotations
 import gc
 import queue
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -446,7 +447,7 @@ def global_look(est: dict, scene: Scene, dsim, supervision: Supervision, n_rende
     # evaluate() runs under no_grad, so each rung is a forward-only simulation (DifferentiableSim tapes nothing)
     with ThreadPoolExecutor(workers, thread_name_prefix="ladder") as pool:
 
-        def side_by_side(fn, trials: list) -> list:
+        def side_by_side(fn, trials: list) -> Iterator:
             """fn over the trials on the pool, stiffest first (a rung's substeps grow as sqrt(E): the stiffest
             can take as long as the others together); the results in the trials' order."""
             stiffest_first = sorted(range(len(trials)), key=lambda i: -trials[i].max())
@@ -465,14 +466,15 @@ def global_look(est: dict, scene: Scene, dsim, supervision: Supervision, n_rende
 
 def make_differentiable_sim(p: SceneParticles, sim: dict, est: dict, device: str, reporter: Reporter | None = None):
     """The rollout starts from the same rest state under gravity as a bake (solved once with the starting
-    materials; each rollout rescales its strain to the candidate E, see DifferentiableSim)."""
+    materials; each rollout rescales its strain to the candidate E, see DifferentiableSim). The scene's
+    densities pick the anchors' fixed nodes, as in a bake, however the estimate changes them."""
     from ..mpm import DifferentiableSim
 
     config = sim_config(sim)
     rest = rest_state(p, sim, config, reporter or Reporter(), device)
     return DifferentiableSim(p.positions, p.material_id, p.anchor, p.cov0, config, device=warp_device(device),
                              bptt_substeps=est["bptt_substeps"], full_tape_mb=FULL_TAPE_MB, grid_store_mb=GRID_STORE_MB,
-                             F0=None if rest is None else rest.F, F0_E=p.E)
+                             F0=None if rest is None else rest.F, F0_E=p.E, rho=p.rho)
 
 
 def check_budget(est: dict, sim: dict, scene: Scene, device: str, n_render: int, reporter: Reporter) -> None:

@@ -33,7 +33,7 @@ import torch
 import warp as wp
 
 from .config import SimConfig
-from .core import SimCore, State, frozen_anchors, init_warp, initial_state
+from .core import SimCore, State, fixed_nodes, frozen_anchors, init_warp, initial_state
 from .errors import SimulationDiverged
 from .grid import GridMapping, SubstepPlan, displaced, plan_substeps
 from . import kernels, kernels_forward
@@ -123,24 +123,30 @@ class DifferentiableSim:
     The substep is config.substep_dt, or the CFL bound for the material passed to each call
     (set substep_dt when optimising so the substep count cannot jump between iterations).
 
+    rho: the densities (kg/m^3, (N,) or one) that pick the fixed grid nodes (core.fixed_nodes) once for every
+    call: the anchors' clamp stays where the scene puts it whatever densities a call passes. None: each call
+    picks them with its own densities.
+
     Anchored particles that can neither move nor move anything (core.frozen_anchors) are left out of the
     rollout (freeze_anchors=False keeps them, to compare): inputs and outputs still hold every particle, the
     frozen ones' outputs are their rest positions and shapes and their gradients zero (exactly what the full
-    rollout gives them).
+    rollout gives them). With rho given, every anchored particle the fixed nodes hold whole is frozen; without,
+    only those whose nodes no free particle reaches (fixed whatever the densities).
     """
 
     def __init__(self, positions, material_id=0, anchor=None, cov0=None, config: SimConfig | None = None,
                  device: str = "cpu", bptt_substeps: int | None = None, checkpoint_every: int | None = 16,
                  volume=None, local_outputs: bool = False, F0=None, F0_E=None, full_tape_mb: float = 0.0,
-                 adjoints: str = "hand", grid_store_mb: float = 0.0, freeze_anchors: bool = True):
+                 adjoints: str = "hand", grid_store_mb: float = 0.0, freeze_anchors: bool = True, rho=None):
         self._args = dict(positions=positions, material_id=material_id, anchor=anchor, cov0=cov0, config=config,
                           device=device, bptt_substeps=bptt_substeps, checkpoint_every=checkpoint_every,
                           volume=volume, local_outputs=local_outputs, F0=F0, F0_E=F0_E, full_tape_mb=full_tape_mb,
-                          adjoints=adjoints, grid_store_mb=grid_store_mb, freeze_anchors=freeze_anchors)
+                          adjoints=adjoints, grid_store_mb=grid_store_mb, freeze_anchors=freeze_anchors, rho=rho)
         self.device = init_warp(device)
         self.config = config if config is not None else SimConfig()
         self.config.validate()
-        ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume, F0=F0)
+        ps = ParticleState(positions, material_id=material_id, anchor=anchor, cov0=cov0, volume=volume, F0=F0,
+                           **({} if rho is None else {"rho": rho}))
         if ps.F0 is not None and F0_E is None:
             raise ValueError("F0 needs F0_E, the Young's moduli (Pa) it was solved with")
         if bptt_substeps is not None and int(bptt_substeps) < 1:
@@ -153,8 +159,12 @@ class DifferentiableSim:
         self.grid_store_mb = float(grid_store_mb)
         self.grid = GridMapping.build(self.config, ps.positions)
         local = self.grid.to_local(ps.positions)
-        frozen = (frozen_anchors(local, ps.anchor, ps.material_id, ps.F0, self.grid, self.config) if freeze_anchors
-                  else np.zeros(ps.n, bool))
+        vol = ps.volume if ps.volume is not None else np.full(ps.n, self.grid.default_volume(ps.positions))
+        self._fixed = None  # the fixed nodes of every call (rho given), else picked per call
+        if rho is not None and ps.anchor.any():
+            self._fixed = fixed_nodes(self.grid, self.device, (local, ps.rho * vol, ps.anchor))
+        frozen = (frozen_anchors(local, ps.anchor, ps.material_id, ps.F0, self.grid, self.config, self._fixed)
+                  if freeze_anchors else np.zeros(ps.n, bool))
         live = self._live = np.flatnonzero(~frozen)  # the caller's indices of the simulated particles
         self._frozen = np.flatnonzero(frozen)
         self.n_all, self.n = ps.n, len(live)  # every particle; the simulated ones (all arrays below)
@@ -166,7 +176,6 @@ class DifferentiableSim:
         self.positions = local[live]
         self._world0 = ps.positions[live]
         self.local_outputs = bool(local_outputs)
-        vol = ps.volume if ps.volume is not None else np.full(ps.n, self.grid.default_volume(ps.positions))
         a0 = rest_shape_matrices(ps.cov0, vol, ps.F0)
         cov0 = a0 @ np.transpose(a0, (0, 2, 1))
         # What the outputs show for the frozen particles (F stays I): rest positions and shapes.
@@ -176,6 +185,8 @@ class DifferentiableSim:
         vol = vol[live]
         self.core = SimCore(self.config, self.grid, self.material_id, ps.anchor[live], self.device,
                             frozen_x=local[frozen])
+        if self._fixed is not None:
+            self.core.use_fixed_nodes(self._fixed)
         self.n_threads = self.core.use_threads(self.config.threads)
         if adjoints not in ("hand", "generated"):
             raise ValueError(f"adjoints must be 'hand' or 'generated', got {adjoints!r}")
@@ -268,7 +279,8 @@ class DifferentiableSim:
         c_max = max_wave_speed(np.exp(log_E), nu, rho, self.material_id)
         plan = plan_substeps(self.config, self.grid.dx, c_max, float(np.linalg.norm(v0, axis=1).max()))
         init = State.from_numpy(initial_state(self.positions, v0, self.material_id, self._rest_F(log_E)), self.device)
-        self.core.set_fixed_nodes(init.x, params.mass, frozen_mass)
+        if self._fixed is None:
+            self.core.set_fixed_nodes(init.x, params.mass, frozen_mass)
         full = self.checkpoint_every is None or self._tape_mb(plan.n * n_frames, n_frames, init) <= self.full_tape_mb
         if taped and full:
             pos, cov, full = self._forward_taped(params, plan, init, n_frames)

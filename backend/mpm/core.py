@@ -124,13 +124,20 @@ FIXED_NODE_FRACTION = 0.5 - 1e-3
 
 def fixed_nodes(grid: GridMapping, device: str, *particles: tuple) -> np.ndarray:
     """Flat mask of the grid nodes where anchored particles hold at least half of the mass (fixed: v = 0, so
-    the clamp is at the anchor's face). particles: (x, mass, anchor) device arrays, one triple per set."""
+    the clamp is at the anchor's face). particles: (x domain-local, mass, anchor) per set of particles,
+    device arrays or numpy."""
     n_nodes = grid.n ** 3
     total = wp.zeros(n_nodes, dtype=float, device=device)
     anchored = wp.zeros(n_nodes, dtype=float, device=device)
     g = build_grid_info(grid)
+
+    def on_device(a, dtype, np_type):
+        return a if isinstance(a, wp.array) else wp.array(np.ascontiguousarray(a, np_type), dtype=dtype, device=device)
+
     for x, mass, anchor in particles:
-        wp.launch(anchor_node_mass, x.shape[0], inputs=[x, mass, anchor, g, total, anchored], device=device)
+        inputs = [on_device(x, wp.vec3, np.float32), on_device(mass, float, np.float32),
+                  on_device(anchor, wp.int32, np.int32), g, total, anchored]
+        wp.launch(anchor_node_mass, inputs[0].shape[0], inputs=inputs, device=device)
     total, anchored = total.numpy(), anchored.numpy()
     return (anchored >= FIXED_NODE_FRACTION * total) & (total > 0)
 
@@ -313,10 +320,14 @@ class SimCore:
             return
         sets = [(x, mass, self.anchor)]
         if self.frozen_x is not None:
-            m = wp.array(np.asarray(frozen_mass, np.float32), dtype=float, device=self.device)
-            sets.append((self.frozen_x, m, self._frozen_anchor))
-        fixed = fixed_nodes(self.grid, self.device, *sets)
-        self.fixed = wp.array(fixed.astype(np.int32), dtype=wp.int32, device=self.device)
+            sets.append((self.frozen_x, frozen_mass, self._frozen_anchor))
+        self.use_fixed_nodes(fixed_nodes(self.grid, self.device, *sets))
+
+    def use_fixed_nodes(self, fixed: np.ndarray) -> None:
+        """Fix these nodes (a flat mask over the whole grid, from fixed_nodes)."""
+        self.has_fixed = int(fixed.any())
+        self.fixed = wp.array(fixed.astype(np.int32) if self.has_fixed else np.zeros(1, np.int32), dtype=wp.int32,
+                              device=self.device)
 
     def reset_bad(self) -> None:
         self.bad.fill_(NO_BAD_SUBSTEP)

@@ -72,7 +72,11 @@ class MPMSolver:
         self.volume = vol
         mu, lam = lame(ps.E, ps.nu)
         local = self.grid.to_local(ps.positions)
-        frozen = self._frozen(local, ps, vol) if freeze_anchors else np.zeros(self.n, bool)
+        # the fixed nodes, picked with every particle's mass (a bake's never change), and the anchored
+        # particles they hold whole, which the substeps leave out
+        fixed = fixed_nodes(self.grid, self.device, (local, ps.rho * vol, ps.anchor)) if ps.anchor.any() else None
+        frozen = (frozen_anchors(local, ps.anchor, ps.material_id, ps.F0, self.grid, self.config, fixed)
+                  if freeze_anchors else np.zeros(self.n, bool))
         self._simulated = np.flatnonzero(~frozen)  # the caller's indices of the particles the substeps move
         self.n_simulated = len(self._simulated)
         live = self._simulated
@@ -87,8 +91,7 @@ class MPMSolver:
         dev = self.device
         n = self.n_simulated
         self.mu, self.lam, self.mass, self.vol = (wp.zeros(n, dtype=float, device=dev) for _ in range(4))
-        self.core = SimCore(self.config, self.grid, ps.material_id[live], ps.anchor[live], dev,
-                            frozen_x=local[frozen])
+        self.core = SimCore(self.config, self.grid, ps.material_id[live], ps.anchor[live], dev)
         self.n_threads = self.core.use_threads(self.config.threads)
         self.splats = SplatOutputs(self._constants["A0"][live], dev)
         self.state = State.zeros(n, dev)
@@ -100,27 +103,13 @@ class MPMSolver:
         self._start_splats = SplatOutputs(self._constants["A0"], dev).compute(
             wp.array(self._start["F"], dtype=wp.mat33, device=dev), 0, 0.0, ps.positions)
         self._load(self._start, self._sorted_order(local))
-        self.core.set_fixed_nodes(self.state.x, self.mass, self._constants["mass"][frozen])
+        if fixed is not None:
+            self.core.use_fixed_nodes(fixed)
         self.grid_mv = wp.zeros(self.core.n_nodes, dtype=wp.vec4, device=dev)
         self.grid_v = wp.zeros(self.core.n_nodes, dtype=wp.vec3, device=dev)
         self._speed = wp.zeros(1, dtype=float, device=dev)
         self.frame = 0
         self._plan = self._make_plan(float(np.linalg.norm(ps.velocity, axis=1).max()))
-
-    def _frozen(self, local: np.ndarray, ps: ParticleState, vol: np.ndarray) -> np.ndarray:
-        """core.frozen_anchors with the fixed nodes of these particles' masses (a bake's never change). (The
-        fixed test compares float sums; like one thread against two, another summation order could flip a node
-        within rounding of FIXED_NODE_FRACTION.)"""
-        if not ps.anchor.any():
-            return np.zeros(self.n, bool)
-
-        def arr(a, dtype):
-            return wp.array(np.ascontiguousarray(a), dtype=dtype, device=self.device)
-
-        fixed = fixed_nodes(self.grid, self.device, (arr(local.astype(np.float32), wp.vec3),
-                                                     arr((ps.rho * vol).astype(np.float32), float),
-                                                     arr(ps.anchor.astype(np.int32), wp.int32)))
-        return frozen_anchors(local, ps.anchor, ps.material_id, ps.F0, self.grid, self.config, fixed)
 
     # -- particle order ---------------------------------------------------------------------
     @property

@@ -76,17 +76,20 @@ def test_nothing_is_frozen_with_a_collider():
     assert lean.n_simulated == lean.n
 
 
-@pytest.mark.parametrize("taped", ["checkpointed", "full tape"])
-def test_the_differentiable_rollout_gives_the_full_rollout_s_outputs_and_gradients(taped):
+@pytest.mark.parametrize("taped, scene_rho", [("checkpointed", None), ("full tape", None), ("checkpointed", 450.0)])
+def test_the_differentiable_rollout_gives_the_full_rollout_s_outputs_and_gradients(taped, scene_rho):
+    """Per-call fixed nodes (scene_rho None) or the scene's (the estimate's: more anchors frozen)."""
     import torch
 
     pos, anchor = scene()
     n = len(pos)
     cov0 = np.tile(np.diag([2e-5, 1e-5, 3e-5]).astype(np.float32), (n, 1, 1))
     sims = [DifferentiableSim(pos, anchor=anchor, cov0=cov0, config=config(), volume=SPACING ** 3,
-                              checkpoint_every=None if taped == "full tape" else 8, freeze_anchors=f)
+                              checkpoint_every=None if taped == "full tape" else 8, freeze_anchors=f, rho=scene_rho)
             for f in (False, True)]
-    assert sims[1].n < 0.5 * n < sims[0].n == n
+    assert sims[1].n < 0.2 * n < sims[0].n == n
+    if scene_rho is not None:  # every anchor the fixed nodes hold whole, as a bake freezes them
+        assert sims[1].n == solver(True).n_simulated
     rng = np.random.default_rng(1)
     w_pos = torch.tensor(rng.normal(size=(2, n, 3)), dtype=torch.float32)
     w_cov = torch.tensor(rng.normal(size=(2, n, 3, 3)), dtype=torch.float32)
