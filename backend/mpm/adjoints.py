@@ -259,9 +259,9 @@ def plastic_update(
 
 class Launch:
     """One-thread launches of particle kernels (threads.SlabLauncher has the same methods). On the CPU the
-    hand-written adjoints go through a replay.Replayer, like the forward kernels: they run every substep
-    with mostly the same arguments, and packing their 20-odd arguments anew costs as much as a small
-    object's kernel."""
+    hand-written adjoints and warp's generated ones (the grid update's) go through a replay.Replayer, like
+    the forward kernels: they run every substep with mostly the same arguments, and packing their 20-odd
+    arguments anew costs as much as a small object's kernel."""
 
     def __init__(self, device: str):
         self.device = device
@@ -273,10 +273,13 @@ class Launch:
 
     def particles_adjoint(self, kernel, n: int, args: list, adj: list) -> None:
         """warp's generated adjoint of a particle kernel."""
-        wp.launch(kernel, n, inputs=args, adj_inputs=adj, adjoint=True, device=self.device)
+        self.generated(kernel, n, args, adj)
 
     def generated(self, kernel, dim, args: list, adj: list, device=None) -> None:
-        wp.launch(kernel, dim, inputs=args, adj_inputs=adj, adjoint=True, device=device)
+        if isinstance(self._launch, Replayer):
+            self._launch.adjoint(kernel, dim, args, adj)
+        else:
+            wp.launch(kernel, dim, inputs=args, adj_inputs=adj, adjoint=True, device=self.device)
 
 
 class HandAdjoints:

@@ -35,6 +35,34 @@ def test_a_replayed_launch_repacks_what_changed():
         Replayer("cuda:0")
 
 
+@wp.kernel
+def scaled_square(x: wp.array(dtype=float), a: float, y: wp.array(dtype=float)):
+    i = wp.tid()
+    y[i] = a * x[i] * x[i]
+
+
+def test_a_replayed_adjoint_launch_gives_warp_s_generated_adjoint():
+    """Replayer.adjoint: what wp.launch(..., adjoint=True) gives, as its arguments, adjoints and size change."""
+    init_warp("cpu")
+    launch = Replayer("cpu")
+
+    def both(n, a, seed):
+        rng = np.random.default_rng(seed)
+        x0 = rng.random(n).astype(np.float32)
+        x = [wp.array(x0) for _ in range(2)]
+        y = [wp.zeros(n, dtype=float) for _ in range(2)]
+        gx = [wp.zeros(n, dtype=float) for _ in range(2)]
+        gy = rng.random(n).astype(np.float32)
+        launch.adjoint(scaled_square, n, [x[0], a, y[0]], [gx[0], 0.0, wp.array(gy)])
+        wp.launch(scaled_square, n, inputs=[x[1], a, y[1]], adj_inputs=[gx[1], 0.0, wp.array(gy)], adjoint=True)
+        assert np.array_equal(gx[0].numpy(), gx[1].numpy()) and gx[0].numpy().any()
+        assert np.allclose(gx[0].numpy(), 2 * a * x[0].numpy() * gy)
+
+    both(5, 2.0, 0)
+    both(5, 3.0, 1)  # new arrays and a new scalar
+    both(9, 3.0, 2)  # another size
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_forward_solver_is_bit_identical_with_and_without_replay(threads, monkeypatch):
     import backend.mpm.core as core
