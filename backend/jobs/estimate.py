@@ -29,7 +29,7 @@ from ..estimation.budget import FULL_TAPE_MB, GRID_STORE_MB
 from ..estimation.convergence import make_stop_rule
 from .device import ladder_workers, set_estimate_threads, warp_device
 from ..jobctl import CancelToken, Reporter, log
-from .scene import SceneParticles, build_particles
+from .scene import SceneParticles, build_particles, held_still_text
 from ..estimation.sampling import estimation_sampling, sampling_simulation
 from .simulate import rest_state, sim_config
 from ..io.sh import dc_to_rgb
@@ -86,6 +86,9 @@ def _estimate(job: protocol.Job, scene_arrays: dict, reporter: Reporter, token: 
     reporter.stage("load", f"Sampling the motion at {sampling.describe()}", data={"sample_fps": sampling.fps})
     token.check()
     dsim = make_differentiable_sim(scene.particles, sampling_simulation(sim, sampling), est, device, reporter)
+    still = held_still_text(dsim.n_all, dsim.n)
+    if still:
+        reporter.stage("load", still[:1].upper() + still[1:], data={"n_simulated": dsim.n})
     # Every rollout allocates thousands of small objects (warp arrays, tape records), and each full
     # collection walks the few hundred thousand objects torch, warp and a video model hold: once the
     # set-up is done, those stay out of the collector (a tenth of an iteration's CPU time).

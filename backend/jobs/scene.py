@@ -132,6 +132,15 @@ def cap_anchored_stiffness(p: SceneParticles, reporter: Reporter | None) -> None
                              f"simulated at {cap:.3g} Pa, which does not change the motion but saves substeps")
 
 
+def held_still_text(n_total: int, n_simulated: int) -> str:
+    """What the solvers' frozen anchors (mpm.core.frozen_anchors) mean for the user, or "" when none."""
+    n_still = n_total - n_simulated
+    if not n_still:
+        return ""
+    return (f"{n_still} anchored points touch only fixed grid nodes: they hold still and are left out of the "
+            f"simulation ({n_simulated} of {n_total} simulated)")
+
+
 def _per_point(scene: dict, name: str, default: float, n: int) -> np.ndarray:
     return np.asarray(scene[name], np.float32) if name in scene else np.full(n, default, np.float32)
 

@@ -19,7 +19,7 @@ from ..mpm import MPMSolver, ParticleState, SimConfig, SimulationDiverged
 from ..mpm.grid import GridMapping
 from ..mpm.rest import RestState, is_supported, solve_rest_state
 from ..mpm.solver import projected_seconds
-from .scene import build_particles
+from .scene import build_particles, held_still_text
 
 # Settings of the job that change the result; n_frames is left out so a longer rerun extends a bake.
 _FINGERPRINT_SKIP = {"n_frames", "frame_start"}
@@ -43,9 +43,12 @@ def run_simulate(job: protocol.Job, scene: dict, reporter: Reporter, token: Canc
     frames_dir = out / protocol.FRAMES_DIR
     frames_dir.mkdir(parents=True, exist_ok=True)
     first = resume_point(out, solver, fingerprint, reporter, frame_start)
+    still = held_still_text(solver.n, solver.n_simulated)
     reporter.stage("simulate", f"Simulating {n_frames} frames of {particles.n_total} particles "
-                   f"({solver.n_substeps_per_frame} substeps per frame, about {_duration(plan['seconds'])})",
-                   data={"substep_dt": solver.substep_dt, "n_fill": particles.n_fill})
+                   f"({solver.n_substeps_per_frame} substeps per frame, about {_duration(plan['seconds'])})"
+                   + (f"; {still}" if still else ""),
+                   data={"substep_dt": solver.substep_dt, "n_fill": particles.n_fill,
+                         "n_simulated": solver.n_simulated})
     if first == 0:
         write_frame(frames_dir, frame_start, particles.rest_frame())
         first = 1
