@@ -443,18 +443,12 @@ def main() -> None:
         return
     emit(case="info", note="machine shared with other jobs: wall-time figures are noisy; *_cpu is steadier",
          cpu_count=os.cpu_count(), warp=wp.config.version)
-    if args.gradient:
-        gradient_cases(args.device)
-        return
-    if args.threads_crossover:
-        threads_crossover_case(args.device)
-        return
-    if args.frozen_anchors:
-        frozen_case(args.device)
-        return
-    if args.pipeline:
-        pipeline_case(args.device)
-        return
+    only = {"gradient": gradient_cases, "threads_crossover": threads_crossover_case, "frozen_anchors": frozen_case,
+            "pipeline": pipeline_case}  # flags that run one group of cases
+    for flag, cases in only.items():
+        if getattr(args, flag):
+            cases(args.device)
+            return
     if args.quick:
         forward_case(2000, 32, args.device, reps=2)
         if args.device == "cpu":

@@ -325,9 +325,8 @@ class SimCore:
 
     def use_fixed_nodes(self, fixed: np.ndarray) -> None:
         """Fix these nodes (a flat mask over the whole grid, from fixed_nodes)."""
-        self.has_fixed = int(fixed.any())
-        self.fixed = wp.array(fixed.astype(np.int32) if self.has_fixed else np.zeros(1, np.int32), dtype=wp.int32,
-                              device=self.device)
+        self.has_fixed = int(self.has_fixed or fixed.any())  # (anchors whose nodes fix nothing yet still count)
+        self.fixed = wp.array(fixed.astype(np.int32), dtype=wp.int32, device=self.device)
 
     def reset_bad(self) -> None:
         self.bad.fill_(NO_BAD_SUBSTEP)
