@@ -97,12 +97,15 @@ class MPMSolver:
         self.state = State.zeros(n, dev)
         self._order = live
         self._world0, self._local0 = ps.positions, local.astype(np.float64)
-        # What the outputs show for the frozen particles, every frame: their starting state and splats.
-        self._start = initial_state(local, ps.velocity, ps.material_id, ps.F0)
-        self._start["v"][frozen] = 0.0  # (as an anchored particle's after its first substep)
-        self._start_splats = SplatOutputs(self._constants["A0"], dev).compute(
-            wp.array(self._start["F"], dtype=wp.mat33, device=dev), 0, 0.0, ps.positions)
-        self._load(self._start, self._sorted_order(local))
+        start = initial_state(local, ps.velocity, ps.material_id, ps.F0)
+        # What the outputs and states show for the frozen particles, every frame: their starting state (v = 0,
+        # as an anchored particle's after its first substep) and splats.
+        self._frozen = np.flatnonzero(frozen)
+        self._held = {key: start[key][self._frozen] for key in _STATE_SHAPES}
+        self._held["v"][:] = 0.0
+        self._held_splats = None if not frozen.any() else SplatOutputs(self._constants["A0"][frozen], dev).compute(
+            wp.array(self._held["F"], dtype=wp.mat33, device=dev), 0, 0.0, ps.positions[frozen])
+        self._load(start, self._sorted_order(local))
         if fixed is not None:
             self.core.use_fixed_nodes(fixed)
         self.grid_mv = wp.zeros(self.core.n_nodes, dtype=wp.vec4, device=dev)
@@ -140,10 +143,12 @@ class MPMSolver:
         self.core.anchor.assign(c["anchor"][self._order])
         self.splats.A0.assign(c["A0"][self._order])
 
-    def _unsort(self, arr: np.ndarray, start: np.ndarray) -> np.ndarray:
-        """The simulated particles' values in the caller's order; the frozen ones keep theirs from `start`."""
-        out = np.array(start, dtype=arr.dtype, copy=True)
+    def _unsort(self, arr: np.ndarray, held: np.ndarray) -> np.ndarray:
+        """The simulated particles' values in the caller's order, the frozen ones' `held` values beside them."""
+        out = np.empty((self.n, *arr.shape[1:]), arr.dtype)
         out[self._order] = arr
+        if len(self._frozen):
+            out[self._frozen] = held
         return out
 
     # -- substep planning -------------------------------------------------------------------
@@ -199,12 +204,12 @@ class MPMSolver:
         self.frame += 1
         if self.config.substep_dt is None:
             self._plan = self._make_plan(v_max)
-        positions = displaced(self._world0, self._local0, self._unsort(st.x.numpy(), self._local0))
+        positions = displaced(self._world0, self._local0, self._unsort(st.x.numpy(), self._held["x"]))
         if not outputs:
             return FrameOutput(frame=self.frame - 1, time=self.time, positions=positions)
         out = self.splats.compute(st.F, self.frame - 1, self.time, positions)
         for name in ("rotations", "scales", "cov", "polar_R", "A"):
-            setattr(out, name, self._unsort(getattr(out, name), getattr(self._start_splats, name)))
+            setattr(out, name, self._unsort(getattr(out, name), getattr(self._held_splats, name, None)))
         return out
 
     def _diverged(self, substep: int, plan: SubstepPlan) -> None:
@@ -221,7 +226,7 @@ class MPMSolver:
     def get_state(self) -> dict:
         """Numpy copy of the particle state (caller's order; x is domain-local, see grid.to_world),
         the frame index and the internal particle order (so a resume is bit-identical)."""
-        d = {key: self._unsort(getattr(self.state, key).numpy(), self._start[key]) for key in _STATE_SHAPES}
+        d = {key: self._unsort(getattr(self.state, key).numpy(), self._held[key]) for key in _STATE_SHAPES}
         d["frame"] = np.array(self.frame, dtype=np.int64)
         d["order"] = self._order.copy()
         return d
