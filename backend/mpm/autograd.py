@@ -183,9 +183,11 @@ class DifferentiableSim:
         held = local[frozen].astype(np.float32)  # as a simulated anchored particle holds its place
         self._frozen_pos = held if self.local_outputs else self._shown(ps.positions[frozen], local[frozen], held)
         vol = vol[live]
-        self.core = SimCore(self.config, self.grid, self.material_id, ps.anchor[live], self.device,
-                            frozen_x=local[frozen])
-        if self._fixed is not None:
+        if self._fixed is None:  # each call picks the fixed nodes, the frozen particles' mass counted
+            self.core = SimCore(self.config, self.grid, self.material_id, ps.anchor[live], self.device,
+                                frozen_x=local[frozen])
+        else:
+            self.core = SimCore(self.config, self.grid, self.material_id, ps.anchor[live], self.device)
             self.core.use_fixed_nodes(self._fixed)
         self.n_threads = self.core.use_threads(self.config.threads)
         if adjoints not in ("hand", "generated"):
@@ -255,7 +257,7 @@ class DifferentiableSim:
         self._check_inputs(log_E, nu, rho, v0)
         if n_frames < 1:
             raise ValueError(f"n_frames must be >= 1, got {n_frames}")
-        frozen_mass = rho[self._frozen] * self._frozen_vol
+        frozen_mass = rho[self._frozen] * self._frozen_vol if self._fixed is None else None
         log_E, nu, rho, v0 = (a[self._live] for a in (log_E, nu, rho, v0))
         pos, cov, run = self._rollout(log_E, nu, rho, v0, n_frames, taped, frozen_mass)
         return self._every_particle(pos, self._frozen_pos), self._every_particle(cov, self._frozen_cov), run
@@ -273,7 +275,7 @@ class DifferentiableSim:
         """(T, N, ...) -> (T, n, ...): what the simulated particles get of an output gradient."""
         return values if values is None or not len(self._frozen) else values[:, self._live]
 
-    def _rollout(self, log_E, nu, rho, v0, n_frames: int, taped: bool, frozen_mass: np.ndarray):
+    def _rollout(self, log_E, nu, rho, v0, n_frames: int, taped: bool, frozen_mass: np.ndarray | None):
         """forward_numpy on the simulated particles' inputs and outputs."""
         params = self._params(log_E, nu, rho)
         c_max = max_wave_speed(np.exp(log_E), nu, rho, self.material_id)
