@@ -1,4 +1,4 @@
-"""Hand-written adjoints of the taped substep's particle kernels (kernels.p2g, kernels.g2p).
+"""Hand-written adjoints of the taped substep's kernels (kernels.p2g, kernels.grid_update, kernels.g2p).
 
 warp's generated adjoints of these kernels cost 3-4x their forward: each replays the whole forward
 (the stress's square root or eigen-solve twice more), adds the gradient of every grid read with an
@@ -13,12 +13,15 @@ atomic, and differentiates the compensated updates term by term. Here:
   and applies constitutive.kirchhoff_stress_vjp, the hand-written stress adjoint of every model, to
   the stress the forward kept (a fifth of this kernel's cost when recomputed) or a recomputed one.
 
-The grid update and the covariance keep their generated adjoints (one thread per node / particle,
-no atomics). SimCore.use_hand_adjoints(False) (DifferentiableSim(adjoints="generated")) replays warp's
+* grid_update: one thread per node differentiates velocity = momentum / mass (+ body forces), the
+  one-cell speed cap and the boundaries, whose Jacobian boundary.boundary_response builds beside the
+  velocity (the identity away from them); warp's generated adjoint cost 5x the forward kernel.
+
+The covariance keeps its generated adjoint (one thread per particle, no atomics). SimCore.use_hand_adjoints(False) (DifferentiableSim(adjoints="generated")) replays warp's
 generated adjoints of every kernel instead: the readable reference the tests compare against.
 
-Launchers: `Launch` runs these on one thread; threads.SlabLauncher provides the same three methods on
-particle slabs (the g2p adjoint's scatter goes into private grids reduced afterwards).
+Launchers: `Launch` runs these on one thread; threads.SlabLauncher provides the same methods on
+particle slabs and node slabs (the g2p adjoint's scatter goes into private grids reduced afterwards).
 """
 
 from __future__ import annotations
@@ -26,9 +29,9 @@ from __future__ import annotations
 import warp as wp
 
 from . import kernels
-from .boundary import Pokes, poke_velocity_change
+from .boundary import Boundaries, Pokes, boundary_response, poke_velocity_change, within_boundaries
 from .constitutive import STVK_HENCKY, PlasticParams, kirchhoff_stress, kirchhoff_stress_vjp
-from .kernels import GridInfo, bspline_weights, stencil_base, update_F
+from .kernels import MIN_NODE_MASS, GridInfo, bspline_weights, stencil_base, update_F
 from .replay import Replayer
 
 
@@ -257,6 +260,52 @@ def plastic_update(
         plastic_out[p] = pl_new
 
 
+@wp.kernel(enable_backward=False)
+def grid_update_adjoint(
+    grid_mv: wp.array(dtype=wp.vec4),
+    fixed: wp.array(dtype=wp.int32),
+    has_fixed: int,
+    g: GridInfo,
+    bnd: Boundaries,
+    body_dv: wp.vec3,
+    damp: float,
+    v_limit: float,
+    t: float,
+    adj_grid_v: wp.array(dtype=wp.vec3),
+    adj_grid_mv: wp.array(dtype=wp.vec4),
+):
+    """Adjoint of kernels.grid_update for one node: adds into adj_grid_mv and, as warp's generated adjoint
+    of the store does, consumes adj_grid_v (zeroes it). Empty and fixed nodes get nothing (their velocity
+    is a constant); the boundaries' Jacobian is the identity away from them."""
+    idx = wp.tid()
+    a = adj_grid_v[idx]
+    adj_grid_v[idx] = wp.vec3(0.0)
+    mv = grid_mv[idx]
+    m = mv[3]
+    if m <= MIN_NODE_MASS:
+        return
+    ny = g.box_dims[1]
+    nz = g.box_dims[2]
+    i = g.box_lo[0] + idx // (ny * nz)
+    j = g.box_lo[1] + (idx // nz) % ny
+    k = g.box_lo[2] + idx % nz
+    if has_fixed != 0:
+        if fixed[(i * g.n + j) * g.n + k] != 0:
+            return
+    mom = wp.vec3(mv[0], mv[1], mv[2])
+    vel = (mom / m + body_dv) * damp
+    jac = wp.identity(n=3, dtype=float)
+    pos = g.origin + g.dx * wp.vec3(float(i), float(j), float(k))
+    if not within_boundaries(pos, bnd):  # (the Jacobian's walk costs more than the whole update elsewhere)
+        vel, jac = boundary_response(vel, pos, bnd, t)
+    speed = wp.length(vel)
+    if speed > v_limit:  # vel * (v_limit / |vel|): only the direction's change passes
+        u = vel / speed
+        a = (v_limit / speed) * (a - wp.dot(u, a) * u)
+    a = damp * (wp.transpose(jac) @ a)  # dL / d(momentum / mass)
+    adj_grid_mv[idx] = adj_grid_mv[idx] + wp.vec4(a[0] / m, a[1] / m, a[2] / m, -wp.dot(a, mom) / (m * m))
+
+
 class Launch:
     """One-thread launches of particle kernels (threads.SlabLauncher has the same methods). On the CPU the
     hand-written adjoints and warp's generated ones (the grid update's) go through a replay.Replayer, like
@@ -275,6 +324,10 @@ class Launch:
         """warp's generated adjoint of a particle kernel."""
         self.generated(kernel, n, args, adj)
 
+    def nodes(self, kernel, dim: int, args: list) -> None:
+        """A kernel over the nodes of a box (its GridInfo argument `g`), one thread per node."""
+        self._launch(kernel, dim, inputs=args, device=self.device)
+
     def generated(self, kernel, dim, args: list, adj: list, device=None) -> None:
         if isinstance(self._launch, Replayer):
             self._launch.adjoint(kernel, dim, args, adj)
@@ -284,7 +337,7 @@ class Launch:
 
 class HandAdjoints:
     """The reverse launch of a recorded substep kernel (threads.LaunchRecord.backward's `adjoint`):
-    hand-written for p2g and g2p, warp's generated adjoint for the others."""
+    hand-written for p2g, grid_update and g2p, warp's generated adjoint for the others."""
 
     def __init__(self, launcher, n_particles: int, has_plastic: bool, device: str):
         self.launcher = launcher
@@ -302,6 +355,8 @@ class HandAdjoints:
             self._g2p(dict(zip(_names(kernel), args)), dict(zip(_names(kernel), adj)))
         elif kernel is kernels.p2g:
             self._p2g(dict(zip(_names(kernel), args)), dict(zip(_names(kernel), adj)))
+        elif kernel is kernels.grid_update:
+            self._grid_update(dim, dict(zip(_names(kernel), args)), dict(zip(_names(kernel), adj)))
         else:
             self.launcher.generated(kernel, dim, args, adj, device)
 
@@ -331,6 +386,15 @@ class HandAdjoints:
             [a["x"], a["v"], a["C"], a["F"], a["plastic"], a["material"], a["mu"], a["lam"], a["mass"], a["vol"],
              a["g"], a["pp"], a["pk"], a["t"], a["dt"], a["keep_stress"], a["stress_out"], d["grid_mv"],
              d["x"], d["v"], d["C"], d["F"], d["plastic"], d["mu"], d["lam"], d["mass"]])
+
+
+    def _grid_update(self, dim: int, a: dict, d: dict) -> None:
+        if d["grid_mv"] is None or d["grid_v"] is None:  # no gradient flows through this grid
+            return
+        self.launcher.nodes(
+            grid_update_adjoint, dim,
+            [a["grid_mv"], a["fixed"], a["has_fixed"], a["g"], a["bnd"], a["body_dv"], a["damp"], a["v_limit"],
+             a["t"], d["grid_v"], d["grid_mv"]])
 
 
 def _names(kernel) -> list[str]:

@@ -78,6 +78,27 @@ def contact_response(v: wp.vec3, n: wp.vec3, kind: int, friction: float) -> wp.v
 
 
 @wp.func(inline=True)
+def contact_jacobian(v: wp.vec3, n: wp.vec3, kind: int, friction: float) -> wp.mat33:
+    """d contact_response(v, n, kind, friction) / d v, branch for branch. In the frictional slide
+    out = vt (1 + f vn / |vt|), so d out = s P dv + f / |vt| vt n^T dv - f vn / |vt|^3 vt vt^T dv
+    with s = 1 + f vn / |vt| and P = I - n n^T the tangential projector."""
+    if kind == STICKY:
+        return wp.mat33(0.0)
+    vn = wp.dot(v, n)
+    if vn >= 0.0:
+        return wp.identity(n=3, dtype=float)
+    P = wp.identity(n=3, dtype=float) - wp.outer(n, n)
+    if kind == SLIP:
+        return P
+    vt = v - vn * n
+    vt_len = wp.length(vt)
+    if vt_len <= -friction * vn:
+        return wp.mat33(0.0)
+    return ((1.0 + friction * vn / vt_len) * P + (friction / vt_len) * wp.outer(vt, n)
+            - (friction * vn / (vt_len * vt_len * vt_len)) * wp.outer(vt, vt))
+
+
+@wp.func(inline=True)
 def collider_motion(b: Boundaries, c: int, t: float):
     """Centre (m) and velocity (m/s) of collider c at time t: piecewise-linear keyframes."""
     off = b.col_offset[c]
@@ -96,6 +117,28 @@ def collider_motion(b: Boundaries, c: int, t: float):
 
 
 @wp.func(inline=True)
+def collider_contact(pos: wp.vec3, b: Boundaries, c: int, t: float):
+    """Whether collider c holds the node at pos at time t; if so the contact normal (out through the face of
+    the smallest penetration) and the collider's velocity."""
+    center, vel = collider_motion(b, c, t)
+    d = pos - center
+    h = b.col_half[c]
+    n = wp.vec3(0.0)
+    inside = wp.abs(d[0]) < h[0] and wp.abs(d[1]) < h[1] and wp.abs(d[2]) < h[2]
+    if inside:
+        pen = wp.vec3(h[0] - wp.abs(d[0]), h[1] - wp.abs(d[1]), h[2] - wp.abs(d[2]))
+        axis = int(0)
+        if pen[1] < pen[axis]:
+            axis = 1
+        if pen[2] < pen[axis]:
+            axis = 2
+        n[axis] = wp.sign(d[axis])
+        if d[axis] == 0.0:
+            n[axis] = 1.0
+    return inside, n, vel
+
+
+@wp.func(inline=True)
 def apply_boundaries(v: wp.vec3, pos: wp.vec3, b: Boundaries, t: float) -> wp.vec3:
     """Apply walls, ground and colliders to the velocity v of the grid node at (domain-local) position pos."""
     out = v
@@ -111,23 +154,51 @@ def apply_boundaries(v: wp.vec3, pos: wp.vec3, b: Boundaries, t: float) -> wp.ve
     if b.ground_on != 0 and pos[2] <= b.ground_height:
         out = contact_response(out, wp.vec3(0.0, 0.0, 1.0), b.ground_kind, b.ground_friction)
     for c in range(b.n_colliders):
-        center, vel = collider_motion(b, c, t)
-        d = pos - center
-        h = b.col_half[c]
-        if wp.abs(d[0]) < h[0] and wp.abs(d[1]) < h[1] and wp.abs(d[2]) < h[2]:
-            # Normal of the face with the smallest penetration.
-            pen = wp.vec3(h[0] - wp.abs(d[0]), h[1] - wp.abs(d[1]), h[2] - wp.abs(d[2]))
-            axis = int(0)
-            if pen[1] < pen[axis]:
-                axis = 1
-            if pen[2] < pen[axis]:
-                axis = 2
-            n = wp.vec3(0.0)
-            n[axis] = wp.sign(d[axis])
-            if d[axis] == 0.0:
-                n[axis] = 1.0
+        inside, n, vel = collider_contact(pos, b, c, t)
+        if inside:
             out = contact_response(out - vel, n, b.col_kind[c], b.col_friction[c]) + vel
     return out
+
+
+@wp.func(inline=True)
+def within_boundaries(pos: wp.vec3, b: Boundaries) -> bool:
+    """Whether no boundary can act at pos: inside the walls, above the ground, and no colliders."""
+    inside = b.n_colliders == 0 and not (b.ground_on != 0 and pos[2] <= b.ground_height)
+    for a in range(3):
+        if pos[a] <= b.dom_min[a] or pos[a] >= b.dom_max[a]:
+            inside = False
+    return inside
+
+
+@wp.func(inline=True)
+def boundary_response(v: wp.vec3, pos: wp.vec3, b: Boundaries, t: float):
+    """apply_boundaries and its Jacobian d out / d v, for the hand-written grid-update adjoint. The same
+    walk, in the same order (tests/mpm/test_grid_adjoint.py holds the two together): tracking the
+    Jacobian in apply_boundaries itself would cost the forward grid update a third more (3x with
+    colliders), and a node away from every boundary (within_boundaries) needs neither."""
+    out = v
+    jac = wp.identity(n=3, dtype=float)
+    for a in range(3):
+        if pos[a] <= b.dom_min[a]:
+            n = wp.vec3(0.0)
+            n[a] = 1.0
+            jac = contact_jacobian(out, n, b.wall_kind, b.wall_friction) @ jac
+            out = contact_response(out, n, b.wall_kind, b.wall_friction)
+        if pos[a] >= b.dom_max[a]:
+            n = wp.vec3(0.0)
+            n[a] = -1.0
+            jac = contact_jacobian(out, n, b.wall_kind, b.wall_friction) @ jac
+            out = contact_response(out, n, b.wall_kind, b.wall_friction)
+    if b.ground_on != 0 and pos[2] <= b.ground_height:
+        up = wp.vec3(0.0, 0.0, 1.0)
+        jac = contact_jacobian(out, up, b.ground_kind, b.ground_friction) @ jac
+        out = contact_response(out, up, b.ground_kind, b.ground_friction)
+    for c in range(b.n_colliders):
+        inside, n, vel = collider_contact(pos, b, c, t)
+        if inside:
+            jac = contact_jacobian(out - vel, n, b.col_kind[c], b.col_friction[c]) @ jac
+            out = contact_response(out - vel, n, b.col_kind[c], b.col_friction[c]) + vel
+    return out, jac
 
 
 @wp.func(inline=True)

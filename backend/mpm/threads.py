@@ -36,7 +36,7 @@ from .replay import Replayer
 # the node arrays of the grid update (sliced by node slab); everything else in a particle-kernel
 # launch is per-particle.
 GRID_ARGS = frozenset({"grid_mv", "grid_v", "bad", "fixed", "adj_grid_mv", "adj_grid_v"})
-NODE_ARGS = frozenset({"grid_mv", "grid_v"})
+NODE_ARGS = frozenset({"grid_mv", "grid_v", "adj_grid_mv", "adj_grid_v"})
 # Below this many particles per thread the fork/join overhead (~0.1 ms per launch) outweighs the gain:
 # `benchmarks/mpm.py --threads-crossover` (differentiable rollout, forward and backward, 2 threads against 1, the
 # range over two runs) 0.71-0.73x at 2.7k, 0.85-0.94x at 4.1k, 0.95-0.99x at 4.9k, 0.74-1.02x at 5.8k, 0.85-1.19x
@@ -185,6 +185,10 @@ class SlabLauncher:
     def generated(self, kernel, dim, args: list, adj: list, device=None) -> None:
         self._dispatch(kernel, dim, args, adj, device, {})
 
+    def nodes(self, kernel, dim: int, args: list) -> None:
+        """A kernel over the nodes of a box (its GridInfo argument `g`) on the node slabs."""
+        self._node_slabs(kernel, dim, args, None, private=[])
+
     def _dispatch(self, kernel, dim, args, adj, device, kwargs) -> None:
         if kernel in (kernels_forward.p2g, kernels.p2g):
             self._particles(kernel, args, adj, private=("grid_mv", wp.vec4) if adj is None else None)
@@ -282,6 +286,11 @@ class SlabLauncher:
     def _grid_update(self, kernel, dim, args, adj) -> None:
         """Forward: add the private P2G grids into the real one, then update, per x-slab of the
         node box. Reverse: the adjoint per x-slab (each node is independent)."""
+        self._node_slabs(kernel, dim, args, adj, private=self._private[wp.vec4] if adj is None else [])
+
+    def _node_slabs(self, kernel, dim, args, adj, private: list) -> None:
+        """kernel (adj: its generated adjoint) on each x-slab of the node box, after adding the
+        `private` grids into grid_mv there."""
         names = _arg_names(kernel)
         g = args[names.index("g")]
         nx, ny, nz = (int(g.box_dims[a]) for a in range(3))
@@ -289,8 +298,7 @@ class SlabLauncher:
         if nx * plane != dim:
             raise ValueError(f"grid update over {dim} nodes, but its box holds {nx * plane}")
         cuts = [nx * t // self.n_threads for t in range(self.n_threads + 1)]
-        grid_mv = args[names.index("grid_mv")]
-        private = self._private[wp.vec4] if adj is None else []
+        grid_mv = args[names.index("grid_mv")] if private else None
 
         def cut(name, arg, a, b, sub):
             if name == "g":
