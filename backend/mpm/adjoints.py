@@ -31,7 +31,7 @@ import warp as wp
 from . import kernels
 from .boundary import Boundaries, Pokes, boundary_response, poke_velocity_change, within_boundaries
 from .constitutive import STVK_HENCKY, PlasticParams, kirchhoff_stress, kirchhoff_stress_vjp
-from .kernels import MIN_NODE_MASS, GridInfo, bspline_weights, stencil_base, update_F
+from .kernels import MIN_NODE_MASS, GridInfo, box_node, bspline_weights, node_is_fixed, stencil_base, update_F
 from .replay import Replayer
 
 
@@ -284,14 +284,9 @@ def grid_update_adjoint(
     m = mv[3]
     if m <= MIN_NODE_MASS:
         return
-    ny = g.box_dims[1]
-    nz = g.box_dims[2]
-    i = g.box_lo[0] + idx // (ny * nz)
-    j = g.box_lo[1] + (idx // nz) % ny
-    k = g.box_lo[2] + idx % nz
-    if has_fixed != 0:
-        if fixed[(i * g.n + j) * g.n + k] != 0:
-            return
+    i, j, k = box_node(idx, g)
+    if node_is_fixed(fixed, has_fixed, g, i, j, k):
+        return
     mom = wp.vec3(mv[0], mv[1], mv[2])
     vel = (mom / m + body_dv) * damp
     jac = wp.identity(n=3, dtype=float)

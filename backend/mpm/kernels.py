@@ -133,6 +133,23 @@ def p2g_impl(
                 wp.atomic_add(grid_mv, row + k, wp.vec4(mom[0], mom[1], mom[2], weight * m))
 
 
+@wp.func(inline=True)
+def box_node(idx: int, g: GridInfo):
+    """Grid coordinates (i, j, k) of node idx of g's node box."""
+    ny = g.box_dims[1]
+    nz = g.box_dims[2]
+    return g.box_lo[0] + idx // (ny * nz), g.box_lo[1] + (idx // nz) % ny, g.box_lo[2] + idx % nz
+
+
+@wp.func(inline=True)
+def node_is_fixed(fixed: wp.array(dtype=wp.int32), has_fixed: int, g: GridInfo, i: int, j: int, k: int) -> bool:
+    """Whether an anchor holds grid node (i, j, k) (fixed: the full grid's node mask, read when has_fixed)."""
+    held = False
+    if has_fixed != 0:
+        held = fixed[(i * g.n + j) * g.n + k] != 0
+    return held
+
+
 def grid_update_impl(
     grid_mv: wp.array(dtype=wp.vec4),
     fixed: wp.array(dtype=wp.int32),
@@ -160,14 +177,9 @@ def grid_update_impl(
     # velocity is meaningless and the adjoint of mv / m (m^2 underflows to 0) would be NaN.
     if m > MIN_NODE_MASS:
         vel = (wp.vec3(mv[0], mv[1], mv[2]) / m + body_dv) * damp
-        ny = g.box_dims[1]
-        nz = g.box_dims[2]
-        i = g.box_lo[0] + idx // (ny * nz)
-        j = g.box_lo[1] + (idx // nz) % ny
-        k = g.box_lo[2] + idx % nz
-        if has_fixed != 0:
-            if fixed[(i * g.n + j) * g.n + k] != 0:
-                vel = wp.vec3(0.0)
+        i, j, k = box_node(idx, g)
+        if node_is_fixed(fixed, has_fixed, g, i, j, k):
+            vel = wp.vec3(0.0)
         pos = g.origin + g.dx * wp.vec3(float(i), float(j), float(k))
         vel = apply_boundaries(vel, pos, bnd, t)
         speed = wp.length(vel)
