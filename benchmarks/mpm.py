@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/mpm.py --quick    # tiny smoke run
     .venv/bin/python benchmarks/mpm.py --baseline DIR   # forward A/B: another source tree (DIR) vs this one
     .venv/bin/python benchmarks/mpm.py --threads-crossover   # 1 vs 2 threads at small sizes
+    .venv/bin/python benchmarks/mpm.py --grid-adjoint        # the grid update's reverse: warp's vs hand-written
 
 Forward: a fixed-corotated jelly block falling under gravity inside walls onto a ground plane,
 warp CPU (or --device cuda). particle_substeps_per_s uses wall time; *_cpu uses this process's
@@ -25,6 +26,11 @@ Recomputation on the free core (--pipeline runs only it): a checkpointed backwar
 (one simulation thread, as the estimate runs the demo's plant), 256 substeps: A recomputes each segment
 before backpropagating it, B recomputes the next segment on the second core meanwhile; interleaved, with
 the median backward wall and CPU times and whether the gradients agree bit for bit.
+
+Grid-update adjoint (--grid-adjoint runs only it): the reverse of one grid update on a 16^3 node box (about
+the demo's plant; 45% of the nodes empty), walls only and with a ground and a moving collider: A = warp's
+generated adjoint of kernels.grid_update, B = the hand-written adjoints.grid_update_adjoint, both replayed
+as the backward launches them, best of 5 x 1000 launches, interleaved, and whether the two agree.
 
 Rest state: the cost of the rest-state step under gravity (backend/mpm/rest.py) on a clamped bar,
 reported apart from the forward throughput: substeps, seconds, residual, and its cost in seconds of
@@ -352,6 +358,75 @@ def pipeline_case(device: str, reps: int = 5) -> None:
              pipelined_available=sim._pipelined(), same_gradient=same)
 
 
+def grid_adjoint_case(device: str, reps: int = 5, launches: int = 1000) -> None:
+    import warp as wp
+
+    from backend.mpm import BoxCollider, Ground, SimConfig
+    from backend.mpm.adjoints import grid_update_adjoint
+    from backend.mpm.boundary import build_boundaries
+    from backend.mpm.core import build_grid_info
+    from backend.mpm.grid import GridMapping
+    from backend.mpm.kernels import grid_update
+    from backend.mpm.replay import Replayer
+
+    obstacles = {"walls": {}, "ground_and_collider": dict(
+        ground=Ground(height=0.4, kind="frictional", friction=0.5),
+        colliders=[BoxCollider(times=(0.0, 1.0), centers=((0.3, 0.5, 0.5), (0.7, 0.5, 0.5)),
+                               half_extents=(0.1, 0.1, 0.1), kind="slip")])}
+    rng = np.random.default_rng(0)
+    nodes = 16 ** 3
+    mass = rng.uniform(0.5, 2.0, nodes) * (rng.random(nodes) > 0.45)
+    mv = np.concatenate([rng.standard_normal((nodes, 3)) * 0.01 * mass[:, None], mass[:, None]], 1)
+    adj_v = rng.standard_normal((nodes, 3)).astype(np.float32)
+    launch = Replayer(device) if device == "cpu" else wp.launch
+    for name, extra in obstacles.items():
+        cfg = SimConfig(n_grid=24, domain_min=(0, 0, 0), domain_max=(1, 1, 1), gravity=(0, 0, -9.81), fps=24,
+                        **extra)
+        grid = GridMapping.build(cfg, np.array([[0.5, 0.5, 0.5]]))
+        bnd = build_boundaries(cfg, grid.domain_min, grid.domain_max, device, grid.origin)
+        grid_mv = wp.array(mv.astype(np.float32), dtype=wp.vec4, device=device, requires_grad=True)
+        grid_v = wp.zeros(nodes, dtype=wp.vec3, device=device, requires_grad=True)
+        head = [grid_mv, wp.zeros(24 ** 3, dtype=wp.int32, device=device), 0,
+                build_grid_info(grid, (4, 4, 4), (16, 16, 16)), bnd, wp.vec3(0.0, 0.0, -0.001), 1.0, 100.0, 0.1]
+        args = [*head, 0, grid_v]
+        hand_out = wp.zeros(nodes, dtype=wp.vec4, device=device)
+        hand_in = wp.zeros(nodes, dtype=wp.vec3, device=device)
+        runs = {"A_generated": lambda: (grid_v.grad.assign(adj_v), launch_adjoint(launch, grid_update, nodes, args)),
+                "B_hand": lambda: (hand_in.assign(adj_v), launch(grid_update_adjoint, nodes,
+                                                                   inputs=[*head, hand_in, hand_out]))}
+        best = {k: float("inf") for k in runs}
+        for _ in range(reps):
+            for k, run in runs.items():
+                wp.synchronize_device(device)
+                t0 = time.perf_counter()
+                for _ in range(launches):
+                    run()
+                wp.synchronize_device(device)
+                best[k] = min(best[k], (time.perf_counter() - t0) / launches * 1e6)
+        grid_mv.grad.zero_()
+        hand_out.zero_()
+        runs["A_generated"]()
+        runs["B_hand"]()
+        a, b = grid_mv.grad.numpy(), hand_out.numpy()
+        emit(case="grid_adjoint", device=device, boundaries=name, nodes=nodes,
+             us_per_launch={k: round(v, 1) for k, v in best.items()},
+             speedup=round(best["A_generated"] / best["B_hand"], 2),
+             max_difference=float(np.abs(a - b).max()), max_value=float(np.abs(a).max()))
+
+
+def launch_adjoint(launch, kernel, dim: int, args: list) -> None:
+    """warp's generated adjoint of kernel(args), as the backward launches it (replayed on the CPU)."""
+    import warp as wp
+
+    from backend.mpm.threads import _adjoint_of
+
+    adj = [_adjoint_of(a) for a in args]
+    if hasattr(launch, "adjoint"):
+        launch.adjoint(kernel, dim, args, adj)
+    else:
+        wp.launch(kernel, dim, inputs=args, adj_inputs=adj, adjoint=True)
+
+
 def rest_case(device: str) -> None:
     """Rest state of a clamped bar 6 cells thick (20 long, E 2 MPa: it sags about 1% of its length)."""
     from backend.mpm import ParticleState, SimConfig
@@ -418,6 +493,7 @@ def main() -> None:
     ap.add_argument("--baseline", metavar="DIR", help="A/B the forward throughput against the source tree DIR")
     ap.add_argument("--frozen-anchors", action="store_true", help="only the frozen-anchors A/B")
     ap.add_argument("--pipeline", action="store_true", help="only the recomputation-on-the-free-core A/B")
+    ap.add_argument("--grid-adjoint", action="store_true", help="only the grid-update adjoint A/B")
     ap.add_argument("--threads-crossover", action="store_true",
                     help="only 1 against 2 threads at small sizes (where a second thread starts to pay)")
     args = ap.parse_args()
@@ -444,7 +520,7 @@ def main() -> None:
     emit(case="info", note="machine shared with other jobs: wall-time figures are noisy; *_cpu is steadier",
          cpu_count=os.cpu_count(), warp=wp.config.version)
     only = {"gradient": gradient_cases, "threads_crossover": threads_crossover_case, "frozen_anchors": frozen_case,
-            "pipeline": pipeline_case}  # flags that run one group of cases
+            "pipeline": pipeline_case, "grid_adjoint": grid_adjoint_case}  # flags that run one group of cases
     for flag, cases in only.items():
         if getattr(args, flag):
             cases(args.device)
@@ -466,6 +542,7 @@ def main() -> None:
         ab_case(50_000, 64, args.device, reps=5)
     frozen_case(args.device)
     pipeline_case(args.device)
+    grid_adjoint_case(args.device)
     rest_case(args.device)
     gradient_cases(args.device)
 

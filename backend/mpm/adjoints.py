@@ -12,13 +12,13 @@ atomic, and differentiates the compensated updates term by term. Here:
 * p2g: one kernel per particle gathers dL/d(node momentum, mass) (no atomics on the particle side)
   and applies constitutive.kirchhoff_stress_vjp, the hand-written stress adjoint of every model, to
   the stress the forward kept (a fifth of this kernel's cost when recomputed) or a recomputed one.
-
 * grid_update: one thread per node differentiates velocity = momentum / mass (+ body forces), the
   one-cell speed cap and the boundaries, whose Jacobian boundary.boundary_response builds beside the
-  velocity (the identity away from them); warp's generated adjoint cost 5x the forward kernel.
+  velocity (the identity away from them); warp's generated adjoint costs 6x the forward kernel.
 
-The covariance keeps its generated adjoint (one thread per particle, no atomics). SimCore.use_hand_adjoints(False) (DifferentiableSim(adjoints="generated")) replays warp's
-generated adjoints of every kernel instead: the readable reference the tests compare against.
+The covariance keeps its generated adjoint (one thread per particle, no atomics).
+SimCore.use_hand_adjoints(False) (DifferentiableSim(adjoints="generated")) replays warp's generated
+adjoints of every kernel instead: the readable reference the tests compare against.
 
 Launchers: `Launch` runs these on one thread; threads.SlabLauncher provides the same methods on
 particle slabs and node slabs (the g2p adjoint's scatter goes into private grids reduced afterwards).
