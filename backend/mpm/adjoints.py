@@ -291,7 +291,7 @@ def grid_update_adjoint(
     vel = (mom / m + body_dv) * damp
     jac = wp.identity(n=3, dtype=float)
     pos = g.origin + g.dx * wp.vec3(float(i), float(j), float(k))
-    if not within_boundaries(pos, bnd):  # (the Jacobian's walk costs more than the whole update elsewhere)
+    if not within_boundaries(pos, bnd, t):  # (the Jacobian's walk costs more than the whole update elsewhere)
         vel, jac = boundary_response(vel, pos, bnd, t)
     speed = wp.length(vel)
     if speed > v_limit:  # vel * (v_limit / |vel|): only the direction's change passes

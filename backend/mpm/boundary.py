@@ -161,11 +161,16 @@ def apply_boundaries(v: wp.vec3, pos: wp.vec3, b: Boundaries, t: float) -> wp.ve
 
 
 @wp.func(inline=True)
-def within_boundaries(pos: wp.vec3, b: Boundaries) -> bool:
-    """Whether no boundary can act at pos: inside the walls, above the ground, and no colliders."""
-    inside = b.n_colliders == 0 and not (b.ground_on != 0 and pos[2] <= b.ground_height)
+def within_boundaries(pos: wp.vec3, b: Boundaries, t: float) -> bool:
+    """Whether no boundary acts at pos at time t: inside the walls, above the ground, in no collider
+    (the hand-written grid-update adjoint skips the Jacobian there)."""
+    inside = not (b.ground_on != 0 and pos[2] <= b.ground_height)
     for a in range(3):
         if pos[a] <= b.dom_min[a] or pos[a] >= b.dom_max[a]:
+            inside = False
+    for c in range(b.n_colliders):
+        held, n, vel = collider_contact(pos, b, c, t)
+        if held:
             inside = False
     return inside
 
