@@ -382,7 +382,6 @@ class HandAdjoints:
              a["g"], a["pp"], a["pk"], a["t"], a["dt"], a["keep_stress"], a["stress_out"], d["grid_mv"],
              d["x"], d["v"], d["C"], d["F"], d["plastic"], d["mu"], d["lam"], d["mass"]])
 
-
     def _grid_update(self, dim: int, a: dict, d: dict) -> None:
         if d["grid_mv"] is None or d["grid_v"] is None:  # no gradient flows through this grid
             return

@@ -296,7 +296,7 @@ class SlabLauncher:
         nx, ny, nz = (int(g.box_dims[a]) for a in range(3))
         plane = ny * nz
         if nx * plane != dim:
-            raise ValueError(f"grid update over {dim} nodes, but its box holds {nx * plane}")
+            raise ValueError(f"{kernel.key} over {dim} nodes, but its box holds {nx * plane}")
         cuts = [nx * t // self.n_threads for t in range(self.n_threads + 1)]
         grid_mv = args[names.index("grid_mv")] if private else None
 
